@@ -1,0 +1,90 @@
+"""Run directories and checkpoints: written atomically, checked when loaded.
+
+A run directory holds ``config.yaml`` (the resolved config), the
+sentencepiece model(s), ``checkpoints/{last,best}.pt``, ``train.log``,
+``tensorboard/`` and ``reports/``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nmt.config import Config, config_from_dict
+from nmt.errors import CheckpointError, ConfigError
+from nmt.io import atomic_write
+from nmt.model import Seq2Seq
+from nmt.vocab import Vocab
+
+
+def vocab_paths(run_dir: Path, joint: bool) -> tuple[Path, Path]:
+    """(source, target) sentencepiece model files of a run."""
+    if joint:
+        return run_dir / "spm.model", run_dir / "spm.model"
+    return run_dir / "spm.src.model", run_dir / "spm.tgt.model"
+
+
+def vocab_record(vocab: Vocab) -> dict:
+    return {"file": vocab.path.name, "size": len(vocab), "sha256": vocab.fingerprint}
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
+    """"best", "last" or a path -> an existing checkpoint file."""
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: run directory not found")
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") \
+        else Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return path
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__})") from None
+
+
+def check_vocab(ckpt: dict, side: str, vocab: Vocab, path: Path) -> None:
+    """Refuse a checkpoint whose vocabulary does not match the sentencepiece model beside it."""
+    want = ckpt["vocab"][side]
+    if want["size"] != len(vocab) or want["sha256"] != vocab.fingerprint:
+        raise CheckpointError(
+            f"{path}: {side} vocabulary ({want['size']} pieces, sha256 {want['sha256'][:12]}) "
+            f"does not match {vocab.path} ({len(vocab)} pieces, sha256 {vocab.fingerprint[:12]})")
+
+
+@dataclass
+class LoadedRun:
+    cfg: Config
+    model: Seq2Seq  # in eval mode
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+    checkpoint: Path
+    step: int
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"
+             ) -> LoadedRun:
+    """Load a trained model for decoding, checking its vocabularies."""
+    run_dir = Path(run_dir)
+    path = resolve_checkpoint(run_dir, checkpoint)
+    ckpt = load_checkpoint(path, device)
+    try:
+        cfg = config_from_dict(ckpt["config"], where=f"{path}: ")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    src_path, tgt_path = vocab_paths(run_dir, cfg.data.joint_vocab)
+    src_vocab, tgt_vocab = Vocab(src_path), Vocab(tgt_path)
+    check_vocab(ckpt, "src", src_vocab, path)
+    check_vocab(ckpt, "tgt", tgt_vocab, path)
+    model = Seq2Seq(cfg.model, len(src_vocab), len(tgt_vocab)).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return LoadedRun(cfg, model, src_vocab, tgt_vocab, path, ckpt["train_state"]["step"])

@@ -1,0 +1,187 @@
+"""Console commands: nmt-train, nmt-translate, nmt-evaluate.
+
+User errors (bad config, data or run directory) print one line
+``nmt-<command>: error: ...`` to stderr and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from nmt.errors import NmtError
+
+
+def _run(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
+         argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except NmtError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _decode_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoding (defaults: the run's decode section)")
+    group.add_argument("--beam-size", type=int, help="1 = greedy")
+    group.add_argument("--batch-size", type=int, help="sentences per batch")
+    group.add_argument("--length-penalty", type=float)
+    group.add_argument("--max-length-ratio", type=float)
+    group.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
+    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+
+
+def _decode_overrides(args: argparse.Namespace) -> dict:
+    return {"beam_size": args.beam_size, "batch_size": args.batch_size,
+            "length_penalty": args.length_penalty, "max_length_ratio": args.max_length_ratio}
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nmt-train", description="Train a model; evaluate it on "
+                                "data.test at the end.")
+    p.add_argument("config", nargs="?", help="YAML config (default with --resume: the run's own)")
+    p.add_argument("--run-dir", help="where the run is written (default: runs/<config name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set model.dropout=0.2 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    def main(args):
+        from nmt.config import load_config
+        from nmt.evaluate import evaluate_run, format_scores
+        from nmt.train import train
+
+        if args.run_dir is None and args.config is None:
+            raise NmtError("give a config file, or --run-dir with --resume")
+        run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+        config = args.config
+        if config is None:
+            if not args.resume:
+                raise NmtError("give a config file (or --resume to continue a run)")
+            config = run_dir / "config.yaml"
+            if not config.is_file():
+                raise NmtError(f"{config}: not found; is {run_dir} a run directory?")
+        cfg = load_config(config, args.set)
+        summary = train(cfg, run_dir, resume=args.resume)
+        print(f"\ntrained {summary['steps']} steps in {summary['train_seconds']:.0f} s; "
+              f"best validation BLEU {summary['best_valid_bleu']} at step {summary['best_step']}"
+              f"{' (stopped early)' if summary['stopped_early'] else ''}")
+        print(f"run directory: {run_dir}")
+        if cfg.data.test and not args.no_test:
+            report = evaluate_run(run_dir, "test", device=cfg.train.device
+                                  if cfg.train.device != "auto" else "cpu")
+            print(f"test set ({report['scores']['sentences']} sentences, "
+                  f"beam {report['decoding']['beam_size']}):")
+            print(format_scores(report))
+            print(f"report: {report['report_dir']}/report.md")
+        return 0
+
+    return _run("nmt-train", main, train_parser(), argv)
+
+
+def translate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nmt-translate", description="Translate raw text, one "
+                                "sentence per line (stdin or a file) to stdout or a file.")
+    p.add_argument("run_dir")
+    p.add_argument("-i", "--input", help="input file (default: stdin)")
+    p.add_argument("-o", "--output", help="output file, written when complete (default: stdout)")
+    p.add_argument("--n-best", type=int, default=1,
+                   help="write the n best translations per line, tab-separated with scores")
+    p.add_argument("--pieces", action="store_true",
+                   help="debug: write subword pieces (the end marker shows as _)")
+    _decode_args(p)
+    return p
+
+
+def translate_main(argv: list[str] | None = None) -> int:
+    def main(args):
+        from nmt.io import atomic_write_text, read_lines
+        from nmt.translate import Translator
+
+        translator = Translator.load(args.run_dir, args.checkpoint, args.device)
+        if args.input:
+            lines = read_lines(args.input)
+        else:
+            data = sys.stdin.buffer.read()
+            try:
+                lines = data.decode("utf-8").splitlines()
+            except UnicodeDecodeError as err:
+                line = data[:err.start].count(b"\n") + 1
+                raise NmtError(f"<stdin>:{line}: invalid UTF-8") from None
+        overrides = _decode_overrides(args)
+        if args.pieces or args.n_best > 1:
+            overrides["beam_size"] = max(args.n_best, args.beam_size or translator.decode.beam_size)
+            found = translator.hypotheses(lines, n_best=args.n_best, **overrides)
+            vocab = translator.tgt_vocab
+            out = []
+            for hyps in found:
+                if args.pieces:
+                    texts = [" ".join(vocab.pieces(h.tokens + [2])) for h in hyps]
+                else:
+                    texts = [vocab.decode([h.tokens])[0] for h in hyps]
+                if args.n_best > 1:
+                    out.append("\t".join(f"{t}\t{h.score:.4f}" for t, h in zip(texts, hyps)))
+                else:
+                    out.append(texts[0] if texts else "")
+        else:
+            out = translator.translate(lines, **overrides)
+        text = "".join(line + "\n" for line in out)
+        if args.output:
+            atomic_write_text(args.output, text)
+        else:
+            sys.stdout.write(text)
+        return 0
+
+    return _run("nmt-translate", main, translate_parser(), argv)
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nmt-evaluate", description="Translate a test set with a "
+                                "run and write a report (JSON + Markdown), or score a hypothesis file.")
+    p.add_argument("run_dir", nargs="?", help="run directory (not needed with --hyp)")
+    p.add_argument("--split", default="test", choices=["test", "valid"],
+                   help="which of the config's sets to translate")
+    p.add_argument("--src", help="raw source file (instead of --split)")
+    p.add_argument("--ref", help="raw reference file")
+    p.add_argument("--hyp", help="score this hypothesis file against --ref; no model needed")
+    p.add_argument("--out", help="report folder (default: <run_dir>/reports/<name>)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _decode_args(p)
+    return p
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    def main(args):
+        from nmt.evaluate import evaluate_run, format_scores, score
+
+        if args.hyp:
+            from nmt.io import read_lines
+            if not args.ref:
+                raise NmtError("--hyp needs --ref")
+            hyps, refs = read_lines(args.hyp), read_lines(args.ref)
+            if len(hyps) != len(refs):
+                raise NmtError(f"{args.hyp} has {len(hyps)} lines but {args.ref} has {len(refs)}")
+            report = {"scores": score(hyps, refs)}
+        else:
+            if not args.run_dir:
+                raise NmtError("give a run directory (or --hyp and --ref)")
+            report = evaluate_run(args.run_dir, args.split, args.src, args.ref, args.checkpoint,
+                                  args.out, args.device, **_decode_overrides(args))
+        if args.json:
+            print(json.dumps(report, indent=2, ensure_ascii=False))
+        else:
+            print(format_scores(report))
+            if "report_dir" in report:
+                print(f"report: {report['report_dir']}/report.md")
+        return 0
+
+    return _run("nmt-evaluate", main, evaluate_parser(), argv)

@@ -1,0 +1,87 @@
+"""The attention decoder: stacked recurrent cells, Luong attention, input feeding."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nmt.attention import Attention
+
+CELL_TYPES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+
+
+@dataclass
+class Memory:
+    """What the decoder attends to: the encoded source of a batch."""
+    values: torch.Tensor  # [B, S, K] encoder outputs
+    keys: torch.Tensor  # [B, S, Q] attention keys (projected once)
+    mask: torch.Tensor  # [B, S] True at real source positions
+
+    def select(self, index: torch.Tensor) -> "Memory":
+        """Rows ``index`` (to drop finished sentences or reorder beams)."""
+        return Memory(self.values.index_select(0, index), self.keys.index_select(0, index),
+                      self.mask.index_select(0, index))
+
+
+@dataclass
+class DecoderState:
+    h: torch.Tensor  # [L, B, H] hidden state per layer
+    c: torch.Tensor | None  # [L, B, H] LSTM cell state per layer (None for GRU/RNN)
+    feed: torch.Tensor  # [B, H] last attentional vector (input feeding); zeros at the start
+
+    def select(self, index: torch.Tensor) -> "DecoderState":
+        return DecoderState(self.h.index_select(1, index),
+                            None if self.c is None else self.c.index_select(1, index),
+                            self.feed.index_select(0, index))
+
+
+class Decoder(nn.Module):
+    """At each step: the previous output's embedding (and, with input feeding,
+    the previous attentional vector) goes through L stacked cells; the top
+    state h_t queries the source; the attentional vector is
+    tanh(W [context; h_t]), from which the output layer predicts the next piece.
+    Dropout: on the input into layer 1, between layers, on the attentional
+    vector -- never on the state carried between steps (SPEC §6).
+    """
+
+    def __init__(self, cell: str, embedding_size: int, hidden_size: int, num_layers: int,
+                 memory_size: int, attention: str, input_feeding: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.input_feeding = input_feeding
+        first = embedding_size + (hidden_size if input_feeding else 0)
+        self.cells = nn.ModuleList(CELL_TYPES[cell](first if k == 0 else hidden_size, hidden_size)
+                                   for k in range(num_layers))
+        self.attention = Attention(attention, hidden_size, memory_size)
+        self.combine = nn.Linear(memory_size + hidden_size, hidden_size, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def step(self, emb: torch.Tensor, state: DecoderState, memory: Memory
+             ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """One step. emb: [B, E]. Returns attentional vector [B, H], state, weights [B, S]."""
+        x = torch.cat([emb, state.feed], dim=-1) if self.input_feeding else emb
+        hs, cs = [], []
+        for k, cell in enumerate(self.cells):
+            x = self.dropout(x)
+            if state.c is None:
+                h = cell(x, state.h[k])
+            else:
+                h, c = cell(x, (state.h[k], state.c[k]))
+                cs.append(c)
+            hs.append(h)
+            x = h
+        context, weights = self.attention(x, memory.keys, memory.values, memory.mask)
+        vector = self.dropout(torch.tanh(self.combine(torch.cat([context, x], dim=-1))))
+        new = DecoderState(torch.stack(hs), torch.stack(cs) if cs else None, vector)
+        return vector, new, weights
+
+    def forward(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
+        """Teacher-forced decoding. emb: [B, T, E] -> attentional vectors [B, T, H]."""
+        vectors = []
+        for t in range(emb.size(1)):
+            vector, state, _ = self.step(emb[:, t], state, memory)
+            vectors.append(vector)
+        return torch.stack(vectors, dim=1)

@@ -1,0 +1,67 @@
+"""The encoder-decoder: embeddings, encoder, bridge, decoder, output layer."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nmt.config import ModelConfig
+from nmt.decoder import Decoder, DecoderState, Memory
+from nmt.encoder import Encoder
+from nmt.vocab import PAD
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.src_embed = nn.Embedding(src_vocab_size, cfg.embedding_size, padding_idx=PAD)
+        self.tgt_embed = (self.src_embed if cfg.share_embeddings else
+                          nn.Embedding(tgt_vocab_size, cfg.embedding_size, padding_idx=PAD))
+        self.encoder = Encoder(cfg.cell, cfg.embedding_size, cfg.encoder_hidden_size,
+                               cfg.encoder_layers, cfg.bidirectional, cfg.dropout)
+        enc_size = self.encoder.output_size
+        # The bridge maps each encoder layer's final state (both directions) to
+        # the decoder's initial state; with fewer encoder layers than decoder
+        # layers the top encoder layer initialises the extra ones.
+        self.bridge_h = nn.Linear(enc_size, cfg.decoder_hidden_size)
+        self.bridge_c = nn.Linear(enc_size, cfg.decoder_hidden_size) if cfg.cell == "lstm" else None
+        self.decoder = Decoder(cfg.cell, cfg.embedding_size, cfg.decoder_hidden_size,
+                               cfg.decoder_layers, enc_size, cfg.attention, cfg.input_feeding,
+                               cfg.dropout)
+        self.output = nn.Linear(cfg.decoder_hidden_size, tgt_vocab_size)
+        self.reset_parameters()
+        if cfg.tie_output:
+            self.output.weight = self.tgt_embed.weight
+
+    def reset_parameters(self) -> None:
+        # Uniform(-0.1, 0.1) everywhere, the long-standing recipe for LSTM NMT.
+        for p in self.parameters():
+            nn.init.uniform_(p, -0.1, 0.1)
+        with torch.no_grad():
+            self.src_embed.weight[PAD].zero_()
+            self.tgt_embed.weight[PAD].zero_()
+
+    def encode(self, src: torch.Tensor, lengths: torch.Tensor) -> tuple[Memory, DecoderState]:
+        """src: [B, S] ids (end marker included), lengths: [B] -> memory, initial state."""
+        outputs, finals = self.encoder(self.src_embed(src), lengths)
+        mask = torch.arange(src.size(1), device=src.device)[None, :] < lengths.to(src.device)[:, None]
+        memory = Memory(outputs, self.decoder.attention.project_keys(outputs), mask)
+        layers = len(self.decoder.cells)
+        picks = [finals[min(k, len(finals) - 1)] for k in range(layers)]
+        h = torch.stack([torch.tanh(self.bridge_h(f[0])) for f in picks])
+        c = None
+        if self.bridge_c is not None:
+            c = torch.stack([torch.tanh(self.bridge_c(f[1])) for f in picks])
+        feed = outputs.new_zeros(src.size(0), self.cfg.decoder_hidden_size)
+        return memory, DecoderState(h, c, feed)
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, T, V] for decoder inputs tgt_in [B, T]."""
+        memory, state = self.encode(src, lengths)
+        return self.output(self.decoder(self.tgt_embed(tgt_in), state, memory))
+
+    def decode_step(self, prev: torch.Tensor, state: DecoderState, memory: Memory
+                    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """prev: [B] last output ids -> log-probabilities [B, V], new state, attention [B, S]."""
+        vector, state, weights = self.decoder.step(self.tgt_embed(prev), state, memory)
+        return torch.log_softmax(self.output(vector), dim=-1), state, weights

@@ -1,0 +1,273 @@
+"""Training: data and vocabularies, the loop, validation, checkpoints, resume.
+
+Resuming from ``checkpoints/last.pt`` restores the model, the optimizer, the
+step, the learning-rate state, the RNG state and the position in the data
+(epoch and batch), so a resumed run computes exactly what an uninterrupted
+one would have.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import sacrebleu
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nmt.checkpoint import (check_vocab, load_checkpoint, save_checkpoint, vocab_paths,
+                            vocab_record)
+from nmt.config import Config, save_config
+from nmt.data import epoch_batches, filter_pairs, load_split, make_batch
+from nmt.errors import CheckpointError
+from nmt.model import Seq2Seq
+from nmt.translate import decode_corpus
+from nmt.vocab import PAD, Vocab, train_vocab
+
+log = logging.getLogger("nmt")
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of this epoch already trained on
+    best_bleu: float = -1.0
+    best_step: int = 0
+    bad_validations: int = 0  # since the best BLEU (early stopping)
+    lr_bad_validations: int = 0  # since the last improvement or decay (plateau schedule)
+    lr_scale: float = 1.0  # product of the decays so far
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def setup_logging(path: Path) -> None:
+    """Log lines go to the run's train.log and, through tqdm, to the console."""
+    class TqdmHandler(logging.Handler):
+        def emit(self, record):
+            tqdm.write(self.format(record))
+
+    log.handlers.clear()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(file_handler)
+    log.addHandler(TqdmHandler())
+
+
+class Corpus:
+    """Training and validation data as piece ids, with the run's vocabularies."""
+
+    def __init__(self, cfg: Config, run_dir: Path, reuse_vocab: bool):
+        data = cfg.data
+        train_src, train_tgt = load_split(data, data.train, "training")
+        src_path, tgt_path = vocab_paths(run_dir, data.joint_vocab)
+        if reuse_vocab:
+            self.src_vocab, self.tgt_vocab = Vocab(src_path), Vocab(tgt_path)
+        elif data.joint_vocab:
+            self.src_vocab = self.tgt_vocab = train_vocab(train_src + train_tgt, src_path,
+                                                          data.vocab_size, data.subword_type)
+        else:
+            self.src_vocab = train_vocab(train_src, src_path, data.vocab_size, data.subword_type)
+            self.tgt_vocab = train_vocab(train_tgt, tgt_path, data.vocab_size, data.subword_type)
+        src_ids, tgt_ids = self.src_vocab.encode(train_src), self.tgt_vocab.encode(train_tgt)
+        keep, counts = filter_pairs(src_ids, tgt_ids, data.max_len, data.max_len_ratio)
+        log.info(f"training pairs: {len(src_ids)} read, {counts['kept']} kept, dropped "
+                 f"{counts['empty']} empty, {counts['too_long']} longer than {data.max_len} pieces, "
+                 f"{counts['bad_ratio']} with length ratio over {data.max_len_ratio}")
+        if not keep:
+            raise CheckpointError(f"{data.train}: no training pair left after length filtering")
+        self.filter_counts = counts
+        self.src = [src_ids[i] for i in keep]
+        self.tgt = [tgt_ids[i] for i in keep]
+        self.src_lens = np.array([len(s) for s in self.src])
+        self.tgt_lens = np.array([len(t) for t in self.tgt])
+        log.info(f"vocabulary: {len(self.src_vocab)} source, {len(self.tgt_vocab)} target pieces")
+        self.valid_src_text, self.valid_ref = (load_split(data, data.valid, "validation")
+                                               if data.valid else ([], []))
+        self.valid_src = self.src_vocab.encode(self.valid_src_text)
+        self.valid_tgt = self.tgt_vocab.encode(self.valid_ref)
+
+
+def loss_sum(model: Seq2Seq, batch, label_smoothing: float) -> torch.Tensor:
+    """Summed cross-entropy over the batch's real target tokens."""
+    logits = model(batch.src, batch.src_lengths, batch.tgt_in)
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), batch.tgt_out.view(-1),
+                           ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum")
+
+
+@torch.no_grad()
+def validate(model: Seq2Seq, corpus: Corpus, cfg: Config, device: torch.device) -> dict:
+    """Validation loss (per token, no smoothing) and greedy BLEU on the dev set."""
+    model.eval()
+    total, tokens = 0.0, 0
+    order = sorted(range(len(corpus.valid_src)), key=lambda i: len(corpus.valid_src[i]))
+    for start in range(0, len(order), cfg.decode.batch_size):
+        idx = order[start:start + cfg.decode.batch_size]
+        batch = make_batch([corpus.valid_src[i] for i in idx], [corpus.valid_tgt[i] for i in idx])
+        total += loss_sum(model, batch.to(device), 0.0).item()
+        tokens += batch.n_tokens
+    greedy = type(cfg.decode)(**dict(asdict(cfg.decode), beam_size=1, n_best=1))
+    hyps = decode_corpus(model, corpus.valid_src, greedy, device)
+    text = corpus.tgt_vocab.decode([h[0].tokens for h in hyps])
+    bleu = sacrebleu.corpus_bleu(text, [corpus.valid_ref]).score
+    model.train()
+    return {"loss": total / tokens, "ppl": math.exp(min(total / tokens, 50)), "bleu": bleu}
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    """Train a model in ``run_dir``; return a summary (best step, BLEU, wall time)."""
+    run_dir = Path(run_dir)
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    if resume and not last_path.is_file():
+        raise CheckpointError(f"{last_path}: no checkpoint to resume from")
+    if not resume and last_path.exists():
+        raise CheckpointError(f"{run_dir}: already holds a run; pass --resume to continue it "
+                              "or choose another run directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    setup_logging(run_dir / "train.log")
+    tc = cfg.train
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    device = pick_device(tc.device)
+
+    corpus = Corpus(cfg, run_dir, reuse_vocab=resume)
+    model = Seq2Seq(cfg.model, len(corpus.src_vocab), len(corpus.tgt_vocab)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    state = TrainState()
+    if resume:
+        ckpt = load_checkpoint(last_path, device)
+        check_vocab(ckpt, "src", corpus.src_vocab, last_path)
+        check_vocab(ckpt, "tgt", corpus.tgt_vocab, last_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = TrainState(**ckpt["train_state"])
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        log.info(f"resumed from {last_path} at step {state.step} (epoch {state.epoch}, "
+                 f"batch {state.batch_in_epoch})")
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(f"model: {n_params:,} parameters on {device}; run directory {run_dir}")
+
+    from torch.utils.tensorboard import SummaryWriter  # imported late: slow to import
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def checkpoint(path: Path) -> None:
+        rng = {"cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        save_checkpoint(path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "train_state": asdict(state), "rng": rng, "config": cfg.to_dict(),
+            "vocab": {"src": vocab_record(corpus.src_vocab), "tgt": vocab_record(corpus.tgt_vocab)}})
+
+    def learning_rate_at(step: int) -> float:
+        warmup = min(1.0, step / tc.warmup_steps) if tc.warmup_steps else 1.0
+        return max(tc.lr * state.lr_scale, tc.min_lr) * warmup
+
+    def run_validation() -> bool:
+        """Validate, checkpoint, update the schedule; True when training should stop."""
+        result = validate(model, corpus, cfg, device)
+        for key, value in result.items():
+            writer.add_scalar(f"valid/{key}", value, state.step)
+        improved = result["bleu"] > state.best_bleu
+        if improved:
+            state.best_bleu, state.best_step = result["bleu"], state.step
+            state.bad_validations = state.lr_bad_validations = 0
+        else:
+            state.bad_validations += 1
+            state.lr_bad_validations += 1
+            if state.lr_bad_validations >= tc.lr_patience:
+                state.lr_scale *= tc.lr_decay
+                state.lr_bad_validations = 0
+        stop = bool(tc.patience) and state.bad_validations >= tc.patience
+        state.stopped_early = stop
+        log.info(f"step {state.step}: valid loss {result['loss']:.3f} ppl {result['ppl']:.2f} "
+                 f"BLEU {result['bleu']:.2f}{' (best)' if improved else ''}; lr {learning_rate_at(state.step + 1):.2e}")
+        checkpoint(last_path)
+        if improved:
+            checkpoint(best_path)
+        return stop
+
+    model.train()
+    progress = tqdm(total=tc.max_steps, initial=state.step, desc="train", unit="step",
+                    dynamic_ncols=True, mininterval=1.0)
+    window_tokens, window_start = 0, time.perf_counter()
+    segment_start = time.perf_counter()
+    done = state.step >= tc.max_steps or state.stopped_early
+    try:
+        while not done:
+            batches = epoch_batches(corpus.src_lens, corpus.tgt_lens, tc.batch_size,
+                                    tc.batch_unit, tc.seed, state.epoch)
+            for b in range(state.batch_in_epoch, len(batches)):
+                idx = batches[b]
+                batch = make_batch([corpus.src[i] for i in idx],
+                                   [corpus.tgt[i] for i in idx]).to(device)
+                lr = learning_rate_at(state.step + 1)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = loss_sum(model, batch, tc.label_smoothing) / batch.n_tokens
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.clip_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
+                optimizer.step()
+                state.step += 1
+                state.batch_in_epoch = b + 1
+
+                window_tokens += batch.n_tokens
+                if state.step % tc.log_every == 0:
+                    speed = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                    value = loss.item()
+                    progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:.0f}")
+                    writer.add_scalar("train/loss", value, state.step)
+                    writer.add_scalar("train/lr", lr, state.step)
+                    writer.add_scalar("train/target_tokens_per_s", speed, state.step)
+                    log.info(f"step {state.step} epoch {state.epoch}: loss {value:.3f} "
+                             f"lr {lr:.2e} {speed:.0f} target tokens/s")
+                    window_tokens, window_start = 0, time.perf_counter()
+                progress.update(1)
+                if state.step % tc.valid_every == 0 and corpus.valid_src and run_validation():
+                    log.info(f"early stop: no better BLEU in {tc.patience} validations")
+                    done = True
+                if state.step >= tc.max_steps:
+                    done = True
+                if done:
+                    break
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if tc.max_epochs and state.epoch >= tc.max_epochs:
+                    done = True
+    except KeyboardInterrupt:
+        # The state is consistent between steps: save it so --resume continues exactly here.
+        state.train_seconds += time.perf_counter() - segment_start
+        checkpoint(last_path)
+        log.info(f"interrupted at step {state.step}; saved {last_path}")
+        raise
+    finally:
+        progress.close()
+    state.train_seconds += time.perf_counter() - segment_start
+    # No extra validation here: it would change the schedule's state, and a run
+    # resumed from this checkpoint would no longer match an uninterrupted one.
+    if not best_path.exists():
+        checkpoint(best_path)
+    checkpoint(last_path)
+    writer.close()
+    return {"run_dir": str(run_dir), "steps": state.step, "best_step": state.best_step,
+            "best_valid_bleu": round(state.best_bleu, 2), "stopped_early": state.stopped_early,
+            "train_seconds": round(state.train_seconds, 1), "parameters": n_params,
+            "filter": corpus.filter_counts}

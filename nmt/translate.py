@@ -1,0 +1,92 @@
+"""Translating raw text with a trained run: the Python API behind ``nmt-translate``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nmt.checkpoint import LoadedRun, load_run
+from nmt.config import DecodeConfig
+from nmt.errors import ConfigError
+from nmt.data import source_tensor
+from nmt.model import Seq2Seq
+from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.vocab import Vocab
+
+
+def decode_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig,
+                  device: torch.device | str = "cpu", keep_attention: bool = False
+                  ) -> list[list[Hypothesis]]:
+    """Decode sentences of piece ids; returns each sentence's n-best list, in input order.
+
+    Sentences are sorted by length before batching (less padding, and the
+    batch shrinks evenly as sentences finish) and put back in order after.
+    """
+    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+    results: list[list[Hypothesis]] = [[] for _ in src_ids]
+    for start in range(0, len(order), decode.batch_size):
+        index = order[start:start + decode.batch_size]
+        src, lengths = source_tensor([src_ids[i] for i in index])
+        src = src.to(device)
+        if decode.beam_size == 1:
+            found = [[h] for h in greedy_search(model, src, lengths, decode.max_length_ratio,
+                                                keep_attention)]
+        else:
+            found = beam_search(model, src, lengths, decode.beam_size, decode.length_penalty,
+                                decode.max_length_ratio, decode.n_best, keep_attention)
+        for i, hyps in zip(index, found):
+            results[i] = hyps
+    return results
+
+
+class Translator:
+    """Raw text in, raw text out.
+
+    >>> Translator.load("runs/demo").translate(["Ein Hund läuft."], beam_size=5)
+    """
+
+    def __init__(self, run: LoadedRun, device: torch.device | str = "cpu"):
+        self.run, self.device = run, device
+        self.model, self.src_vocab, self.tgt_vocab = run.model, run.src_vocab, run.tgt_vocab
+        self.decode = run.cfg.decode
+
+    @classmethod
+    def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> "Translator":
+        """Load a run directory's ``best`` (or ``last``, or a given path) checkpoint."""
+        return cls(load_run(run_dir, checkpoint, device), device)
+
+    def settings(self, **overrides) -> DecodeConfig:
+        """The run's decoding settings with the given (non-None) values replaced."""
+        values = dict(vars(self.decode))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        decode = DecodeConfig(**values)
+        if decode.beam_size < 1 or decode.batch_size < 1 or not 1 <= decode.n_best <= decode.beam_size:
+            raise ConfigError(f"invalid decoding settings: {decode}")
+        return decode
+
+    def hypotheses(self, sentences: list[str], keep_attention: bool = False,
+                   **overrides) -> list[list[Hypothesis]]:
+        """n-best hypotheses (piece ids and scores) of each sentence; empty lines give []."""
+        decode = self.settings(**overrides)
+        todo = [i for i, s in enumerate(sentences) if s.strip()]
+        ids = self.src_vocab.encode([sentences[i] for i in todo])
+        found = decode_corpus(self.model, ids, decode, self.device, keep_attention)
+        results: list[list[Hypothesis]] = [[] for _ in sentences]
+        for i, hyps in zip(todo, found):
+            results[i] = hyps
+        return results
+
+    def translate(self, sentences: list[str], beam_size: int | None = None,
+                  batch_size: int | None = None, length_penalty: float | None = None,
+                  max_length_ratio: float | None = None) -> list[str]:
+        """One translation per sentence, in order; an empty sentence gives ""."""
+        found = self.hypotheses(sentences, beam_size=beam_size, batch_size=batch_size, n_best=1,
+                                length_penalty=length_penalty, max_length_ratio=max_length_ratio)
+        return [self.tgt_vocab.decode([hyps[0].tokens])[0] if hyps else "" for hyps in found]
+
+    def translate_nbest(self, sentences: list[str], n_best: int, beam_size: int | None = None,
+                        **overrides) -> list[list[tuple[str, float]]]:
+        """The ``n_best`` translations of each sentence with their scores, best first."""
+        beam_size = max(beam_size or self.decode.beam_size, n_best)
+        found = self.hypotheses(sentences, beam_size=beam_size, n_best=n_best, **overrides)
+        return [[(self.tgt_vocab.decode([h.tokens])[0], h.score) for h in hyps] for hyps in found]

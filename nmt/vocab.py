@@ -1,0 +1,76 @@
+"""Subword vocabularies: sentencepiece models, trained on the training side.
+
+Ids are fixed across all models: 0 = padding, 1 = unknown, 2 = the end marker
+``_`` (SPEC §3). The end marker is sentencepiece's end-of-sentence control
+symbol, so no text can ever produce it: a literal "_" in a sentence is an
+ordinary piece and round-trips unchanged. Byte fallback encodes characters
+never seen in training as bytes, so any raw text comes back as it went in.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Iterable
+
+import sentencepiece as spm
+
+from nmt.errors import CheckpointError
+from nmt.io import atomic_write
+
+PAD, UNK, END = 0, 1, 2
+END_SYMBOL = "_"
+
+
+class Vocab:
+    """A sentencepiece model with the project's fixed special ids."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: sentencepiece model not found")
+        self.model_bytes = self.path.read_bytes()
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(self.model_bytes)
+        except Exception:  # sentencepiece raises RuntimeError/OSError depending on version
+            raise CheckpointError(f"{self.path}: not a sentencepiece model") from None
+        if (self.sp.pad_id(), self.sp.unk_id(), self.sp.eos_id()) != (PAD, UNK, END):
+            raise CheckpointError(f"{self.path}: special ids differ from pad=0, unk=1, end=2")
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the model file: checkpoints record it to detect a swapped model."""
+        return hashlib.sha256(self.model_bytes).hexdigest()
+
+    def encode(self, sentences: list[str]) -> list[list[int]]:
+        """Raw sentences -> piece ids, without the end marker."""
+        return self.sp.encode(sentences, out_type=int)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        """Piece ids (end marker and padding already stripped) -> raw sentences."""
+        return self.sp.decode(ids)
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """Readable pieces for debugging and reports; the end marker shows as ``_``."""
+        return [END_SYMBOL if i == END else self.sp.id_to_piece(int(i)) for i in ids]
+
+
+def train_vocab(sentences: Iterable[str], path: str | Path, vocab_size: int,
+                model_type: str = "bpe") -> Vocab:
+    """Train a sentencepiece model on ``sentences`` and write it atomically to ``path``."""
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=buffer,
+        vocab_size=vocab_size, model_type=model_type,
+        pad_id=PAD, unk_id=UNK, eos_id=END, bos_id=-1,
+        byte_fallback=True, character_coverage=1.0,
+        hard_vocab_limit=False,  # a small corpus may not support the full size
+        shuffle_input_sentence=False,
+        num_threads=2, minloglevel=2)
+    data = buffer.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return Vocab(path)
