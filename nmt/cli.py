@@ -58,7 +58,7 @@ def train_main(argv: list[str] | None = None) -> int:
     def main(args):
         from nmt.config import load_config
         from nmt.evaluate import evaluate_run, format_scores
-        from nmt.train import train
+        from nmt.train import pick_device, train
 
         if args.run_dir is None and args.config is None:
             raise NmtError("give a config file, or --run-dir with --resume")
@@ -72,13 +72,13 @@ def train_main(argv: list[str] | None = None) -> int:
                 raise NmtError(f"{config}: not found; is {run_dir} a run directory?")
         cfg = load_config(config, args.set)
         summary = train(cfg, run_dir, resume=args.resume)
-        print(f"\ntrained {summary['steps']} steps in {summary['train_seconds']:.0f} s; "
-              f"best validation BLEU {summary['best_valid_bleu']} at step {summary['best_step']}"
+        best = (f"best validation BLEU {summary['best_valid_bleu']} at step {summary['best_step']}"
+                if summary["best_step"] else "no validation ran: best.pt is the last model")
+        print(f"\ntrained {summary['steps']} steps in {summary['train_seconds']:.0f} s; {best}"
               f"{' (stopped early)' if summary['stopped_early'] else ''}")
         print(f"run directory: {run_dir}")
         if cfg.data.test and not args.no_test:
-            report = evaluate_run(run_dir, "test", device=cfg.train.device
-                                  if cfg.train.device != "auto" else "cpu")
+            report = evaluate_run(run_dir, "test", device=str(pick_device(cfg.train.device)))
             print(f"test set ({report['scores']['sentences']} sentences, "
                   f"beam {report['decoding']['beam_size']}):")
             print(format_scores(report))
@@ -106,6 +106,7 @@ def translate_main(argv: list[str] | None = None) -> int:
     def main(args):
         from nmt.io import atomic_write_text, read_lines
         from nmt.translate import Translator
+        from nmt.vocab import END
 
         translator = Translator.load(args.run_dir, args.checkpoint, args.device)
         if args.input:
@@ -125,7 +126,7 @@ def translate_main(argv: list[str] | None = None) -> int:
             out = []
             for hyps in found:
                 if args.pieces:
-                    texts = [" ".join(vocab.pieces(h.tokens + [2])) for h in hyps]
+                    texts = [" ".join(vocab.pieces(h.tokens + [END])) for h in hyps]
                 else:
                     texts = [vocab.decode([h.tokens])[0] for h in hyps]
                 if args.n_best > 1:

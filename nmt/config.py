@@ -68,6 +68,7 @@ class TrainConfig:
     batch_unit: str = "tokens"  # tokens (padded source or target, the larger) or sentences
     max_steps: int = 20000
     max_epochs: int = 0  # 0 = no limit
+    max_minutes: float = 0.0  # stop after this much training time (resumable); 0 = no limit
     lr: float = 1e-3  # Adam
     warmup_steps: int = 0  # linear warm-up from 0 to lr
     lr_decay: float = 0.5  # multiply lr by this when validation BLEU stalls ...

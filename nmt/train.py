@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +118,7 @@ def validate(model: Seq2Seq, corpus: Corpus, cfg: Config, device: torch.device) 
         batch = make_batch([corpus.valid_src[i] for i in idx], [corpus.valid_tgt[i] for i in idx])
         total += loss_sum(model, batch.to(device), 0.0).item()
         tokens += batch.n_tokens
-    greedy = type(cfg.decode)(**dict(asdict(cfg.decode), beam_size=1, n_best=1))
+    greedy = replace(cfg.decode, beam_size=1, n_best=1)
     hyps = decode_corpus(model, corpus.valid_src, greedy, device)
     text = corpus.tgt_vocab.decode([h[0].tokens for h in hyps])
     bleu = sacrebleu.corpus_bleu(text, [corpus.valid_ref]).score
@@ -204,7 +204,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
 
     model.train()
     progress = tqdm(total=tc.max_steps, initial=state.step, desc="train", unit="step",
-                    dynamic_ncols=True, mininterval=1.0)
+                    dynamic_ncols=True, mininterval=1.0, disable=None)  # no bar when not a terminal
     window_tokens, window_start = 0, time.perf_counter()
     segment_start = time.perf_counter()
     done = state.step >= tc.max_steps or state.stopped_early
@@ -244,6 +244,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                     log.info(f"early stop: no better BLEU in {tc.patience} validations")
                     done = True
                 if state.step >= tc.max_steps:
+                    done = True
+                if tc.max_minutes and time.perf_counter() - segment_start >= 60 * tc.max_minutes:
+                    log.info(f"time budget of {tc.max_minutes} minutes reached")
                     done = True
                 if done:
                     break

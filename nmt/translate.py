@@ -1,6 +1,7 @@
 """Translating raw text with a trained run: the Python API behind ``nmt-translate``."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -57,9 +58,7 @@ class Translator:
 
     def settings(self, **overrides) -> DecodeConfig:
         """The run's decoding settings with the given (non-None) values replaced."""
-        values = dict(vars(self.decode))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        decode = DecodeConfig(**values)
+        decode = replace(self.decode, **{k: v for k, v in overrides.items() if v is not None})
         if decode.beam_size < 1 or decode.batch_size < 1 or not 1 <= decode.n_best <= decode.beam_size:
             raise ConfigError(f"invalid decoding settings: {decode}")
         return decode

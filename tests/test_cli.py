@@ -1,0 +1,118 @@
+"""The console commands, run as a user runs them."""
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import reversal_config
+
+
+def run(*args, stdin=None):
+    exe = shutil.which(args[0])
+    assert exe, f"{args[0]} is not installed: pip install -e ."
+    return subprocess.run([exe, *args[1:]], input=stdin, capture_output=True, timeout=300)
+
+
+def one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr.decode()
+    err = result.stderr.decode().strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def cli_run(reversal_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump(reversal_config(reversal_data, train__max_steps=10,
+                                                     train__valid_every=5)))
+    result = run("nmt-train", str(config), "--run-dir", str(folder / "run"),
+                 "--set", "model.dropout=0.2", "--set", "decode.beam_size=2")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    out = result.stdout.decode()
+    assert "best validation BLEU" in out and "BLEU" in out and "chrF" in out
+    assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in out
+    assert "report:" in out
+    return folder
+
+
+def test_train_writes_the_resolved_config_and_a_report(cli_run):
+    saved = yaml.safe_load((cli_run / "run" / "config.yaml").read_text())
+    assert saved["model"]["dropout"] == 0.2 and saved["decode"]["beam_size"] == 2
+    report = json.loads((cli_run / "run" / "reports" / "test-best-beam2" / "report.json").read_text())
+    assert report["scores"]["sentences"] == 200 and "bleu_signature" in report["scores"]
+    assert report["decoding"]["beam_size"] == 2 and report["checkpoint"].endswith("best.pt")
+    assert (cli_run / "run" / "reports" / "test-best-beam2" / "report.md").read_text().startswith("# Evaluation")
+
+
+def test_resume_continues_from_the_run_directory(cli_run):
+    result = run("nmt-train", "--run-dir", str(cli_run / "run"), "--resume",
+                 "--set", "train.max_steps=15", "--no-test")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert "trained 15 steps" in result.stdout.decode()
+
+
+def test_translate_stdin_to_stdout_keeps_empty_lines(cli_run):
+    result = run("nmt-translate", str(cli_run / "run"), "--beam-size", "1",
+                 stdin="a b c\n\nd e\n".encode())
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
+
+
+def test_translate_file_to_file_and_pieces(cli_run, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("a b c\nd e f\n")
+    out = tmp_path / "out.txt"
+    assert run("nmt-translate", str(cli_run / "run"), "-i", str(src), "-o", str(out)).returncode == 0
+    assert len(out.read_text().splitlines()) == 2
+    pieces = run("nmt-translate", str(cli_run / "run"), "-i", str(src), "--pieces")
+    assert all(line.endswith(" _") or line == "_" for line in pieces.stdout.decode().splitlines())
+    nbest = run("nmt-translate", str(cli_run / "run"), "-i", str(src), "--n-best", "2")
+    assert all(len(line.split("\t")) == 4 for line in nbest.stdout.decode().splitlines())
+
+
+def test_evaluate_a_run_and_a_hypothesis_file(cli_run, reversal_data, tmp_path):
+    result = run("nmt-evaluate", str(cli_run / "run"), "--split", "valid", "--beam-size", "1",
+                 "--out", str(tmp_path / "rep"), "--json")
+    assert result.returncode == 0, result.stderr.decode()
+    report = json.loads(result.stdout.decode())
+    assert report["scores"]["sentences"] == 100 and (tmp_path / "rep" / "report.md").is_file()
+    ref = reversal_data["test"] + ".tgt"
+    result = run("nmt-evaluate", "--hyp", ref, "--ref", ref)
+    assert result.returncode == 0 and "BLEU 100.00" in result.stdout.decode()
+
+
+def test_bad_input_gives_one_line_errors(cli_run, reversal_data, tmp_path):
+    run_dir = str(cli_run / "run")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  hidden: 3\n")
+    one_line_error(run("nmt-train", str(bad)), "bad.yaml", "unknown key 'model.hidden'")
+    one_line_error(run("nmt-train", str(bad), "--set", "train.lr=fast"), "train.lr")
+    one_line_error(run("nmt-translate", str(tmp_path / "missing")), "run directory not found")
+    one_line_error(run("nmt-translate", run_dir, "--checkpoint", "nope.pt"), "nope.pt: checkpoint not found")
+
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("gut\nSchöne Grüße\n".encode("latin-1"))
+    out = tmp_path / "never.txt"
+    one_line_error(run("nmt-translate", run_dir, "-i", str(latin1), "-o", str(out)),
+                   "latin1.txt:2: invalid UTF-8")
+    assert not out.exists()  # no half-written output
+    one_line_error(run("nmt-translate", run_dir, stdin=b"ok\n\xff\n"), "<stdin>:2: invalid UTF-8")
+
+    short = tmp_path / "short"
+    (tmp_path / "short.src").write_text("a\nb\n")
+    (tmp_path / "short.tgt").write_text("a\n")
+    cfg = tmp_path / "short.yaml"
+    cfg.write_text(yaml.safe_dump(reversal_config(dict(reversal_data, train=str(short)))))
+    one_line_error(run("nmt-train", str(cfg), "--run-dir", str(tmp_path / "r1")),
+                   "short.src has 2 lines but", "short.tgt has 1")
+    (tmp_path / "empty.src").write_text("")
+    (tmp_path / "empty.tgt").write_text("")
+    cfg.write_text(yaml.safe_dump(reversal_config(dict(reversal_data, train=str(tmp_path / "empty")))))
+    one_line_error(run("nmt-train", str(cfg), "--run-dir", str(tmp_path / "r2")),
+                   "empty.src: the training corpus is empty")

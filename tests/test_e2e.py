@@ -1,0 +1,13 @@
+"""End to end: attention and decoding must learn to reverse random sequences."""
+from nmt import Translator
+from nmt.io import read_lines
+
+
+def test_reversal_is_learned_to_95_percent_exact_match(reversal_run, reversal_data):
+    src = read_lines(reversal_data["test"] + ".src")
+    ref = read_lines(reversal_data["test"] + ".tgt")
+    translator = Translator.load(reversal_run)
+    for beam in (1, 4):
+        out = translator.translate(src, beam_size=beam)
+        exact = sum(o == r for o, r in zip(out, ref)) / len(ref)
+        assert exact >= 0.95, f"beam {beam}: exact match {exact:.2%}"

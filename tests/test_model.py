@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from nmt.attention import Attention
+from nmt.config import config_from_dict
+from nmt.data import make_batch
+from nmt.model import Seq2Seq
+from nmt.search import beam_search, greedy_search
+
+
+@pytest.mark.parametrize("kind", ["dot", "general", "mlp"])
+def test_attention_masks_padding_and_normalises(kind):
+    torch.manual_seed(0)
+    att = Attention(kind, 6, 6)
+    values = torch.randn(2, 5, 6)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    context, weights = att(torch.randn(2, 6), att.project_keys(values), values, mask)
+    assert context.shape == (2, 6) and weights.shape == (2, 5)
+    assert torch.allclose(weights.sum(-1), torch.ones(2))
+    assert (weights[0, 3:] == 0).all()
+    assert torch.allclose(context[0], weights[0, :3] @ values[0, :3], atol=1e-6)
+
+
+def test_general_attention_is_bilinear():
+    att = Attention("general", 3, 4)
+    q, values = torch.randn(1, 3), torch.randn(1, 2, 4)
+    scores = torch.stack([q[0] @ att.key_proj.weight @ values[0, j] for j in range(2)])
+    _, weights = att(q, att.project_keys(values), values, torch.ones(1, 2, dtype=torch.bool))
+    assert torch.allclose(weights[0], torch.softmax(scores, 0), atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"cell": "lstm", "attention": "general"},
+    {"cell": "gru", "attention": "mlp", "decoder_layers": 3},
+    {"cell": "rnn", "attention": "dot", "decoder_hidden_size": 32, "bidirectional": True},
+    {"cell": "lstm", "bidirectional": False, "input_feeding": False, "attention": "mlp"},
+    {"tie_output": True, "share_embeddings": True, "decoder_hidden_size": 24, "embedding_size": 24},
+])
+def test_model_variants_train_and_decode(overrides):
+    torch.manual_seed(0)
+    cfg = config_from_dict({"model": dict({"embedding_size": 16, "encoder_hidden_size": 16,
+                                           "decoder_hidden_size": 32, "encoder_layers": 2,
+                                           "decoder_layers": 2}, **overrides)})
+    model = Seq2Seq(cfg.model, 40, 40)
+    batch = make_batch([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]])
+    logits = model(batch.src, batch.src_lengths, batch.tgt_in)
+    assert logits.shape == (2, 4, 40)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    if cfg.model.tie_output:
+        assert model.output.weight is model.tgt_embed.weight is model.src_embed.weight
+    model.eval()
+    greedy = greedy_search(model, batch.src, batch.src_lengths)
+    beam = beam_search(model, batch.src, batch.src_lengths, beam_size=1)
+    assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]

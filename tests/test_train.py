@@ -1,0 +1,107 @@
+import shutil
+
+import pytest
+import torch
+
+from nmt.checkpoint import load_checkpoint
+from nmt.config import config_from_dict, load_config
+from nmt.errors import CheckpointError
+from nmt.io import atomic_write_text
+from nmt.train import train
+from nmt.translate import Translator
+from nmt.vocab import train_vocab
+
+from conftest import reversal_config
+
+TINY = {"train__max_steps": 40, "train__valid_every": 20, "train__batch_size": 400,
+        "model__dropout": 0.3}
+
+
+def params(run_dir, name="last"):
+    return load_checkpoint(run_dir / "checkpoints" / f"{name}.pt")["model"]
+
+
+def test_fixed_seed_repeats_and_resume_continues_exactly(reversal_data, tmp_path):
+    cfg = config_from_dict(reversal_config(reversal_data, **TINY))
+    straight, again, resumed = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    summary = train(cfg, straight)
+    train(cfg, again)
+    half = config_from_dict(reversal_config(reversal_data, **dict(TINY, train__max_steps=20)))
+    train(half, resumed)
+    assert load_checkpoint(resumed / "checkpoints" / "last.pt")["train_state"]["step"] == 20
+    train(cfg, resumed, resume=True)
+    a, b, c = params(straight), params(again), params(resumed)
+    assert summary["steps"] == 40
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+        assert torch.equal(a[key], c[key]), key
+    sa = load_checkpoint(straight / "checkpoints" / "last.pt")
+    sc = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    for key in ("step", "epoch", "batch_in_epoch", "best_bleu", "lr_scale"):
+        assert sa["train_state"][key] == sc["train_state"][key]
+    assert torch.equal(sa["rng"]["cpu"], sc["rng"]["cpu"])
+
+
+def test_run_directory_contents(reversal_data, tmp_path):
+    cfg = config_from_dict(reversal_config(reversal_data, **TINY))
+    run = tmp_path / "run"
+    train(cfg, run)
+    assert load_config(run / "config.yaml") == cfg
+    assert (run / "spm.model").is_file() and (run / "train.log").read_text().count("valid loss") == 2
+    assert any((run / "tensorboard").iterdir())
+    leftovers = [p.name for p in (run / "checkpoints").iterdir()]
+    assert sorted(leftovers) == ["best.pt", "last.pt"]  # no temporary files left behind
+    with pytest.raises(CheckpointError, match="already holds a run; pass --resume"):
+        train(cfg, run)
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        train(cfg, tmp_path / "empty", resume=True)
+
+
+def test_early_stopping_on_validation_bleu(reversal_data, tmp_path):
+    cfg = config_from_dict(reversal_config(reversal_data, train__lr=1e-12, train__min_lr=1e-12,
+                                           train__valid_every=5, train__patience=2,
+                                           train__max_steps=100, train__batch_size=400))
+    summary = train(cfg, tmp_path / "run")
+    assert summary["stopped_early"] and summary["steps"] == 15 and summary["best_step"] == 5
+
+
+def test_separate_vocabularies(reversal_data, tmp_path):
+    cfg = config_from_dict(reversal_config(reversal_data, data__joint_vocab=False,
+                                           train__max_steps=5, train__valid_every=5))
+    train(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "spm.src.model").is_file() and (tmp_path / "run" / "spm.tgt.model").is_file()
+    assert len(Translator.load(tmp_path / "run").translate(["a b"])) == 1
+
+
+def test_vocabulary_mismatch_is_refused(reversal_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reversal_run, run)
+    train_vocab(["ganz andere Sätze hier"] * 10, run / "spm.model", 280)
+    with pytest.raises(CheckpointError, match=r"best\.pt: src vocabulary .* does not match .*spm\.model"):
+        Translator.load(run)
+
+
+def test_missing_run_or_checkpoint(tmp_path, reversal_run):
+    with pytest.raises(CheckpointError, match="run directory not found"):
+        Translator.load(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match=r"other\.pt: checkpoint not found"):
+        Translator.load(reversal_run, checkpoint=str(tmp_path / "other.pt"))
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "old\n")
+
+    class Boom(Exception):
+        pass
+
+    from nmt.io import atomic_write
+
+    def failing(tmp):
+        open(tmp, "w").write("half")
+        raise Boom()
+
+    with pytest.raises(Boom):
+        atomic_write(target, failing)
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
