@@ -114,10 +114,12 @@ def test_encoder_dropout_between_layers_never_across_time():
     enc = Encoder("lstm", input_size=8, hidden_size=8, num_layers=2, bidirectional=True, dropout=p)
     enc.train()
     seen = []
-    for layer in enc.layers:
-        layer.register_forward_hook(lambda m, inp, out: seen.append((m, inp[0].data, out[0].data)))
+    hooks = [layer.register_forward_hook(lambda m, inp, out: seen.append((m, inp[0].data, out[0].data)))
+             for layer in enc.layers]
     x = torch.randn(3, 6, 8)
     enc(x, torch.tensor([6, 6, 6]))
+    for hook in hooks:
+        hook.remove()
     (l1, in1, out1), (l2, in2, out2) = seen
     # layer 1's input is the dropped input: each element zeroed or scaled by 1/(1-p)
     packed_x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([6, 6, 6]), batch_first=True).data
