@@ -136,7 +136,6 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
         raise CheckpointError(f"{run_dir}: already holds a run; pass --resume to continue it "
                               "or choose another run directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
     setup_logging(run_dir / "train.log")
     tc = cfg.train
     if tc.threads > 0:
@@ -144,12 +143,19 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     torch.manual_seed(tc.seed)
     device = pick_device(tc.device)
 
+    ckpt = load_checkpoint(last_path, device) if resume else None
+    if ckpt is not None:
+        for section in ("data", "model"):  # these shape the model and its vocabulary
+            for key, value in ckpt["config"][section].items():
+                if key not in ("valid", "test") and getattr(getattr(cfg, section), key) != value:
+                    raise CheckpointError(f"{last_path}: {section}.{key} was {value!r} in this run; "
+                                          "it cannot change on --resume")
+    save_config(cfg, run_dir / "config.yaml")
     corpus = Corpus(cfg, run_dir, reuse_vocab=resume)
     model = Seq2Seq(cfg.model, len(corpus.src_vocab), len(corpus.tgt_vocab)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     state = TrainState()
-    if resume:
-        ckpt = load_checkpoint(last_path, device)
+    if ckpt is not None:
         check_vocab(ckpt, "src", corpus.src_vocab, last_path)
         check_vocab(ckpt, "tgt", corpus.tgt_vocab, last_path)
         model.load_state_dict(ckpt["model"])

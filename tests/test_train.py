@@ -29,6 +29,10 @@ def test_fixed_seed_repeats_and_resume_continues_exactly(reversal_data, tmp_path
     half = config_from_dict(reversal_config(reversal_data, **dict(TINY, train__max_steps=20)))
     train(half, resumed)
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["train_state"]["step"] == 20
+    with pytest.raises(CheckpointError, match=r"last\.pt: model\.dropout was 0\.3 in this run; it cannot change"):
+        train(config_from_dict(reversal_config(reversal_data, **dict(TINY, model__dropout=0.2))),
+              resumed, resume=True)
+    assert load_config(resumed / "config.yaml").model.dropout == 0.3  # left as it was
     train(cfg, resumed, resume=True)
     a, b, c = params(straight), params(again), params(resumed)
     assert summary["steps"] == 40
