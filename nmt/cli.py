@@ -35,6 +35,9 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-length-ratio", type=float)
     group.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    group.add_argument("--int8", action="store_true",
+                       help="quantize the LSTM and linear layers to int8 (faster on a CPU; "
+                       "activation ranges are per batch, so output may vary slightly with --batch-size)")
 
 
 def _decode_overrides(args: argparse.Namespace) -> dict:
@@ -72,6 +75,8 @@ def train_main(argv: list[str] | None = None) -> int:
                 raise NmtError(f"{config}: not found; is {run_dir} a run directory?")
         cfg = load_config(config, args.set)
         summary = train(cfg, run_dir, resume=args.resume)
+        if summary["rank"] != 0:  # under torchrun only rank 0 reports
+            return 0
         best = (f"best validation BLEU {summary['best_valid_bleu']} at step {summary['best_step']}"
                 if summary["best_step"] else "no validation ran: best.pt is the last model")
         print(f"\ntrained {summary['steps']} steps in {summary['train_seconds']:.0f} s; {best}"
@@ -108,7 +113,7 @@ def translate_main(argv: list[str] | None = None) -> int:
         from nmt.translate import Translator
         from nmt.vocab import END
 
-        translator = Translator.load(args.run_dir, args.checkpoint, args.device)
+        translator = Translator.load(args.run_dir, args.checkpoint, args.device, args.int8)
         if args.input:
             lines = read_lines(args.input)
         else:
@@ -176,7 +181,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             if not args.run_dir:
                 raise NmtError("give a run directory (or --hyp and --ref)")
             report = evaluate_run(args.run_dir, args.split, args.src, args.ref, args.checkpoint,
-                                  args.out, args.device, **_decode_overrides(args))
+                                  args.out, args.device, args.int8, **_decode_overrides(args))
         if args.json:
             print(json.dumps(report, indent=2, ensure_ascii=False))
         else:

@@ -66,6 +66,7 @@ class TrainConfig:
     seed: int = 1
     batch_size: int = 4096  # per step, counted in batch_unit
     batch_unit: str = "tokens"  # tokens (padded source or target, the larger) or sentences
+    accumulate: int = 1  # batches per step per process (gradient accumulation)
     max_steps: int = 20000
     max_epochs: int = 0  # 0 = no limit
     max_minutes: float = 0.0  # stop after this much training time (resumable); 0 = no limit
@@ -159,7 +160,7 @@ def _check(cfg: Config) -> None:
     """Cross-key checks that the types alone cannot express."""
     positive = ["data.vocab_size", "data.max_len", "model.embedding_size", "model.encoder_layers",
                 "model.encoder_hidden_size", "model.decoder_layers", "model.decoder_hidden_size",
-                "train.batch_size", "train.max_steps", "train.valid_every", "train.log_every",
+                "train.batch_size", "train.accumulate", "train.max_steps", "train.valid_every", "train.log_every",
                 "decode.beam_size", "decode.batch_size", "decode.n_best", "train.lr"]
     for key in positive:
         section, name = key.split(".")

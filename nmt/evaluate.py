@@ -55,7 +55,7 @@ def write_report(out_dir: Path, report: dict, sources: list[str], references: li
 
 def evaluate_run(run_dir: str | Path, split: str = "test", src_file: str | None = None,
                  ref_file: str | None = None, checkpoint: str = "best", out_dir: str | Path | None = None,
-                 device: str = "cpu", **decode_overrides) -> dict:
+                 device: str = "cpu", int8: bool = False, **decode_overrides) -> dict:
     """Translate a test set with a run's checkpoint, score it and write a report.
 
     The test set is the config's ``data.<split>`` or, when given, the files
@@ -66,7 +66,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", src_file: str | None 
     from nmt.data import load_split
     from nmt.translate import Translator
 
-    translator = Translator.load(run_dir, checkpoint, device)
+    translator = Translator.load(run_dir, checkpoint, device, int8)
     cfg = translator.run.cfg
     if src_file or ref_file:
         if not (src_file and ref_file):
@@ -90,11 +90,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", src_file: str | None 
                                       max_length_ratio=decode.max_length_ratio)
     seconds = time.perf_counter() - start
     report = {
-        "name": f"{name}-{translator.run.checkpoint.stem}-beam{decode.beam_size}",
+        "name": f"{name}-{translator.run.checkpoint.stem}-beam{decode.beam_size}{'-int8' if int8 else ''}",
         "scores": score(hypotheses, references),
         "source_file": str(src_file), "reference_file": str(ref_file),
         "checkpoint": str(translator.run.checkpoint), "step": translator.run.step,
-        "decoding": {k: v for k, v in asdict(decode).items() if k != "n_best"},
+        "decoding": dict({k: v for k, v in asdict(decode).items() if k != "n_best"}, int8=int8),
         "decode_seconds": round(seconds, 2),
         "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1),
         "config_yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True),

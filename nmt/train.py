@@ -4,18 +4,28 @@ Resuming from ``checkpoints/last.pt`` restores the model, the optimizer, the
 step, the learning-rate state, the RNG state and the position in the data
 (epoch and batch), so a resumed run computes exactly what an uninterrupted
 one would have.
+
+Launched by ``torchrun`` the same loop runs data-parallel (DDP; NCCL on GPUs,
+gloo on CPUs). One step consumes ``world_size x train.accumulate``
+consecutive batches of the epoch's list: rank r trains on batches r, r + W,
+... of them, and the loss is normalised by the tokens of all of them, so the
+update equals a single process's with ``train.accumulate = W x accumulate``.
+Only rank 0 validates and writes checkpoints, logs and reports.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import sacrebleu
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -47,8 +57,29 @@ class TrainState:
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun process
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
     return torch.device(name)
+
+
+def start_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); joins the torchrun process group when there is one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def broadcast(value, world: int):
+    """Rank 0's ``value`` on every rank (a no-op in a single process)."""
+    if world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def setup_logging(path: Path) -> None:
@@ -69,18 +100,19 @@ def setup_logging(path: Path) -> None:
 class Corpus:
     """Training and validation data as piece ids, with the run's vocabularies."""
 
-    def __init__(self, cfg: Config, run_dir: Path, reuse_vocab: bool):
+    def __init__(self, cfg: Config, run_dir: Path, reuse_vocab: bool, world: int = 1):
         data = cfg.data
         train_src, train_tgt = load_split(data, data.train, "training")
         src_path, tgt_path = vocab_paths(run_dir, data.joint_vocab)
+        if world > 1:  # rank 0 trains the vocabulary; the other ranks read it
+            if dist.get_rank() == 0 and not reuse_vocab:
+                self._train_vocabs(cfg, train_src, train_tgt, src_path, tgt_path)
+            dist.barrier()
+            reuse_vocab = True
         if reuse_vocab:
             self.src_vocab, self.tgt_vocab = Vocab(src_path), Vocab(tgt_path)
-        elif data.joint_vocab:
-            self.src_vocab = self.tgt_vocab = train_vocab(train_src + train_tgt, src_path,
-                                                          data.vocab_size, data.subword_type)
         else:
-            self.src_vocab = train_vocab(train_src, src_path, data.vocab_size, data.subword_type)
-            self.tgt_vocab = train_vocab(train_tgt, tgt_path, data.vocab_size, data.subword_type)
+            self._train_vocabs(cfg, train_src, train_tgt, src_path, tgt_path)
         src_ids, tgt_ids = self.src_vocab.encode(train_src), self.tgt_vocab.encode(train_tgt)
         keep, counts = filter_pairs(src_ids, tgt_ids, data.max_len, data.max_len_ratio)
         log.info(f"training pairs: {len(src_ids)} read, {counts['kept']} kept, dropped "
@@ -98,6 +130,16 @@ class Corpus:
                                                if data.valid else ([], []))
         self.valid_src = self.src_vocab.encode(self.valid_src_text)
         self.valid_tgt = self.tgt_vocab.encode(self.valid_ref)
+
+    def _train_vocabs(self, cfg: Config, train_src: list[str], train_tgt: list[str],
+                      src_path: Path, tgt_path: Path) -> None:
+        data = cfg.data
+        if data.joint_vocab:
+            self.src_vocab = self.tgt_vocab = train_vocab(train_src + train_tgt, src_path,
+                                                          data.vocab_size, data.subword_type)
+        else:
+            self.src_vocab = train_vocab(train_src, src_path, data.vocab_size, data.subword_type)
+            self.tgt_vocab = train_vocab(train_tgt, tgt_path, data.vocab_size, data.subword_type)
 
 
 def loss_sum(model: Seq2Seq, batch, label_smoothing: float) -> torch.Tensor:
@@ -135,13 +177,18 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     if not resume and last_path.exists():
         raise CheckpointError(f"{run_dir}: already holds a run; pass --resume to continue it "
                               "or choose another run directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir / "train.log")
     tc = cfg.train
+    device = pick_device(tc.device)
+    rank, world = start_distributed(device)
+    main = rank == 0  # only rank 0 writes anything
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        setup_logging(run_dir / "train.log")
+    else:
+        log.disabled = True
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
-    device = pick_device(tc.device)
+    torch.manual_seed(tc.seed + rank)  # DDP copies rank 0's initial weights to all ranks
 
     ckpt = load_checkpoint(last_path, device) if resume else None
     if ckpt is not None:
@@ -150,8 +197,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                 if key not in ("valid", "test") and getattr(getattr(cfg, section), key) != value:
                     raise CheckpointError(f"{last_path}: {section}.{key} was {value!r} in this run; "
                                           "it cannot change on --resume")
-    save_config(cfg, run_dir / "config.yaml")
-    corpus = Corpus(cfg, run_dir, reuse_vocab=resume)
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
+    corpus = Corpus(cfg, run_dir, reuse_vocab=resume, world=world)
     model = Seq2Seq(cfg.model, len(corpus.src_vocab), len(corpus.tgt_vocab)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     state = TrainState()
@@ -161,34 +209,54 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = TrainState(**ckpt["train_state"])
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        rng = ckpt["rng"]
+        if rank < len(rng["cpu"]):  # the same world size: each rank continues its own stream
+            torch.set_rng_state(rng["cpu"][rank])
+            if device.type == "cuda" and rng["cuda"][rank] is not None:
+                torch.cuda.set_rng_state(rng["cuda"][rank], device)
         log.info(f"resumed from {last_path} at step {state.step} (epoch {state.epoch}, "
                  f"batch {state.batch_in_epoch})")
     n_params = sum(p.numel() for p in model.parameters())
-    log.info(f"model: {n_params:,} parameters on {device}; run directory {run_dir}")
+    log.info(f"model: {n_params:,} parameters on {device}"
+             f"{f' x {world} processes' if world > 1 else ''}; run directory {run_dir}")
+    trained = model
+    if world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    from torch.utils.tensorboard import SummaryWriter  # imported late: slow to import
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter  # imported late: slow to import
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
 
-    def checkpoint(path: Path) -> None:
-        rng = {"cpu": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        save_checkpoint(path, {
+    def checkpoint(paths: list[Path]) -> None:
+        """Every rank calls this (to share its RNG state); rank 0 writes ``paths``."""
+        rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        states = [None] * world
+        if world > 1:
+            dist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        if not main:
+            return
+        payload = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "train_state": asdict(state), "rng": rng, "config": cfg.to_dict(),
-            "vocab": {"src": vocab_record(corpus.src_vocab), "tgt": vocab_record(corpus.tgt_vocab)}})
+            "train_state": asdict(state), "config": cfg.to_dict(),
+            "rng": {"cpu": [s[0] for s in states], "cuda": [s[1] for s in states]},
+            "vocab": {"src": vocab_record(corpus.src_vocab), "tgt": vocab_record(corpus.tgt_vocab)}}
+        for path in paths:
+            save_checkpoint(path, payload)
 
     def learning_rate_at(step: int) -> float:
         warmup = min(1.0, step / tc.warmup_steps) if tc.warmup_steps else 1.0
         return max(tc.lr * state.lr_scale, tc.min_lr) * warmup
 
     def run_validation() -> bool:
-        """Validate, checkpoint, update the schedule; True when training should stop."""
-        result = validate(model, corpus, cfg, device)
-        for key, value in result.items():
-            writer.add_scalar(f"valid/{key}", value, state.step)
+        """Validate (rank 0), update the schedule and checkpoint; True when training should stop."""
+        result = broadcast(validate(model, corpus, cfg, device) if main else None, world)
+        if writer:
+            for key, value in result.items():
+                writer.add_scalar(f"valid/{key}", value, state.step)
         improved = result["bleu"] > state.best_bleu
         if improved:
             state.best_bleu, state.best_step = result["bleu"], state.step
@@ -199,18 +267,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
             if state.lr_bad_validations >= tc.lr_patience:
                 state.lr_scale *= tc.lr_decay
                 state.lr_bad_validations = 0
-        stop = bool(tc.patience) and state.bad_validations >= tc.patience
-        state.stopped_early = stop
+        state.stopped_early = bool(tc.patience) and state.bad_validations >= tc.patience
         log.info(f"step {state.step}: valid loss {result['loss']:.3f} ppl {result['ppl']:.2f} "
-                 f"BLEU {result['bleu']:.2f}{' (best)' if improved else ''}; lr {learning_rate_at(state.step + 1):.2e}")
-        checkpoint(last_path)
-        if improved:
-            checkpoint(best_path)
-        return stop
+                 f"BLEU {result['bleu']:.2f}{' (best)' if improved else ''}; "
+                 f"lr {learning_rate_at(state.step + 1):.2e}")
+        checkpoint([last_path, best_path] if improved else [last_path])
+        return state.stopped_early
 
+    per_step = world * tc.accumulate  # batches of the epoch's list consumed by one step
     model.train()
     progress = tqdm(total=tc.max_steps, initial=state.step, desc="train", unit="step",
-                    dynamic_ncols=True, mininterval=1.0, disable=None)  # no bar when not a terminal
+                    dynamic_ncols=True, mininterval=1.0, disable=None if main else True)
     window_tokens, window_start = 0, time.perf_counter()
     segment_start = time.perf_counter()
     done = state.step >= tc.max_steps or state.stopped_early
@@ -218,30 +285,38 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
         while not done:
             batches = epoch_batches(corpus.src_lens, corpus.tgt_lens, tc.batch_size,
                                     tc.batch_unit, tc.seed, state.epoch)
-            for b in range(state.batch_in_epoch, len(batches)):
-                idx = batches[b]
-                batch = make_batch([corpus.src[i] for i in idx],
-                                   [corpus.tgt[i] for i in idx]).to(device)
+            usable = len(batches) - len(batches) % per_step  # an incomplete last step is skipped
+            for first in range(state.batch_in_epoch, usable, per_step):
+                group = batches[first:first + per_step]
+                step_tokens = int(sum(corpus.tgt_lens[idx].sum() + len(idx) for idx in group))
                 lr = learning_rate_at(state.step + 1)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss = loss_sum(model, batch, tc.label_smoothing) / batch.n_tokens
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                mine = group[rank::world]
+                for k, idx in enumerate(mine):
+                    batch = make_batch([corpus.src[i] for i in idx],
+                                       [corpus.tgt[i] for i in idx]).to(device)
+                    # DDP averages gradients over ranks: scale so the sum is per token of the step.
+                    sync = k == len(mine) - 1 or world == 1
+                    with nullcontext() if sync else trained.no_sync():
+                        loss = loss_sum(trained, batch, tc.label_smoothing) * (world / step_tokens)
+                        loss.backward()
                 if tc.clip_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
                 optimizer.step()
                 state.step += 1
-                state.batch_in_epoch = b + 1
+                state.batch_in_epoch = first + per_step
 
-                window_tokens += batch.n_tokens
+                window_tokens += step_tokens
                 if state.step % tc.log_every == 0:
                     speed = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    value = loss.item()
+                    value = loss.item() * step_tokens / world / batch.n_tokens  # last batch, per token
                     progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:.0f}")
-                    writer.add_scalar("train/loss", value, state.step)
-                    writer.add_scalar("train/lr", lr, state.step)
-                    writer.add_scalar("train/target_tokens_per_s", speed, state.step)
+                    if writer:
+                        writer.add_scalar("train/loss", value, state.step)
+                        writer.add_scalar("train/lr", lr, state.step)
+                        writer.add_scalar("train/target_tokens_per_s", speed, state.step)
                     log.info(f"step {state.step} epoch {state.epoch}: loss {value:.3f} "
                              f"lr {lr:.2e} {speed:.0f} target tokens/s")
                     window_tokens, window_start = 0, time.perf_counter()
@@ -251,7 +326,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                     done = True
                 if state.step >= tc.max_steps:
                     done = True
-                if tc.max_minutes and time.perf_counter() - segment_start >= 60 * tc.max_minutes:
+                if tc.max_minutes and broadcast(
+                        time.perf_counter() - segment_start >= 60 * tc.max_minutes, world):
                     log.info(f"time budget of {tc.max_minutes} minutes reached")
                     done = True
                 if done:
@@ -262,21 +338,23 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                 if tc.max_epochs and state.epoch >= tc.max_epochs:
                     done = True
     except KeyboardInterrupt:
-        # The state is consistent between steps: save it so --resume continues exactly here.
-        state.train_seconds += time.perf_counter() - segment_start
-        checkpoint(last_path)
-        log.info(f"interrupted at step {state.step}; saved {last_path}")
+        if world == 1:  # between steps the state is consistent: --resume continues exactly here
+            state.train_seconds += time.perf_counter() - segment_start
+            checkpoint([last_path])
+            log.info(f"interrupted at step {state.step}; saved {last_path}")
         raise
     finally:
         progress.close()
     state.train_seconds += time.perf_counter() - segment_start
     # No extra validation here: it would change the schedule's state, and a run
     # resumed from this checkpoint would no longer match an uninterrupted one.
-    if not best_path.exists():
-        checkpoint(best_path)
-    checkpoint(last_path)
-    writer.close()
+    checkpoint([last_path] if best_path.exists() else [last_path, best_path])
+    if writer:
+        writer.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
     return {"run_dir": str(run_dir), "steps": state.step, "best_step": state.best_step,
             "best_valid_bleu": round(state.best_bleu, 2), "stopped_early": state.stopped_early,
             "train_seconds": round(state.train_seconds, 1), "parameters": n_params,
-            "filter": corpus.filter_counts}
+            "filter": corpus.filter_counts, "rank": rank}

@@ -10,7 +10,7 @@ from nmt.checkpoint import LoadedRun, load_run
 from nmt.config import DecodeConfig
 from nmt.errors import ConfigError
 from nmt.data import source_tensor
-from nmt.model import Seq2Seq
+from nmt.model import Seq2Seq, quantize_int8
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.vocab import Vocab
 
@@ -52,9 +52,18 @@ class Translator:
         self.decode = run.cfg.decode
 
     @classmethod
-    def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> "Translator":
-        """Load a run directory's ``best`` (or ``last``, or a given path) checkpoint."""
-        return cls(load_run(run_dir, checkpoint, device), device)
+    def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
+             int8: bool = False) -> "Translator":
+        """Load a run directory's ``best`` (or ``last``, or a given path) checkpoint.
+
+        ``int8``: quantize the recurrent and linear layers to int8 (CPU only).
+        """
+        run = load_run(run_dir, checkpoint, device)
+        if int8:
+            if str(device) != "cpu":
+                raise ConfigError("int8 decoding runs on the CPU only (use --device cpu)")
+            run.model = quantize_int8(run.model)
+        return cls(run, device)
 
     def settings(self, **overrides) -> DecodeConfig:
         """The run's decoding settings with the given (non-None) values replaced."""

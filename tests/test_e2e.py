@@ -11,3 +11,13 @@ def test_reversal_is_learned_to_95_percent_exact_match(reversal_run, reversal_da
         out = translator.translate(src, beam_size=beam)
         exact = sum(o == r for o, r in zip(out, ref)) / len(ref)
         assert exact >= 0.95, f"beam {beam}: exact match {exact:.2%}"
+
+
+def test_int8_decoding_keeps_the_quality(reversal_run, reversal_data):
+    src = read_lines(reversal_data["test"] + ".src")
+    ref = read_lines(reversal_data["test"] + ".tgt")
+    translator = Translator.load(reversal_run, int8=True)
+    kinds = {m._get_name() for m in translator.model.modules()}
+    assert {"DynamicQuantizedLSTM", "DynamicQuantizedLSTMCell", "DynamicQuantizedLinear"} <= kinds
+    out = translator.translate(src, beam_size=4)
+    assert sum(o == r for o, r in zip(out, ref)) / len(ref) >= 0.9

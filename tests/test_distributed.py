@@ -1,0 +1,37 @@
+"""Data-parallel training on 2 CPU processes (gloo, launched by torchrun) equals 1 process."""
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from nmt.checkpoint import load_checkpoint
+
+from conftest import reversal_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_two_gloo_processes_match_one_process_with_the_combined_batch(reversal_data, tmp_path):
+    settings = dict(train__max_steps=6, train__valid_every=3, train__batch_size=300,
+                    train__threads=1, model__dropout=0.0)  # dropout 0: ranks draw different masks
+    runs = {}
+    for name, world, accumulate in (("single", 1, 2), ("ddp", 2, 1)):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(reversal_config(reversal_data, train__accumulate=accumulate,
+                                                         **settings)))
+        runs[name] = tmp_path / name
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={world}", str(ROOT / "scripts" / "train.py"), str(config),
+                   "--run-dir", str(runs[name]), "--no-test"]
+        result = subprocess.run(command, capture_output=True, timeout=300, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr.decode()[-3000:]
+    single = load_checkpoint(runs["single"] / "checkpoints" / "last.pt")
+    ddp = load_checkpoint(runs["ddp"] / "checkpoints" / "last.pt")
+    assert single["train_state"]["step"] == ddp["train_state"]["step"] == 6
+    assert len(ddp["rng"]["cpu"]) == 2  # each rank's RNG state, for an exact resume
+    for key, value in single["model"].items():
+        assert torch.allclose(value, ddp["model"][key], atol=1e-5), key
+    # only rank 0 wrote: one log, one set of checkpoints
+    assert (runs["ddp"] / "train.log").read_text().count("x 2 processes") == 1
