@@ -82,6 +82,7 @@ class TrainConfig:
     log_every: int = 50
     threads: int = 0  # torch CPU threads; 0 = torch's default
     device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: str = "fp32"  # fp32, or bf16 (autocast on CUDA; weights and optimizer stay fp32)
 
 
 @dataclass
@@ -109,6 +110,7 @@ CHOICES = {
     "model.cell": ("lstm", "gru", "rnn"),
     "model.attention": ("dot", "general", "mlp"),
     "train.batch_unit": ("tokens", "sentences"),
+    "train.precision": ("fp32", "bf16"),
 }
 
 

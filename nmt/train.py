@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -33,7 +34,7 @@ from nmt.checkpoint import (check_vocab, load_checkpoint, save_checkpoint, vocab
                             vocab_record)
 from nmt.config import Config, save_config
 from nmt.data import epoch_batches, filter_pairs, load_split, make_batch
-from nmt.errors import CheckpointError
+from nmt.errors import CheckpointError, ConfigError
 from nmt.model import Seq2Seq
 from nmt.translate import decode_corpus
 from nmt.vocab import PAD, Vocab, train_vocab
@@ -53,6 +54,8 @@ class TrainState:
     lr_scale: float = 1.0  # product of the decays so far
     stopped_early: bool = False
     train_seconds: float = 0.0
+    target_tokens: int = 0  # trained on so far (end markers included), all ranks together
+    sentences: int = 0
 
 
 def pick_device(name: str) -> torch.device:
@@ -83,10 +86,10 @@ def broadcast(value, world: int):
 
 
 def setup_logging(path: Path) -> None:
-    """Log lines go to the run's train.log and, through tqdm, to the console."""
+    """Log lines go to the run's train.log and, through tqdm, to stderr."""
     class TqdmHandler(logging.Handler):
         def emit(self, record):
-            tqdm.write(self.format(record))
+            tqdm.write(self.format(record), file=sys.stderr)
 
     log.handlers.clear()
     log.setLevel(logging.INFO)
@@ -275,6 +278,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
         return state.stopped_early
 
     per_step = world * tc.accumulate  # batches of the epoch's list consumed by one step
+    if tc.precision == "bf16" and device.type != "cuda":
+        raise ConfigError("train.precision: bf16 needs a CUDA device")
+    bf16 = tc.precision == "bf16"
     model.train()
     progress = tqdm(total=tc.max_steps, initial=state.step, desc="train", unit="step",
                     dynamic_ncols=True, mininterval=1.0, disable=None if main else True)
@@ -300,13 +306,16 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                     # DDP averages gradients over ranks: scale so the sum is per token of the step.
                     sync = k == len(mine) - 1 or world == 1
                     with nullcontext() if sync else trained.no_sync():
-                        loss = loss_sum(trained, batch, tc.label_smoothing) * (world / step_tokens)
+                        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                            loss = loss_sum(trained, batch, tc.label_smoothing) * (world / step_tokens)
                         loss.backward()
                 if tc.clip_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
                 optimizer.step()
                 state.step += 1
                 state.batch_in_epoch = first + per_step
+                state.target_tokens += step_tokens
+                state.sentences += sum(len(idx) for idx in group)
 
                 window_tokens += step_tokens
                 if state.step % tc.log_every == 0:
@@ -357,4 +366,5 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     return {"run_dir": str(run_dir), "steps": state.step, "best_step": state.best_step,
             "best_valid_bleu": round(state.best_bleu, 2), "stopped_early": state.stopped_early,
             "train_seconds": round(state.train_seconds, 1), "parameters": n_params,
+            "target_tokens": state.target_tokens, "sentences": state.sentences,
             "filter": corpus.filter_counts, "rank": rank}
