@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from nmt.data import load_split  # noqa: E402
-from nmt.evaluate import score  # noqa: E402
+from nmt.report import corpus_scores  # noqa: E402
 from nmt.translate import Translator  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def main() -> None:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
             pieces = sum(len(p) for p in translator.tgt_vocab.encode(hyps))
-            scores = score(hyps, references)
+            scores = corpus_scores(hyps, references)
             results.append({"mode": mode, "beam": beam, "sentences": len(sources),
                             "seconds": round(seconds, 2),
                             "sent_per_s": round(len(sources) / seconds, 1),

@@ -6,6 +6,7 @@ sentencepiece model(s), ``checkpoints/{last,best}.pt``, ``train.log``,
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,20 @@ from nmt.errors import CheckpointError, ConfigError
 from nmt.io import atomic_write
 from nmt.model import Seq2Seq
 from nmt.vocab import Vocab
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto", "cpu", "cuda" or "cuda:N" -> a device this torch can use (one GPU per torchrun rank)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: this torch sees no CUDA GPU")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r}: expected cpu, cuda or cuda:N") from None
 
 
 def vocab_paths(run_dir: Path, joint: bool) -> tuple[Path, Path]:
@@ -46,9 +61,12 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or not {"model", "config", "vocab", "train_state"} <= ckpt.keys():
+        raise CheckpointError(f"{path}: not an nmt checkpoint")
+    return ckpt
 
 
 def check_vocab(ckpt: dict, side: str, vocab: Vocab, path: Path) -> None:
@@ -75,6 +93,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
     """Load a trained model for decoding, checking its vocabularies."""
     run_dir = Path(run_dir)
     path = resolve_checkpoint(run_dir, checkpoint)
+    device = pick_device(str(device))
     ckpt = load_checkpoint(path, device)
     try:
         cfg = config_from_dict(ckpt["config"], where=f"{path}: ")

@@ -22,6 +22,9 @@ def _run(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.
     except NmtError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # unwritable output, a file where a folder should be, a full disk
+        print(f"{prog}: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
@@ -60,8 +63,9 @@ def train_parser() -> argparse.ArgumentParser:
 def train_main(argv: list[str] | None = None) -> int:
     def main(args):
         from nmt.config import load_config
-        from nmt.evaluate import evaluate_run, format_scores
-        from nmt.train import pick_device, train
+        from nmt.evaluate import evaluate, format_scores
+        from nmt.checkpoint import pick_device
+        from nmt.train import train
 
         if args.run_dir is None and args.config is None:
             raise NmtError("give a config file, or --run-dir with --resume")
@@ -83,11 +87,10 @@ def train_main(argv: list[str] | None = None) -> int:
               f"{' (stopped early)' if summary['stopped_early'] else ''}")
         print(f"run directory: {run_dir}")
         if cfg.data.test and not args.no_test:
-            report = evaluate_run(run_dir, "test", device=str(pick_device(cfg.train.device)))
-            print(f"test set ({report['scores']['sentences']} sentences, "
-                  f"beam {report['decoding']['beam_size']}):")
+            report = evaluate([run_dir], split="test", device=str(pick_device(cfg.train.device)))
+            print(f"test set ({report['sentences']} sentences, beam {cfg.decode.beam_size}):")
             print(format_scores(report))
-            print(f"report: {report['report_dir']}/report.md")
+            print(f"report: {report['report_dir']}/report.html (and report.md, report.json)")
         return 0
 
     return _run("nmt-train", main, train_parser(), argv)
@@ -109,7 +112,7 @@ def translate_parser() -> argparse.ArgumentParser:
 
 def translate_main(argv: list[str] | None = None) -> int:
     def main(args):
-        from nmt.io import atomic_write_text, read_lines
+        from nmt.io import atomic_write_text, decode_lines, read_lines
         from nmt.translate import Translator
         from nmt.vocab import END
 
@@ -117,12 +120,7 @@ def translate_main(argv: list[str] | None = None) -> int:
         if args.input:
             lines = read_lines(args.input)
         else:
-            data = sys.stdin.buffer.read()
-            try:
-                lines = data.decode("utf-8").splitlines()
-            except UnicodeDecodeError as err:
-                line = data[:err.start].count(b"\n") + 1
-                raise NmtError(f"<stdin>:{line}: invalid UTF-8") from None
+            lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
         overrides = _decode_overrides(args)
         if args.pieces or args.n_best > 1:
             overrides["beam_size"] = max(args.n_best, args.beam_size or translator.decode.beam_size)
@@ -151,15 +149,16 @@ def translate_main(argv: list[str] | None = None) -> int:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nmt-evaluate", description="Translate a test set with a "
-                                "run and write a report (JSON + Markdown), or score a hypothesis file.")
-    p.add_argument("run_dir", nargs="?", help="run directory (not needed with --hyp)")
+    p = argparse.ArgumentParser(prog="nmt-evaluate", description="Translate a test set with one or "
+                                "more runs and/or take hypothesis files, and write a report folder "
+                                "(report.md, self-contained report.html, report.json, PNGs).")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories to translate with")
+    p.add_argument("--hyp", action="append", default=[], help="a hypothesis file (repeatable)")
     p.add_argument("--split", default="test", choices=["test", "valid"],
-                   help="which of the config's sets to translate")
+                   help="which of the first run's sets to translate")
     p.add_argument("--src", help="raw source file (instead of --split)")
     p.add_argument("--ref", help="raw reference file")
-    p.add_argument("--hyp", help="score this hypothesis file against --ref; no model needed")
-    p.add_argument("--out", help="report folder (default: <run_dir>/reports/<name>)")
+    p.add_argument("--out", help="report folder (default for one run: <run_dir>/reports/<name>)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _decode_args(p)
     return p
@@ -167,27 +166,42 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 def evaluate_main(argv: list[str] | None = None) -> int:
     def main(args):
-        from nmt.evaluate import evaluate_run, format_scores, score
+        from nmt.evaluate import evaluate, format_scores
 
-        if args.hyp:
-            from nmt.io import read_lines
-            if not args.ref:
-                raise NmtError("--hyp needs --ref")
-            hyps, refs = read_lines(args.hyp), read_lines(args.ref)
-            if len(hyps) != len(refs):
-                raise NmtError(f"{args.hyp} has {len(hyps)} lines but {args.ref} has {len(refs)}")
-            report = {"scores": score(hyps, refs)}
-        else:
-            if not args.run_dir:
-                raise NmtError("give a run directory (or --hyp and --ref)")
-            report = evaluate_run(args.run_dir, args.split, args.src, args.ref, args.checkpoint,
-                                  args.out, args.device, args.int8, **_decode_overrides(args))
+        report = evaluate(args.run_dirs, args.hyp, args.split, args.src, args.ref, args.checkpoint,
+                          args.out, args.device, args.int8, **_decode_overrides(args))
         if args.json:
             print(json.dumps(report, indent=2, ensure_ascii=False))
         else:
             print(format_scores(report))
-            if "report_dir" in report:
-                print(f"report: {report['report_dir']}/report.md")
+            print(f"report: {report['report_dir']}/report.html (and report.md, report.json)")
         return 0
 
     return _run("nmt-evaluate", main, evaluate_parser(), argv)
+
+
+def forecast_main(argv: list[str] | None = None) -> int:
+    """scripts/forecast_sine.py: the chapter's sine-wave application (SPEC §7)."""
+    p = argparse.ArgumentParser(prog="forecast_sine", description="Forecast sin(x) with the "
+                                "package's recurrent encoder; print test MSEs, write a plot and JSON.")
+    p.add_argument("--config", default=None, help="YAML config (default: the built-in settings)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set cell=gru --set layers=3 (repeatable)")
+    p.add_argument("--out", default="runs/sine", help="folder for forecast.png and forecast.json")
+
+    def main(args):
+        from nmt.config import fill, read_yaml
+        from nmt.forecast import SineConfig, run_forecast
+
+        values = read_yaml(args.config) if args.config else {}
+        cfg = fill(SineConfig(), values, args.set, f"{args.config}: " if args.config else "")
+        result = run_forecast(cfg, args.out)
+        print(f"trained {cfg.steps} steps in {result['train_seconds']:.1f} s "
+              f"({cfg.layers}-layer {cfg.cell}, hidden {cfg.hidden_size}, window {cfg.window})")
+        print(f"test MSE, one step ahead: {result['one_step_mse']:.3e} "
+              f"(repeat-last-value baseline {result['repeat_last_value_mse']:.3e})")
+        print(f"test MSE, free running {result['free_run_steps']} steps: {result['free_run_mse']:.3e}")
+        print(f"plot: {args.out}/forecast.png, numbers: {args.out}/forecast.json")
+        return 0
+
+    return _run("forecast_sine", main, p, argv)

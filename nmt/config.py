@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,12 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     seed: int = 1
-    batch_size: int = 4096  # per step, counted in batch_unit
+    batch_size: int = 4096  # per batch, counted in batch_unit (a step: processes x accumulate batches)
     batch_unit: str = "tokens"  # tokens (padded source or target, the larger) or sentences
     accumulate: int = 1  # batches per step per process (gradient accumulation)
     max_steps: int = 20000
     max_epochs: int = 0  # 0 = no limit
-    max_minutes: float = 0.0  # stop after this much training time (resumable); 0 = no limit
+    max_minutes: float = 0.0  # stop after this many minutes of this process's training loop; 0 = no limit
     lr: float = 1e-3  # Adam
     warmup_steps: int = 0  # linear warm-up from 0 to lr
     lr_decay: float = 0.5  # multiply lr by this when validation BLEU stalls ...
@@ -89,7 +90,7 @@ class TrainConfig:
 class DecodeConfig:
     beam_size: int = 5  # 1 = greedy
     length_penalty: float = 1.0  # beam score / length ** length_penalty
-    max_length_ratio: float = 2.0  # output at most ratio x source pieces (+ end marker)
+    max_length_ratio: float = 2.0  # output at most ratio x source pieces + 5
     batch_size: int = 64  # sentences per decoding batch
     n_best: int = 1
 
@@ -168,6 +169,22 @@ def _check(cfg: Config) -> None:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) <= 0:
             raise ConfigError(f"{key}: must be positive")
+    non_negative = ["train.warmup_steps", "train.patience", "train.min_lr", "train.clip_grad_norm",
+                    "train.max_epochs", "train.max_minutes", "train.threads"]
+    for key in non_negative:
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 0:
+            raise ConfigError(f"{key}: must not be negative")
+    if not 0.0 < cfg.train.lr_decay <= 1.0:
+        raise ConfigError("train.lr_decay: must be in (0, 1]")
+    if cfg.train.lr_patience < 1:
+        raise ConfigError("train.lr_patience: must be at least 1")
+    if cfg.data.max_len_ratio < 1.0:
+        raise ConfigError("data.max_len_ratio: must be at least 1")
+    if cfg.decode.max_length_ratio <= 0:
+        raise ConfigError("decode.max_length_ratio: must be positive")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.train.device):
+        raise ConfigError(f"train.device: {cfg.train.device!r} is not auto, cpu, cuda or cuda:N")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError("model.dropout: must be in [0, 1)")
     if not 0.0 <= cfg.train.label_smoothing < 1.0:
@@ -198,38 +215,51 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def config_from_dict(values: dict, overrides: list[str] = (), where: str = "") -> Config:
-    cfg = Config()
-    _merge(cfg, values or {}, "", where)
+def fill(obj: Any, values: dict, overrides: list[str] = (), where: str = "") -> Any:
+    """Set the fields of dataclass ``obj`` from nested ``values``, then from ``KEY=VALUE`` overrides."""
+    _merge(obj, values or {}, "", where)
     for text in overrides:
         path, value = parse_override(text)
         nested: Any = value
         for part in reversed(path):
             nested = {part: nested}
-        _merge(cfg, nested, "", f"--set {text}: ")
+        _merge(obj, nested, "", f"--set {text}: ")
+    return obj
+
+
+def config_from_dict(values: dict, overrides: list[str] = (), where: str = "") -> Config:
+    cfg = fill(Config(), values, overrides, where)
     _check(cfg)
     return cfg
 
 
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from ``path``; ConfigError naming the file (and line) otherwise."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
+    except UnicodeDecodeError as err:
+        line = Path(path).read_bytes()[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: invalid UTF-8") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: {line}invalid YAML") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys")
+    return values
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
-    values: dict = {}
-    where = ""
-    if path is not None:
-        where = f"{path}: "
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        try:
-            values = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f"line {mark.line + 1}: " if mark is not None else ""
-            raise ConfigError(f"{where}{line}invalid YAML") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{where}expected a mapping of sections")
-    return config_from_dict(values, overrides, where)
+    if path is None:
+        return config_from_dict({}, overrides)
+    return config_from_dict(read_yaml(path), overrides, f"{path}: ")
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -28,7 +28,7 @@ class Memory:
 class DecoderState:
     h: torch.Tensor  # [L, B, H] hidden state per layer
     c: torch.Tensor | None  # [L, B, H] LSTM cell state per layer (None for GRU/RNN)
-    feed: torch.Tensor  # [B, H] last attentional vector (input feeding); zeros at the start
+    feed: torch.Tensor  # [B, H] last attentional vector, undropped (input feeding); zeros at first
 
     def select(self, index: torch.Tensor) -> "DecoderState":
         return DecoderState(self.h.index_select(1, index),
@@ -74,9 +74,11 @@ class Decoder(nn.Module):
             hs.append(h)
             x = h
         context, weights = self.attention(x, memory.keys, memory.values, memory.mask)
-        vector = self.dropout(torch.tanh(self.combine(torch.cat([context, x], dim=-1))))
+        vector = torch.tanh(self.combine(torch.cat([context, x], dim=-1)))
+        # The fed-back vector is kept undropped: it is dropped once, as part of
+        # the next step's input into layer 1.
         new = DecoderState(torch.stack(hs), torch.stack(cs) if cs else None, vector)
-        return vector, new, weights
+        return self.dropout(vector), new, weights
 
     def forward(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
         """Teacher-forced decoding. emb: [B, T, E] -> attentional vectors [B, T, H]."""

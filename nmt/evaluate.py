@@ -1,111 +1,128 @@
-"""Scoring with sacreBLEU and evaluation reports (JSON + Markdown)."""
+"""Evaluation: translate a test set with one or more runs (or take hypothesis files) and report."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import sacrebleu
-
 from nmt.errors import DataError
-from nmt.io import atomic_write_text, read_lines
+from nmt.io import read_lines
+from nmt.report import System, build_report
+
+ATTENTION_EXAMPLES = 4  # heatmaps per system, from the first test sentences of 6-14 words
 
 
-def score(hypotheses: list[str], references: list[str]) -> dict:
-    """Corpus BLEU and chrF of detokenized hypotheses against raw references."""
-    if len(hypotheses) != len(references):
-        raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
-    b = bleu.corpus_score(hypotheses, [references])
-    c = chrf.corpus_score(hypotheses, [references])
-    return {
-        "bleu": round(b.score, 2), "bleu_signature": str(bleu.get_signature()),
-        "chrf": round(c.score, 2), "chrf_signature": str(chrf.get_signature()),
-        "bleu_detail": str(b), "length_ratio": round(b.sys_len / max(b.ref_len, 1), 4),
-        "sentences": len(hypotheses),
-    }
-
-
-def write_report(out_dir: Path, report: dict, sources: list[str], references: list[str],
-                 hypotheses: list[str], examples: int = 5) -> None:
-    """Write hypotheses.txt, report.json and report.md into ``out_dir`` (each atomically)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = dict(report, examples=[
-        {"source": s, "reference": r, "hypothesis": h}
-        for s, r, h in list(zip(sources, references, hypotheses))[:examples]])
-    atomic_write_text(out_dir / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    s = report["scores"]
-    lines = [f"# Evaluation: {report['name']}", "",
-             f"- BLEU **{s['bleu']}** `{s['bleu_signature']}`",
-             f"- chrF **{s['chrf']}** `{s['chrf_signature']}`",
-             f"- {s['sentences']} sentences, length ratio {s['length_ratio']}",
-             f"- source: `{report['source_file']}`, reference: `{report['reference_file']}`",
-             f"- checkpoint: `{report['checkpoint']}` (step {report.get('step')})",
-             f"- decoding: {', '.join(f'{k}={v}' for k, v in report['decoding'].items())}",
-             f"- decoding time: {report['decode_seconds']} s",
-             "", "## Examples", ""]
-    for ex in report["examples"]:
-        lines += [f"- source: {ex['source']}", f"  - reference: {ex['reference']}",
-                  f"  - hypothesis: {ex['hypothesis']}"]
-    lines += ["", "## Config", "", "```yaml", report["config_yaml"].rstrip(), "```", ""]
-    atomic_write_text(out_dir / "report.md", "\n".join(lines))
-
-
-def evaluate_run(run_dir: str | Path, split: str = "test", src_file: str | None = None,
-                 ref_file: str | None = None, checkpoint: str = "best", out_dir: str | Path | None = None,
-                 device: str = "cpu", int8: bool = False, **decode_overrides) -> dict:
-    """Translate a test set with a run's checkpoint, score it and write a report.
-
-    The test set is the config's ``data.<split>`` or, when given, the files
-    ``src_file`` (raw source) and ``ref_file`` (raw reference).
-    """
-    import yaml
-
+def test_set(cfg, split: str, src_file: str | None, ref_file: str | None
+             ) -> tuple[list[str], list[str], str]:
+    """(sources, references, name) from two files or from the config's ``data.<split>``."""
     from nmt.data import load_split
-    from nmt.translate import Translator
 
-    translator = Translator.load(run_dir, checkpoint, device, int8)
-    cfg = translator.run.cfg
     if src_file or ref_file:
         if not (src_file and ref_file):
             raise DataError("give both a source file and a reference file")
         sources, references = read_lines(src_file), read_lines(ref_file)
         if len(sources) != len(references):
             raise DataError(f"{src_file} has {len(sources)} lines but {ref_file} has {len(references)}")
-        name = Path(src_file).name
-    else:
-        prefix = getattr(cfg.data, split, None)
-        if not prefix:
-            raise DataError(f"data.{split}: the run's config names no {split} set")
-        sources, references = load_split(cfg.data, prefix, split)
-        src_file = f"{prefix}.{cfg.data.src_lang}" if cfg.data.loader == "text" else prefix
-        ref_file = f"{prefix}.{cfg.data.tgt_lang}" if cfg.data.loader == "text" else prefix
-        name = split
+        return sources, references, Path(src_file).name
+    prefix = getattr(cfg.data, split, None)
+    if not prefix:
+        raise DataError(f"data.{split}: the run's config names no {split} set")
+    sources, references = load_split(cfg.data, prefix, split)
+    return sources, references, split
+
+
+def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best", device: str = "cpu",
+               int8: bool = False, **decode_overrides) -> System:
+    """Translate ``sources`` with a run; decode a few of them again, with the same settings,
+    keeping the model's attention weights for the report's heatmaps."""
+    from nmt.translate import Translator
+    from nmt.vocab import END
+
+    translator = Translator.load(run_dir, checkpoint, device, int8)
     decode = translator.settings(**decode_overrides)
     start = time.perf_counter()
     hypotheses = translator.translate(sources, beam_size=decode.beam_size, batch_size=decode.batch_size,
                                       length_penalty=decode.length_penalty,
                                       max_length_ratio=decode.max_length_ratio)
     seconds = time.perf_counter() - start
-    report = {
-        "name": f"{name}-{translator.run.checkpoint.stem}-beam{decode.beam_size}{'-int8' if int8 else ''}",
-        "scores": score(hypotheses, references),
-        "source_file": str(src_file), "reference_file": str(ref_file),
-        "checkpoint": str(translator.run.checkpoint), "step": translator.run.step,
-        "decoding": dict({k: v for k, v in asdict(decode).items() if k != "n_best"}, int8=int8),
-        "decode_seconds": round(seconds, 2),
-        "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1),
-        "config_yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True),
-    }
-    out = Path(out_dir) if out_dir else Path(run_dir) / "reports" / report["name"]
-    write_report(out, report, sources, references, hypotheses)
-    report["report_dir"] = str(out)
+    picks = [s for s in sources if 6 <= len(s.split()) <= 14][:ATTENTION_EXAMPLES]
+    attention = []
+    for sentence, hyps in zip(picks, translator.hypotheses(picks, keep_attention=True,
+                                                           **asdict(decode))):
+        hyp = hyps[0]
+        src_ids = translator.src_vocab.encode([sentence])[0] + [END]
+        ended = hyp.attention.shape[0] > len(hyp.tokens)  # a row for the end marker too
+        attention.append({"sentence": sentence,
+                          "source": translator.src_vocab.pieces(src_ids),
+                          "target": translator.tgt_vocab.pieces(hyp.tokens + ([END] if ended else [])),
+                          "weights": hyp.attention[:, :len(src_ids)].tolist()})
+    run = translator.run
+    name = f"{Path(run_dir).name}:{run.checkpoint.stem}" + (":int8" if int8 else "")
+    info = {"checkpoint": str(run.checkpoint), "step": run.step, "decode_seconds": round(seconds, 2),
+            "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1),
+            "decoding": dict({k: v for k, v in asdict(decode).items() if k != "n_best"}, int8=int8)}
+    return System(name, hypotheses, info, Path(run_dir), attention)
+
+
+def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "test",
+             src_file: str | None = None, ref_file: str | None = None, checkpoint: str = "best",
+             out_dir: str | Path | None = None, device: str = "cpu", int8: bool = False,
+             **decode_overrides) -> dict:
+    """Write a report on one or more systems: runs (translated here) and/or hypothesis files.
+
+    The test set is ``src_file``/``ref_file`` or the first run's ``data.<split>``.
+    Without an explicit ``out_dir`` a single run reports into
+    ``<run_dir>/reports/<set>-<checkpoint>-beam<k>``, a single file into ``<file>.report``.
+    """
+    from nmt.config import load_config
+
+    if not run_dirs and not hyp_files:
+        raise DataError("nothing to evaluate: give a run directory or a hypothesis file")
+    if run_dirs:
+        config = Path(run_dirs[0]) / "config.yaml"
+        if not config.is_file():
+            raise DataError(f"{config}: not found; is {run_dirs[0]} a run directory?")
+        cfg = load_config(config)
+        sources, references, set_name = test_set(cfg, split, src_file, ref_file)
+    else:
+        if not ref_file:
+            raise DataError("hypothesis files need a reference file (--ref)")
+        references = read_lines(ref_file)
+        sources = read_lines(src_file) if src_file else references  # buckets by reference length
+        if len(sources) != len(references):
+            raise DataError(f"{src_file} has {len(sources)} lines but {ref_file} has {len(references)}")
+        set_name = Path(ref_file).name
+    systems = [run_system(r, sources, checkpoint, device, int8, **decode_overrides) for r in run_dirs]
+    for path in hyp_files:
+        hypotheses = read_lines(path)
+        if len(hypotheses) != len(references):
+            raise DataError(f"{path} has {len(hypotheses)} lines but the references have {len(references)}")
+        systems.append(System(Path(path).name, hypotheses, {"file": str(path)}))
+    if out_dir is None and len(systems) == 1 and hyp_files:
+        out_dir = Path(f"{hyp_files[0]}.report")
+    elif out_dir is None:
+        if len(systems) > 1:
+            raise DataError("several systems: say where the report goes (--out)")
+        decoding = systems[0].info["decoding"]
+        out_dir = (Path(run_dirs[0]) / "reports" /
+                   f"{set_name}-{Path(systems[0].info['checkpoint']).stem}-beam{decoding['beam_size']}"
+                   f"{'-int8' if int8 else ''}")
+    title = f"Evaluation on {set_name}: " + ", ".join(s.name for s in systems)
+    report = build_report(systems, sources, references, Path(out_dir), title)
+    report["report_dir"] = str(out_dir)
     return report
 
 
 def format_scores(report: dict) -> str:
-    s = report["scores"]
-    return (f"BLEU {s['bleu']:.2f}  {s['bleu_signature']}\n"
-            f"chrF {s['chrf']:.2f}  {s['chrf_signature']}")
+    """BLEU, chrF and TER of each system, with signatures, for the console."""
+    lines = []
+    for system in report["systems"]:
+        s = system["scores"]
+        prefix = f"{system['name']}: " if len(report["systems"]) > 1 else ""
+        lines += [f"{prefix}BLEU {s['bleu']:.2f}  {s['bleu_signature']}",
+                  f"{prefix}chrF {s['chrf']:.2f}  {s['chrf_signature']}",
+                  f"{prefix}TER  {s['ter']:.2f}  {s['ter_signature']}"]
+    for row in report.get("significance", {}).get("rows", [])[1:]:
+        lines.append(f"{row['system']} vs {report['significance']['baseline']}: BLEU p = {row['bleu_p']}"
+                     f"{' (significant)' if row['bleu_significant'] else ''}")
+    return "\n".join(lines)

@@ -44,6 +44,11 @@ def read_lines(path: str | Path) -> list[str]:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a text file") from None
+    return decode_lines(data, str(path))
+
+
+def decode_lines(data: bytes, name: str) -> list[str]:
+    """Split on "\n" only (a stray form feed or U+2028 does not start a line), then decode."""
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -52,5 +57,5 @@ def read_lines(path: str | Path) -> list[str]:
         try:
             out.append(raw.decode("utf-8").rstrip("\r"))
         except UnicodeDecodeError as err:
-            raise DataError(f"{path}:{number}: invalid UTF-8 at byte {err.start}") from None
+            raise DataError(f"{name}:{number}: invalid UTF-8 at byte {err.start}") from None
     return out

@@ -22,8 +22,9 @@ class Seq2Seq(nn.Module):
                                cfg.encoder_layers, cfg.bidirectional, cfg.dropout)
         enc_size = self.encoder.output_size
         # The bridge maps each encoder layer's final state (both directions) to
-        # the decoder's initial state; with fewer encoder layers than decoder
-        # layers the top encoder layer initialises the extra ones.
+        # the decoder's initial state. Layers are matched from the top: the top
+        # decoder layer starts from the top encoder layer; surplus decoder
+        # layers at the bottom start from the bottom encoder layer.
         self.bridge_h = nn.Linear(enc_size, cfg.decoder_hidden_size)
         self.bridge_c = nn.Linear(enc_size, cfg.decoder_hidden_size) if cfg.cell == "lstm" else None
         self.decoder = Decoder(cfg.cell, cfg.embedding_size, cfg.decoder_hidden_size,
@@ -48,7 +49,7 @@ class Seq2Seq(nn.Module):
         mask = torch.arange(src.size(1), device=src.device)[None, :] < lengths.to(src.device)[:, None]
         memory = Memory(outputs, self.decoder.attention.project_keys(outputs), mask)
         layers = len(self.decoder.cells)
-        picks = [finals[min(k, len(finals) - 1)] for k in range(layers)]
+        picks = [finals[max(0, len(finals) - layers + k)] for k in range(layers)]
         h = torch.stack([torch.tanh(self.bridge_h(f[0])) for f in picks])
         c = None
         if self.bridge_c is not None:

@@ -14,10 +14,13 @@ Only rank 0 validates and writes checkpoints, logs and reports.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -30,8 +33,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nmt.checkpoint import (check_vocab, load_checkpoint, save_checkpoint, vocab_paths,
-                            vocab_record)
+from nmt.checkpoint import (check_vocab, load_checkpoint, pick_device, save_checkpoint,
+                            vocab_paths, vocab_record)
 from nmt.config import Config, save_config
 from nmt.data import epoch_batches, filter_pairs, load_split, make_batch
 from nmt.errors import CheckpointError, ConfigError
@@ -56,14 +59,6 @@ class TrainState:
     train_seconds: float = 0.0
     target_tokens: int = 0  # trained on so far (end markers included), all ranks together
     sentences: int = 0
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun process
-        name = f"cuda:{os.environ['LOCAL_RANK']}"
-    return torch.device(name)
 
 
 def start_distributed(device: torch.device) -> tuple[int, int]:
@@ -195,11 +190,15 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
 
     ckpt = load_checkpoint(last_path, device) if resume else None
     if ckpt is not None:
-        for section in ("data", "model"):  # these shape the model and its vocabulary
-            for key, value in ckpt["config"][section].items():
-                if key not in ("valid", "test") and getattr(getattr(cfg, section), key) != value:
-                    raise CheckpointError(f"{last_path}: {section}.{key} was {value!r} in this run; "
-                                          "it cannot change on --resume")
+        # These shape the model, the vocabulary and the epoch's batch list.
+        fixed = [("data", k) for k in ckpt["config"]["data"] if k not in ("valid", "test")] + \
+                [("model", k) for k in ckpt["config"]["model"]] + \
+                [("train", k) for k in ("seed", "batch_size", "batch_unit")]
+        for section, key in fixed:
+            value = ckpt["config"][section][key]
+            if getattr(getattr(cfg, section), key) != value:
+                raise CheckpointError(f"{last_path}: {section}.{key} was {value!r} in this run; "
+                                      "it cannot change on --resume")
     if main:
         save_config(cfg, run_dir / "config.yaml")
     corpus = Corpus(cfg, run_dir, reuse_vocab=resume, world=world)
@@ -212,6 +211,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = TrainState(**ckpt["train_state"])
+        state.stopped_early = bool(tc.patience) and state.bad_validations >= tc.patience
         rng = ckpt["rng"]
         if rank < len(rng["cpu"]):  # the same world size: each rank continues its own stream
             torch.set_rng_state(rng["cpu"][rank])
@@ -231,6 +231,15 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     if main:
         from torch.utils.tensorboard import SummaryWriter  # imported late: slow to import
         writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def record(**values) -> None:
+        """The curves, to TensorBoard and to metrics.jsonl (which the evaluation report plots)."""
+        if not main:
+            return
+        for key, value in values.items():
+            writer.add_scalar(key.replace("_", "/", 1), value, state.step)
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": state.step, **values}) + "\n")
 
     def checkpoint(paths: list[Path]) -> None:
         """Every rank calls this (to share its RNG state); rank 0 writes ``paths``."""
@@ -257,9 +266,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     def run_validation() -> bool:
         """Validate (rank 0), update the schedule and checkpoint; True when training should stop."""
         result = broadcast(validate(model, corpus, cfg, device) if main else None, world)
-        if writer:
-            for key, value in result.items():
-                writer.add_scalar(f"valid/{key}", value, state.step)
+        record(**{f"valid_{key}": value for key, value in result.items()})
         improved = result["bleu"] > state.best_bleu
         if improved:
             state.best_bleu, state.best_step = result["bleu"], state.step
@@ -286,11 +293,28 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                     dynamic_ncols=True, mininterval=1.0, disable=None if main else True)
     window_tokens, window_start = 0, time.perf_counter()
     segment_start = time.perf_counter()
-    done = state.step >= tc.max_steps or state.stopped_early
+    done = (state.step >= tc.max_steps or state.stopped_early
+            or bool(tc.max_epochs) and state.epoch >= tc.max_epochs)
+    # Ctrl-C only raises a flag; the loop stops between steps, where the state
+    # (model, optimizer, RNG, data position) is consistent and can be resumed exactly.
+    interrupted = []
+
+    def on_interrupt(signum, frame):
+        if interrupted or world > 1:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        log.info("interrupted: stopping after this step (press Ctrl-C again to stop at once)")
+
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     try:
         while not done:
             batches = epoch_batches(corpus.src_lens, corpus.tgt_lens, tc.batch_size,
                                     tc.batch_unit, tc.seed, state.epoch)
+            if len(batches) < per_step:
+                raise ConfigError(f"train.accumulate: a step needs {per_step} batches "
+                                  f"(processes x accumulate) but an epoch has {len(batches)}")
             usable = len(batches) - len(batches) % per_step  # an incomplete last step is skipped
             for first in range(state.batch_in_epoch, usable, per_step):
                 group = batches[first:first + per_step]
@@ -322,10 +346,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                     speed = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     value = loss.item() * step_tokens / world / batch.n_tokens  # last batch, per token
                     progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:.0f}")
-                    if writer:
-                        writer.add_scalar("train/loss", value, state.step)
-                        writer.add_scalar("train/lr", lr, state.step)
-                        writer.add_scalar("train/target_tokens_per_s", speed, state.step)
+                    record(train_loss=value, train_lr=lr, train_target_tokens_per_s=speed)
                     log.info(f"step {state.step} epoch {state.epoch}: loss {value:.3f} "
                              f"lr {lr:.2e} {speed:.0f} target tokens/s")
                     window_tokens, window_start = 0, time.perf_counter()
@@ -339,6 +360,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                         time.perf_counter() - segment_start >= 60 * tc.max_minutes, world):
                     log.info(f"time budget of {tc.max_minutes} minutes reached")
                     done = True
+                if interrupted:
+                    break
                 if done:
                     break
             else:
@@ -346,14 +369,15 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                 state.batch_in_epoch = 0
                 if tc.max_epochs and state.epoch >= tc.max_epochs:
                     done = True
-    except KeyboardInterrupt:
-        if world == 1:  # between steps the state is consistent: --resume continues exactly here
-            state.train_seconds += time.perf_counter() - segment_start
-            checkpoint([last_path])
-            log.info(f"interrupted at step {state.step}; saved {last_path}")
-        raise
+            if interrupted:
+                state.train_seconds += time.perf_counter() - segment_start
+                checkpoint([last_path])
+                log.info(f"interrupted at step {state.step}; saved {last_path}: --resume continues here")
+                raise KeyboardInterrupt
     finally:
         progress.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
     state.train_seconds += time.perf_counter() - segment_start
     # No extra validation here: it would change the schedule's state, and a run
     # resumed from this checkpoint would no longer match an uninterrupted one.

@@ -15,7 +15,7 @@ from typing import Iterable
 
 import sentencepiece as spm
 
-from nmt.errors import CheckpointError
+from nmt.errors import CheckpointError, ConfigError
 from nmt.io import atomic_write
 
 PAD, UNK, END = 0, 1, 2
@@ -63,14 +63,18 @@ def train_vocab(sentences: Iterable[str], path: str | Path, vocab_size: int,
                 model_type: str = "bpe") -> Vocab:
     """Train a sentencepiece model on ``sentences`` and write it atomically to ``path``."""
     buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_writer=buffer,
-        vocab_size=vocab_size, model_type=model_type,
-        pad_id=PAD, unk_id=UNK, eos_id=END, bos_id=-1,
-        byte_fallback=True, character_coverage=1.0,
-        hard_vocab_limit=False,  # a small corpus may not support the full size
-        shuffle_input_sentence=False,
-        num_threads=2, minloglevel=2)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_writer=buffer,
+            vocab_size=vocab_size, model_type=model_type,
+            pad_id=PAD, unk_id=UNK, eos_id=END, bos_id=-1,
+            byte_fallback=True, character_coverage=1.0,
+            hard_vocab_limit=False,  # a small corpus may not support the full size
+            shuffle_input_sentence=False,
+            num_threads=2, minloglevel=2)
+    except RuntimeError as err:  # e.g. a size below the 256 byte pieces + specials
+        raise ConfigError(f"data.vocab_size: sentencepiece cannot train {vocab_size} pieces "
+                          f"on this corpus ({str(err).strip().splitlines()[-1]})") from None
     data = buffer.getvalue()
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return Vocab(path)

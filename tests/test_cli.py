@@ -43,10 +43,12 @@ def cli_run(reversal_data, tmp_path_factory):
 def test_train_writes_the_resolved_config_and_a_report(cli_run):
     saved = yaml.safe_load((cli_run / "run" / "config.yaml").read_text())
     assert saved["model"]["dropout"] == 0.2 and saved["decode"]["beam_size"] == 2
-    report = json.loads((cli_run / "run" / "reports" / "test-best-beam2" / "report.json").read_text())
-    assert report["scores"]["sentences"] == 200 and "bleu_signature" in report["scores"]
-    assert report["decoding"]["beam_size"] == 2 and report["checkpoint"].endswith("best.pt")
-    assert (cli_run / "run" / "reports" / "test-best-beam2" / "report.md").read_text().startswith("# Evaluation")
+    folder = cli_run / "run" / "reports" / "test-best-beam2"
+    system = json.loads((folder / "report.json").read_text())["systems"][0]
+    assert system["scores"]["sentences"] == 200 and "bleu_signature" in system["scores"]
+    assert system["decoding"]["beam_size"] == 2 and system["checkpoint"].endswith("best.pt")
+    assert (folder / "report.md").read_text().startswith("# Evaluation")
+    assert (folder / "report.html").is_file()
 
 
 def test_resume_continues_from_the_run_directory(cli_run):
@@ -71,9 +73,14 @@ def test_translate_file_to_file_and_pieces(cli_run, tmp_path):
     assert run("nmt-translate", str(cli_run / "run"), "-i", str(src), "-o", str(out)).returncode == 0
     assert len(out.read_text().splitlines()) == 2
     pieces = run("nmt-translate", str(cli_run / "run"), "-i", str(src), "--pieces")
-    assert all(line.endswith(" _") or line == "_" for line in pieces.stdout.decode().splitlines())
+    assert pieces.returncode == 0, pieces.stderr.decode()
+    lines = pieces.stdout.decode().split("\n")
+    assert len(lines) == 3 and lines[2] == ""
+    assert all(line.endswith(" _") or line == "_" for line in lines[:2])
     nbest = run("nmt-translate", str(cli_run / "run"), "-i", str(src), "--n-best", "2")
-    assert all(len(line.split("\t")) == 4 for line in nbest.stdout.decode().splitlines())
+    assert nbest.returncode == 0, nbest.stderr.decode()
+    lines = nbest.stdout.decode().split("\n")
+    assert len(lines) == 3 and all(len(line.split("\t")) == 4 for line in lines[:2])
 
 
 def test_evaluate_a_run_and_a_hypothesis_file(cli_run, reversal_data, tmp_path):
@@ -81,10 +88,12 @@ def test_evaluate_a_run_and_a_hypothesis_file(cli_run, reversal_data, tmp_path):
                  "--out", str(tmp_path / "rep"), "--json")
     assert result.returncode == 0, result.stderr.decode()
     report = json.loads(result.stdout.decode())
-    assert report["scores"]["sentences"] == 100 and (tmp_path / "rep" / "report.md").is_file()
+    assert report["systems"][0]["scores"]["sentences"] == 100 and (tmp_path / "rep" / "report.md").is_file()
     ref = reversal_data["test"] + ".tgt"
     result = run("nmt-evaluate", "--hyp", ref, "--ref", ref)
     assert result.returncode == 0 and "BLEU 100.00" in result.stdout.decode()
+    one_line_error(run("nmt-evaluate", str(cli_run / "run"), "--hyp", ref),
+                   "several systems: say where the report goes (--out)")
 
 
 def test_bad_input_gives_one_line_errors(cli_run, reversal_data, tmp_path):
@@ -103,6 +112,14 @@ def test_bad_input_gives_one_line_errors(cli_run, reversal_data, tmp_path):
                    "latin1.txt:2: invalid UTF-8")
     assert not out.exists()  # no half-written output
     one_line_error(run("nmt-translate", run_dir, stdin=b"ok\n\xff\n"), "<stdin>:2: invalid UTF-8")
+    one_line_error(run("nmt-translate", run_dir, "--device", "gpu"), "device 'gpu'")
+    one_line_error(run("nmt-translate", run_dir, "-i", str(latin1.parent), "-o", str(out)),
+                   "is a directory")
+    not_ckpt = tmp_path / "x.pt"
+    not_ckpt.write_bytes(b"not a checkpoint")
+    one_line_error(run("nmt-translate", run_dir, "--checkpoint", str(not_ckpt)), "cannot read checkpoint")
+    one_line_error(run("nmt-translate", run_dir, "-i", str(cli_run / "tiny.yaml"), "-o",
+                       str(cli_run / "tiny.yaml" / "out.txt")), "tiny.yaml")  # a file, not a folder
 
     short = tmp_path / "short"
     (tmp_path / "short.src").write_text("a\nb\n")

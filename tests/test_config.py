@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from nmt.config import Config, config_from_dict, load_config, save_config
@@ -86,3 +88,25 @@ def test_saved_config_round_trips(tmp_path):
     cfg = config_from_dict({}, ["model.cell=gru", "train.lr=0.003"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_ranges_and_devices_are_checked():
+    for section, key, value, message in [
+            ("train", "warmup_steps", -1, "train.warmup_steps: must not be negative"),
+            ("train", "lr_decay", 0.0, "train.lr_decay: must be in (0, 1]"),
+            ("train", "lr_patience", 0, "train.lr_patience: must be at least 1"),
+            ("data", "max_len_ratio", 0.5, "data.max_len_ratio: must be at least 1"),
+            ("decode", "max_length_ratio", 0.0, "decode.max_length_ratio: must be positive"),
+            ("train", "device", "gpu", "train.device: 'gpu' is not auto, cpu, cuda or cuda:N")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            config_from_dict({section: {key: value}})
+    assert config_from_dict({"train": {"device": "cuda:1"}}).train.device == "cuda:1"
+
+
+def test_unreadable_config_files(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("model:\n  cell: lstm # Grüße\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml:2: invalid UTF-8"):
+        load_config(latin1)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)

@@ -26,8 +26,6 @@ def test_worked_example_with_the_package_recurrent_layer():
     outputs = out_layer(states[0]).squeeze(-1)
     assert torch.allclose(outputs, torch.tensor([1.56, 2.73]), atol=5e-3)
     assert torch.equal(finals[0][0][0], states[0, 1])
-    # (n + x) * n + n parameters: the two bias vectors of nn.RNN add up to b_rnn
-    assert (2 + 1) * 2 + 2 == rnn.weight_hh_l0.numel() + rnn.weight_ih_l0.numel() + 2
 
 
 def test_lstm_gate_equations_match_the_model_lstm():
@@ -147,9 +145,14 @@ def test_decoder_dropout_never_touches_the_carried_state():
     values = torch.randn(3, 4, 8)
     memory = Memory(values, dec.attention.project_keys(values), torch.ones(3, 4, dtype=torch.bool))
     emb = torch.randn(3, 6)
-    _, new, _ = dec.step(emb, state, memory)
+    out, new, _ = dec.step(emb, state, memory)
     for k, (x, (h, c)) in enumerate(calls):
         assert torch.equal(h, state.h[k]) and torch.equal(c, state.c[k])  # state passed as is
+    # the vector fed back to the next step is kept undropped (it is dropped once, at layer 1's
+    # input); the output layer gets the dropped copy
+    assert not (new.feed == 0).any()
+    assert torch.all((out == 0) | torch.isclose(out, new.feed * 2)) and (out == 0).any()
+    assert (calls[0][0] == 0).any()
     # the input into layer 1 ([embedding; fed vector]) and into layer 2 are dropped
     full_in = torch.cat([emb, state.feed], -1)
     assert torch.all((calls[0][0] == 0) | torch.isclose(calls[0][0], full_in * 2))

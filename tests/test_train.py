@@ -1,11 +1,15 @@
 import shutil
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
+import yaml
 
 from nmt.checkpoint import load_checkpoint
 from nmt.config import config_from_dict, load_config
-from nmt.errors import CheckpointError
+from nmt.errors import CheckpointError, ConfigError
 from nmt.io import atomic_write_text
 from nmt.train import train
 from nmt.translate import Translator
@@ -109,3 +113,35 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         atomic_write(target, failing)
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(reversal_data, tmp_path):
+    settings = dict(TINY, train__max_steps=200, train__log_every=1)
+    cfg = config_from_dict(reversal_config(reversal_data, **settings))
+    train(cfg, tmp_path / "straight")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(reversal_config(reversal_data, **settings)))
+    run_dir = tmp_path / "interrupted"
+    proc = subprocess.Popen([shutil.which("nmt-train"), str(config), "--run-dir", str(run_dir), "--no-test"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and "step 30 epoch" not in _text(run_dir / "train.log"):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["step"]
+    assert 30 <= stopped < 200 and "interrupted at step" in _text(run_dir / "train.log")
+    train(cfg, run_dir, resume=True)
+    a, b = params(tmp_path / "straight"), params(run_dir)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def _text(path):
+    return path.read_text() if path.exists() else ""
+
+
+def test_a_step_needing_more_batches_than_an_epoch_is_refused(reversal_data, tmp_path):
+    cfg = config_from_dict(reversal_config(reversal_data, train__accumulate=10000, train__max_steps=1))
+    with pytest.raises(ConfigError, match="train.accumulate: a step needs 10000 batches"):
+        train(cfg, tmp_path / "run")

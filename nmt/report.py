@@ -1,0 +1,341 @@
+"""Evaluation reports: a folder with report.md, a self-contained report.html, report.json and PNGs.
+
+For one or more systems' outputs on one test set: sacreBLEU BLEU, chrF and
+TER with signatures; learning curves from the run's ``metrics.jsonl``; BLEU
+and chrF by source-length bucket; attention heatmaps from the model's own
+attention weights; the best, worst and a random sample of sentences by
+sentence chrF; with several systems, paired bootstrap resampling
+(sacreBLEU's implementation) against the first system.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sacrebleu
+from sacrebleu.metrics import BLEU, CHRF, TER
+
+from nmt.errors import DataError
+from nmt.io import atomic_write, atomic_write_text
+
+# Source-length buckets in words (upper bounds, inclusive); the last is open.
+BUCKETS = (7, 10, 13, 17, 22)
+
+
+@dataclass
+class System:
+    """One system's output on the test set, and what is known about how it was made."""
+    name: str
+    hypotheses: list[str]
+    info: dict = field(default_factory=dict)  # checkpoint, step, decoding settings, timing
+    run_dir: Path | None = None  # for learning curves
+    attention: list[dict] = field(default_factory=list)  # {"source": [...], "target": [...], "weights": [[...]]}
+
+
+def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
+    """BLEU, chrF and TER with their signatures, the sentence count and the length ratio."""
+    if len(hypotheses) != len(references):
+        raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    out = {"sentences": len(hypotheses)}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER())):
+        result = metric.corpus_score(hypotheses, [references])
+        out[name] = round(result.score, 2)
+        out[f"{name}_signature"] = str(metric.get_signature())
+        if name == "bleu":
+            out["bleu_detail"] = str(result)
+            out["length_ratio"] = round(result.sys_len / max(result.ref_len, 1), 4)
+    return out
+
+
+def length_buckets(sources: list[str], hypotheses: list[str], references: list[str]) -> list[dict]:
+    """Corpus BLEU and chrF of the sentences in each source-length bucket."""
+    rows = []
+    lower = 1
+    for upper in BUCKETS + (None,):
+        index = [i for i, s in enumerate(sources)
+                 if len(s.split()) >= lower and (upper is None or len(s.split()) <= upper)]
+        label = f"{lower}-{upper}" if upper else f"{lower}+"
+        if index:
+            hyps, refs = [hypotheses[i] for i in index], [references[i] for i in index]
+            rows.append({"bucket": label, "sentences": len(index),
+                         "bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
+                         "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)})
+        if upper:
+            lower = upper + 1
+    return rows
+
+
+def example_sets(sources: list[str], hypotheses: list[str], references: list[str], n: int = 5,
+                 seed: int = 1) -> dict:
+    """The best, the worst and a random sample of sentences by sentence chrF."""
+    chrf = [sacrebleu.sentence_chrf(h, [r]).score for h, r in zip(hypotheses, references)]
+    rows = [{"line": i + 1, "chrf": round(chrf[i], 2), "source": sources[i], "reference": references[i],
+             "hypothesis": hypotheses[i]} for i in range(len(sources))]
+    ranked = sorted(rows, key=lambda r: (-r["chrf"], r["line"]))
+    return {"best": ranked[:n], "worst": ranked[::-1][:n],
+            "random": sorted(random.Random(seed).sample(rows, min(n, len(rows))), key=lambda r: r["line"])}
+
+
+def learning_curves(run_dir: Path) -> dict:
+    """Training loss, learning rate, validation loss and BLEU by step, from metrics.jsonl."""
+    path = run_dir / "metrics.jsonl"
+    curves: dict[str, dict[int, float]] = {}
+    if not path.is_file():
+        return {}
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # an empty or cut-off line (a killed run)
+            continue
+        for key, value in row.items():
+            if key != "step":
+                curves.setdefault(key, {})[row["step"]] = value  # a resumed run overwrites
+    return {key: sorted(values.items()) for key, values in curves.items()}
+
+
+def significance(systems: list[System], references: list[str], samples: int = 1000) -> dict:
+    """Paired bootstrap resampling (sacreBLEU) of every system against the first."""
+    from sacrebleu.significance import PairedTest
+
+    metrics = {"bleu": BLEU(), "chrf": CHRF()}
+    signatures, results = PairedTest([(s.name, s.hypotheses) for s in systems], metrics,
+                                     [references], test_type="bs", n_samples=samples)()
+    table = []
+    for k, system in enumerate(systems):
+        row = {"system": system.name}
+        for metric in metrics:
+            key = next(name for name in results if name.lower().startswith(metric))
+            res = results[key][k]
+            row[metric] = round(res.score, 2)
+            row[f"{metric}_mean"] = round(float(res.mean), 2)
+            row[f"{metric}_ci95"] = round(float(res.ci), 2)
+            row[f"{metric}_p"] = None if res.p_value is None else round(float(res.p_value), 4)
+            row[f"{metric}_significant"] = res.p_value is not None and res.p_value < 0.05
+        table.append(row)
+    return {"baseline": systems[0].name, "samples": samples, "rows": table,
+            "signatures": {k: str(v) for k, v in signatures.items()}}
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _png(figure) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def plot_curves(curves: dict, title: str) -> bytes:
+    import matplotlib.pyplot as plt
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, label in (("train_loss", "training loss"), ("valid_loss", "validation loss")):
+        if key in curves:
+            left.plot(*zip(*curves[key]), label=label, marker="o" if key == "valid_loss" else None)
+    left.set_xlabel("step")
+    left.set_ylabel("loss (nats/token)")
+    left.legend()
+    left.grid(alpha=0.3)
+    if "valid_bleu" in curves:
+        right.plot(*zip(*curves["valid_bleu"]), color="tab:green", marker="o", label="validation BLEU")
+        right.set_ylabel("validation BLEU (greedy)")
+    if "train_lr" in curves:
+        twin = right.twinx()
+        twin.plot(*zip(*curves["train_lr"]), color="tab:gray", linestyle="--", label="learning rate")
+        twin.set_ylabel("learning rate")
+    right.set_xlabel("step")
+    right.grid(alpha=0.3)
+    figure.suptitle(title)
+    return _png(figure)
+
+
+def plot_buckets(buckets: dict[str, list[dict]]) -> bytes:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    labels = [row["bucket"] for row in next(iter(buckets.values()))]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    width = 0.8 / len(buckets)
+    for k, (name, rows) in enumerate(buckets.items()):
+        x = np.arange(len(rows)) + k * width
+        for axis, metric in zip(axes, ("bleu", "chrf")):
+            axis.bar(x, [row[metric] for row in rows], width, label=name)
+    for axis, metric in zip(axes, ("BLEU", "chrF")):
+        axis.set_xticks(np.arange(len(labels)) + width * (len(buckets) - 1) / 2, labels)
+        axis.set_xlabel("source length (words)")
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3, axis="y")
+    axes[0].legend()
+    return _png(figure)
+
+
+def plot_attention(example: dict) -> bytes:
+    import matplotlib.pyplot as plt
+    source, target = example["source"], example["target"]
+    figure, axis = plt.subplots(figsize=(max(4, 0.42 * len(source) + 1.5), max(3, 0.36 * len(target) + 1)))
+    axis.imshow(example["weights"], cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    axis.set_xticks(range(len(source)), source, rotation=60, ha="right", fontsize=8)
+    axis.set_yticks(range(len(target)), target, fontsize=8)
+    axis.set_xlabel("source pieces")
+    axis.set_ylabel("output pieces")
+    return _png(figure)
+
+
+# ----------------------------------------------------------------------------- the report
+
+def build_report(systems: list[System], sources: list[str], references: list[str], out_dir: Path,
+                 title: str, bootstrap_samples: int = 1000) -> dict:
+    """Compute every number, draw the images and write the report folder; return the JSON."""
+    for system in systems:
+        if len(system.hypotheses) != len(references):
+            raise DataError(f"{system.name}: {len(system.hypotheses)} hypotheses but "
+                            f"{len(references)} references")
+    images: dict[str, bytes] = {}
+    report = {"title": title, "sentences": len(references), "systems": []}
+    buckets = {}
+    for k, system in enumerate(systems):
+        entry = {"name": system.name, **system.info,
+                 "scores": corpus_scores(system.hypotheses, references),
+                 "buckets": length_buckets(sources, system.hypotheses, references),
+                 "examples": example_sets(sources, system.hypotheses, references)}
+        buckets[system.name] = entry["buckets"]
+        if system.run_dir is not None:
+            entry["curves"] = learning_curves(system.run_dir)
+            if entry["curves"]:
+                name = f"curves_{k + 1}.png"
+                images[name] = plot_curves(entry["curves"], system.name)
+                entry["curves_image"] = name
+        entry["attention"] = []
+        for j, example in enumerate(system.attention):
+            name = f"attention_{k + 1}_{j + 1}.png"
+            images[name] = plot_attention(example)
+            entry["attention"].append(dict(example, image=name))
+        report["systems"].append(entry)
+    images["buckets.png"] = plot_buckets(buckets)
+    report["buckets_image"] = "buckets.png"
+    if len(systems) > 1:
+        report["significance"] = significance(systems, references, bootstrap_samples)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in images.items():
+        atomic_write(out_dir / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+    for system, entry in zip(systems, report["systems"]):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in system.name)
+        atomic_write_text(out_dir / f"hypotheses.{safe}.txt", "".join(h + "\n" for h in system.hypotheses))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out_dir / "report.md", render_markdown(report))
+    atomic_write_text(out_dir / "report.html", render_html(report, images))
+    return report
+
+
+def _score_rows(report: dict) -> list[list[str]]:
+    rows = [["system", "BLEU", "chrF", "TER", "length ratio", "checkpoint", "decoding"]]
+    for s in report["systems"]:
+        sc = s["scores"]
+        decoding = ", ".join(f"{k}={v}" for k, v in s.get("decoding", {}).items())
+        rows.append([s["name"], f"{sc['bleu']:.2f}", f"{sc['chrf']:.2f}", f"{sc['ter']:.2f}",
+                     f"{sc['length_ratio']:.3f}", str(s.get("checkpoint", "-")), decoding or "-"])
+    return rows
+
+
+def _significance_rows(report: dict) -> list[list[str]]:
+    sig = report["significance"]
+    rows = [["system", "BLEU (95% CI)", "p", "chrF (95% CI)", "p"]]
+    for r in sig["rows"]:
+        cells = [r["system"]]
+        for m in ("bleu", "chrf"):
+            cells.append(f"{r[f'{m}_mean']:.2f} ± {r[f'{m}_ci95']:.2f}")
+            p = r[f"{m}_p"]
+            cells.append("baseline" if p is None else f"{p:.4f}{' *' if r[f'{m}_significant'] else ''}")
+        rows.append(cells)
+    return rows
+
+
+def _md_table(rows: list[list[str]]) -> list[str]:
+    clean = [[c.replace("|", "\\|") for c in row] for row in rows]
+    return ["| " + " | ".join(clean[0]) + " |", "|" + " --- |" * len(clean[0])] + \
+           ["| " + " | ".join(row) + " |" for row in clean[1:]] + [""]
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# {report['title']}", "", f"{report['sentences']} sentences.", "", "## Scores", ""]
+    lines += _md_table(_score_rows(report))
+    first = report["systems"][0]["scores"]
+    lines += [f"- BLEU `{first['bleu_signature']}`", f"- chrF `{first['chrf_signature']}`",
+              f"- TER `{first['ter_signature']}`", ""]
+    if "significance" in report:
+        sig = report["significance"]
+        lines += ["## Significance", "",
+                  f"Paired bootstrap resampling ({sig['samples']} samples, sacreBLEU) against "
+                  f"**{sig['baseline']}**; * = p < 0.05.", ""]
+        lines += _md_table(_significance_rows(report))
+    for s in report["systems"]:
+        if s.get("curves_image"):
+            lines += [f"## Learning curves: {s['name']}", "", f"![learning curves]({s['curves_image']})", ""]
+    lines += ["## By source length", "", f"![BLEU and chrF by source length]({report['buckets_image']})", ""]
+    rows = [["words", "sentences"] + [f"{s['name']} {m}" for s in report["systems"] for m in ("BLEU", "chrF")]]
+    for i, bucket in enumerate(report["systems"][0]["buckets"]):
+        rows.append([bucket["bucket"], str(bucket["sentences"])] +
+                    [f"{s['buckets'][i][m]:.2f}" for s in report["systems"] for m in ("bleu", "chrf")])
+    lines += _md_table(rows)
+    for s in report["systems"]:
+        if s["attention"]:
+            lines += [f"## Attention: {s['name']}", ""]
+            lines += [f"![attention {j + 1}]({a['image']})" for j, a in enumerate(s["attention"])] + [""]
+        for kind in ("best", "worst", "random"):
+            lines += [f"## {kind.capitalize()} sentences by chrF: {s['name']}", ""]
+            lines += _md_table([["line", "chrF", "source", "reference", "hypothesis"]] +
+                               [[str(e["line"]), f"{e['chrf']:.1f}", e["source"], e["reference"],
+                                 e["hypothesis"]] for e in s["examples"][kind]])
+    return "\n".join(lines)
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(report: dict, images: dict[str, bytes]) -> str:
+    """One page with every image inlined as a data URI: it opens from disk, alone."""
+    def img(name: str, alt: str) -> str:
+        data = base64.b64encode(images[name]).decode("ascii")
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+    first = report["systems"][0]["scores"]
+    parts = [f"<h1>{html.escape(report['title'])}</h1>", f"<p>{report['sentences']} sentences.</p>",
+             "<h2>Scores</h2>", _html_table(_score_rows(report)),
+             "<ul>" + "".join(f"<li>{m} <code>{html.escape(first[f'{k}_signature'])}</code></li>"
+                              for m, k in (("BLEU", "bleu"), ("chrF", "chrf"), ("TER", "ter"))) + "</ul>"]
+    if "significance" in report:
+        sig = report["significance"]
+        parts += ["<h2>Significance</h2>",
+                  f"<p>Paired bootstrap resampling ({sig['samples']} samples, sacreBLEU) against "
+                  f"<b>{html.escape(sig['baseline'])}</b>; * = p &lt; 0.05.</p>",
+                  _html_table(_significance_rows(report))]
+    for s in report["systems"]:
+        if s.get("curves_image"):
+            parts += [f"<h2>Learning curves: {html.escape(s['name'])}</h2>", img(s["curves_image"], "learning curves")]
+    parts += ["<h2>By source length</h2>", img(report["buckets_image"], "BLEU and chrF by source length")]
+    for s in report["systems"]:
+        if s["attention"]:
+            parts += [f"<h2>Attention: {html.escape(s['name'])}</h2>", "<div class=row>"]
+            parts += [img(a["image"], "attention heatmap") for a in s["attention"]] + ["</div>"]
+        for kind in ("best", "worst", "random"):
+            parts += [f"<h2>{kind.capitalize()} sentences by chrF: {html.escape(s['name'])}</h2>",
+                      _html_table([["line", "chrF", "source", "reference", "hypothesis"]] +
+                                  [[str(e["line"]), f"{e['chrf']:.1f}", e["source"], e["reference"],
+                                    e["hypothesis"]] for e in s["examples"][kind]])]
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+             "th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}.row img{max-width:48%;margin-right:1%}"
+             "code{font-size:12px}")
+    return ("<!DOCTYPE html><html><head><meta charset=utf-8>"
+            f"<title>{html.escape(report['title'])}</title><style>{style}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
