@@ -46,6 +46,10 @@ class DataConfig:
     max_len_ratio: float = 3.0
 
 
+# The defaults are the CPU settings that won the speed issue's time-to-quality
+# test (Multi30k en->de, 2 cores, 20 minutes: test2016 BLEU 36.66); see docs/BENCHMARKS.md.
+
+
 @dataclass
 class ModelConfig:
     cell: str = "lstm"  # lstm, gru or rnn (plain tanh), encoder and decoder
@@ -53,26 +57,26 @@ class ModelConfig:
     encoder_layers: int = 2
     encoder_hidden_size: int = 256  # per direction
     bidirectional: bool = True
-    decoder_layers: int = 2
-    decoder_hidden_size: int = 512
+    decoder_layers: int = 1
+    decoder_hidden_size: int = 256
     attention: str = "general"  # dot, general (Luong) or mlp (Bahdanau)
     input_feeding: bool = True  # feed the last attentional vector back in
     dropout: float = 0.3  # on embeddings, between layers, on the attentional vector
-    tie_output: bool = False  # output layer shares the target embeddings
-    share_embeddings: bool = False  # source and target share one table (needs joint_vocab)
+    tie_output: bool = True  # output layer shares the target embeddings
+    share_embeddings: bool = True  # source and target share one table (needs joint_vocab)
 
 
 @dataclass
 class TrainConfig:
     seed: int = 1
-    batch_size: int = 4096  # per batch, counted in batch_unit (a step: processes x accumulate batches)
+    batch_size: int = 2048  # per batch, counted in batch_unit (a step: processes x accumulate batches)
     batch_unit: str = "tokens"  # tokens (padded source or target, the larger) or sentences
     accumulate: int = 1  # batches per step per process (gradient accumulation)
     max_steps: int = 20000
     max_epochs: int = 0  # 0 = no limit
     max_minutes: float = 0.0  # stop after this many minutes of this process's training loop; 0 = no limit
-    lr: float = 1e-3  # Adam
-    warmup_steps: int = 0  # linear warm-up from 0 to lr
+    lr: float = 2e-3  # Adam
+    warmup_steps: int = 100  # linear warm-up from 0 to lr
     lr_decay: float = 0.5  # multiply lr by this when validation BLEU stalls ...
     lr_patience: int = 2  # ... for this many validations
     min_lr: float = 1e-5
