@@ -34,7 +34,7 @@ class SineConfig:
     layers: int = 2
     hidden_size: int = 32
     dropout: float = 0.1  # between stacked layers, never across time
-    steps: int = 600
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 0.005
     seed: int = 1
