@@ -38,9 +38,10 @@ def reversal_config(data: dict, **overrides) -> dict:
         "data": {"train": data["train"], "valid": data["valid"], "test": data["test"],
                  "src_lang": "src", "tgt_lang": "tgt", "vocab_size": 300},
         "model": {"embedding_size": 128, "encoder_layers": 1, "encoder_hidden_size": 128,
-                  "decoder_layers": 1, "decoder_hidden_size": 256, "dropout": 0.1},
+                  "decoder_layers": 1, "decoder_hidden_size": 256, "dropout": 0.1,
+                  "tie_output": False, "share_embeddings": False},
         "train": {"batch_size": 1200, "max_steps": 500, "valid_every": 250, "log_every": 50,
-                  "lr": 0.003, "label_smoothing": 0.0, "patience": 0, "threads": 2, "device": "cpu"},
+                  "lr": 0.003, "warmup_steps": 0, "label_smoothing": 0.0, "patience": 0, "threads": 2, "device": "cpu"},
         "decode": {"beam_size": 3, "batch_size": 64},
     }
     for dotted, value in overrides.items():

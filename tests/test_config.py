@@ -52,7 +52,7 @@ def test_floats_accept_yaml_exponent_strings_and_ints():
 
 
 def test_dotted_overrides():
-    cfg = config_from_dict({}, ["model.decoder_hidden_size=512", "train.lr=5e-4",
+    cfg = config_from_dict({}, ["model.decoder_hidden_size=512", "model.tie_output=false", "train.lr=5e-4",
                                 "data.src_lang=en", "model.bidirectional=false"])
     assert cfg.model.decoder_hidden_size == 512 and cfg.train.lr == 5e-4
     assert cfg.data.src_lang == "en" and cfg.model.bidirectional is False
@@ -68,7 +68,7 @@ def test_inconsistent_settings_name_their_keys():
     with pytest.raises(ConfigError, match="model.tie_output"):
         config_from_dict({"model": {"tie_output": True, "embedding_size": 100}})
     with pytest.raises(ConfigError, match="model.attention: dot needs"):
-        config_from_dict({"model": {"attention": "dot", "decoder_hidden_size": 100}})
+        config_from_dict({"model": {"attention": "dot", "decoder_hidden_size": 100, "tie_output": False}})
     with pytest.raises(ConfigError, match="model.dropout"):
         config_from_dict({"model": {"dropout": 1.0}})
     with pytest.raises(ConfigError, match="train.batch_size: must be positive"):

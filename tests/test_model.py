@@ -40,7 +40,8 @@ def test_model_variants_train_and_decode(overrides):
     torch.manual_seed(0)
     cfg = config_from_dict({"model": dict({"embedding_size": 16, "encoder_hidden_size": 16,
                                            "decoder_hidden_size": 32, "encoder_layers": 2,
-                                           "decoder_layers": 2}, **overrides)})
+                                           "decoder_layers": 2, "tie_output": False,
+                                           "share_embeddings": False}, **overrides)})
     model = Seq2Seq(cfg.model, 40, 40)
     batch = make_batch([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]])
     logits = model(batch.src, batch.src_lengths, batch.tgt_in)
