@@ -12,7 +12,6 @@ from nmt.errors import ConfigError
 from nmt.data import source_tensor
 from nmt.model import Seq2Seq, quantize_int8
 from nmt.search import Hypothesis, beam_search, greedy_search
-from nmt.vocab import Vocab
 
 
 def decode_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig,
