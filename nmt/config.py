@@ -167,18 +167,15 @@ def _check(cfg: Config) -> None:
     """Cross-key checks that the types alone cannot express."""
     positive = ["data.vocab_size", "data.max_len", "model.embedding_size", "model.encoder_layers",
                 "model.encoder_hidden_size", "model.decoder_layers", "model.decoder_hidden_size",
-                "train.batch_size", "train.accumulate", "train.max_steps", "train.valid_every", "train.log_every",
-                "decode.beam_size", "decode.batch_size", "decode.n_best", "train.lr"]
-    for key in positive:
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) <= 0:
-            raise ConfigError(f"{key}: must be positive")
+                "train.batch_size", "train.accumulate", "train.max_steps", "train.valid_every",
+                "train.log_every", "decode.beam_size", "decode.batch_size", "decode.n_best", "train.lr"]
     non_negative = ["train.warmup_steps", "train.patience", "train.min_lr", "train.clip_grad_norm",
                     "train.max_epochs", "train.max_minutes", "train.threads"]
-    for key in non_negative:
+    for key in positive + non_negative:
         section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 0:
-            raise ConfigError(f"{key}: must not be negative")
+        value = getattr(getattr(cfg, section), name)
+        if value < 0 or (value == 0 and key in positive):
+            raise ConfigError(f"{key}: {'must be positive' if key in positive else 'must not be negative'}")
     if not 0.0 < cfg.train.lr_decay <= 1.0:
         raise ConfigError("train.lr_decay: must be in (0, 1]")
     if cfg.train.lr_patience < 1:

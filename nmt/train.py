@@ -177,6 +177,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                               "or choose another run directory")
     tc = cfg.train
     device = pick_device(tc.device)
+    if tc.precision == "bf16" and device.type != "cuda":  # refuse before any work is done
+        raise ConfigError("train.precision: bf16 needs a CUDA device")
     rank, world = start_distributed(device)
     main = rank == 0  # only rank 0 writes anything
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -244,11 +246,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     def checkpoint(paths: list[Path]) -> None:
         """Every rank calls this (to share its RNG state); rank 0 writes ``paths``."""
         rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-        states = [None] * world
+        states = [rng]
         if world > 1:
+            states = [None] * world
             dist.all_gather_object(states, rng)
-        else:
-            states = [rng]
         if not main:
             return
         payload = {
@@ -285,8 +286,6 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
         return state.stopped_early
 
     per_step = world * tc.accumulate  # batches of the epoch's list consumed by one step
-    if tc.precision == "bf16" and device.type != "cuda":
-        raise ConfigError("train.precision: bf16 needs a CUDA device")
     bf16 = tc.precision == "bf16"
     model.train()
     progress = tqdm(total=tc.max_steps, initial=state.step, desc="train", unit="step",
