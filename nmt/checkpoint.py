@@ -33,6 +33,24 @@ def pick_device(name: str) -> torch.device:
         raise ConfigError(f"device {name!r}: expected cpu, cuda or cuda:N") from None
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU with
+    bf16, or a CPU with AVX512-BF16 or AMX (elsewhere bf16 is emulated and slow)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch >= 2.3
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Resolve ``train.precision`` (auto, fp32, bf16) for ``device``."""
+    native = native_bf16(device)
+    if precision == "bf16" and not native:
+        raise ConfigError(f"train.precision: bf16 needs native bf16 arithmetic, which this {device.type} "
+                          "lacks (a GPU with bf16, or a CPU with AVX512-BF16 or AMX); use fp32 or auto")
+    return precision == "bf16" or (precision == "auto" and native)
+
+
 def vocab_paths(run_dir: Path, joint: bool) -> tuple[Path, Path]:
     """(source, target) sentencepiece model files of a run."""
     if joint:

@@ -87,7 +87,10 @@ class TrainConfig:
     log_every: int = 50
     threads: int = 0  # torch CPU threads; 0 = torch's default
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = "fp32"  # fp32, or bf16 (autocast on CUDA; weights and optimizer stay fp32)
+    # auto: bf16 autocast where the device multiplies bf16 in hardware (GPUs with bf16, CPUs
+    # with AVX512-BF16 or AMX), else fp32; fp32; bf16 (an error without hardware support).
+    # Under bf16 autocast weights, gradients and Adam state stay fp32.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -115,7 +118,7 @@ CHOICES = {
     "model.cell": ("lstm", "gru", "rnn"),
     "model.attention": ("dot", "general", "mlp"),
     "train.batch_unit": ("tokens", "sentences"),
-    "train.precision": ("fp32", "bf16"),
+    "train.precision": ("auto", "fp32", "bf16"),
 }
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from nmt.attention import Attention
+from nmt.dropout import Dropout
 
 CELL_TYPES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
@@ -57,7 +58,7 @@ class Decoder(nn.Module):
                                    for k in range(num_layers))
         self.attention = Attention(attention, hidden_size, memory_size)
         self.combine = nn.Linear(memory_size + hidden_size, hidden_size, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def step(self, emb: torch.Tensor, state: DecoderState, memory: Memory
              ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from nmt.dropout import Dropout
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN is the plain tanh cell
@@ -28,7 +30,7 @@ class Encoder(nn.Module):
             RNN_TYPES[cell](input_size if k == 0 else self.output_size, hidden_size,
                             batch_first=True, bidirectional=bidirectional)
             for k in range(num_layers))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor | None]]]:

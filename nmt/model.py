@@ -58,9 +58,15 @@ class Seq2Seq(nn.Module):
         return memory, DecoderState(h, c, feed)
 
     def forward(self, src: torch.Tensor, lengths: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, T, V] for decoder inputs tgt_in [B, T]."""
+        """Teacher-forced logits [N, V] for decoder inputs tgt_in [B, T], at its N
+        real (non-padding) positions in row-major order.
+
+        The output layer is a third of a training step's arithmetic; it is
+        spent only where a target token is, not on padding.
+        """
         memory, state = self.encode(src, lengths)
-        return self.output(self.decoder(self.tgt_embed(tgt_in), state, memory))
+        vectors = self.decoder(self.tgt_embed(tgt_in), state, memory)  # [B, T, H]
+        return self.output(vectors[tgt_in != PAD])
 
     def decode_step(self, prev: torch.Tensor, state: DecoderState, memory: Memory
                     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:

@@ -41,7 +41,8 @@ def reversal_config(data: dict, **overrides) -> dict:
                   "decoder_layers": 1, "decoder_hidden_size": 256, "dropout": 0.1,
                   "tie_output": False, "share_embeddings": False},
         "train": {"batch_size": 1200, "max_steps": 500, "valid_every": 250, "log_every": 50,
-                  "lr": 0.003, "warmup_steps": 0, "label_smoothing": 0.0, "patience": 0, "threads": 2, "device": "cpu"},
+                  "lr": 0.003, "warmup_steps": 0, "label_smoothing": 0.0, "patience": 0, "threads": 2, "device": "cpu",
+                  "precision": "fp32"},
         "decode": {"beam_size": 3, "batch_size": 64},
     }
     for dotted, value in overrides.items():

@@ -45,7 +45,7 @@ def test_model_variants_train_and_decode(overrides):
     model = Seq2Seq(cfg.model, 40, 40)
     batch = make_batch([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]])
     logits = model(batch.src, batch.src_lengths, batch.tgt_in)
-    assert logits.shape == (2, 4, 40)
+    assert logits.shape == (2 + 1 + 3 + 1, 40)  # real target positions only, end markers included
     logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
     if cfg.model.tie_output:
@@ -54,3 +54,38 @@ def test_model_variants_train_and_decode(overrides):
     greedy = greedy_search(model, batch.src, batch.src_lengths)
     beam = beam_search(model, batch.src, batch.src_lengths, beam_size=1)
     assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
+
+
+def test_teacher_forced_logits_match_step_by_step_decoding():
+    """Training scores only real target positions; they must be the very scores
+    the step-by-step decoder (used by greedy and beam search) gives there."""
+    torch.manual_seed(1)
+    cfg = config_from_dict({"model": {"embedding_size": 16, "encoder_hidden_size": 16,
+                                      "decoder_hidden_size": 32, "decoder_layers": 2,
+                                      "tie_output": False}})
+    model = Seq2Seq(cfg.model, 40, 40).eval()
+    batch = make_batch([[5, 6, 7, 8], [9, 10], [11]], [[12], [13, 14, 15, 16], [17, 18]])
+    with torch.no_grad():
+        logits = model(batch.src, batch.src_lengths, batch.tgt_in)
+        memory, state = model.encode(batch.src, batch.src_lengths)
+        steps = []
+        for t in range(batch.tgt_in.size(1)):
+            logprobs, state, _ = model.decode_step(batch.tgt_in[:, t], state, memory)
+            steps.append(logprobs)
+    stepwise = torch.stack(steps, dim=1)[batch.tgt_in != 0]  # PAD = 0
+    assert logits.shape == stepwise.shape == (2 + 5 + 3, 40)
+    assert torch.allclose(torch.log_softmax(logits, -1), stepwise, atol=1e-5)
+
+
+def test_dropout_keeps_each_element_with_probability_1_minus_p():
+    from nmt.dropout import Dropout
+    torch.manual_seed(2)
+    drop = Dropout(0.3).train()
+    x = torch.ones(200, 500)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    assert torch.equal(drop.eval()(x), x)
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)

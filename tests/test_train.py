@@ -145,3 +145,30 @@ def test_a_step_needing_more_batches_than_an_epoch_is_refused(reversal_data, tmp
     cfg = config_from_dict(reversal_config(reversal_data, train__accumulate=10000, train__max_steps=1))
     with pytest.raises(ConfigError, match="train.accumulate: a step needs 10000 batches"):
         train(cfg, tmp_path / "run")
+
+
+def test_auto_precision_takes_native_bf16_and_still_resumes_exactly(reversal_data, tmp_path):
+    """precision auto trains under bf16 autocast where the CPU has bf16 in hardware
+    (AVX512-BF16 or AMX, as on the CI machines), fp32 elsewhere; either way a
+    resumed run ends with the parameters of an uninterrupted one."""
+    from nmt.checkpoint import native_bf16
+    settings = dict(TINY, train__precision="auto", train__max_steps=20, train__valid_every=10)
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    train(config_from_dict(reversal_config(reversal_data, **settings)), straight)
+    train(config_from_dict(reversal_config(reversal_data, **dict(settings, train__max_steps=10))), resumed)
+    train(config_from_dict(reversal_config(reversal_data, **settings)), resumed, resume=True)
+    expected = "bf16 autocast" if native_bf16(torch.device("cpu")) else "fp32"
+    assert f"on cpu, {expected};" in (straight / "train.log").read_text()
+    a, c = params(straight), params(resumed)
+    assert all(torch.equal(a[key], c[key]) for key in a)
+
+
+def test_bf16_without_hardware_support_is_refused(monkeypatch):
+    from nmt import checkpoint
+    monkeypatch.setattr(checkpoint, "native_bf16", lambda device: False)
+    with pytest.raises(ConfigError, match="train.precision: bf16 needs native bf16"):
+        checkpoint.use_bf16("bf16", torch.device("cpu"))
+    assert checkpoint.use_bf16("auto", torch.device("cpu")) is False
+    monkeypatch.setattr(checkpoint, "native_bf16", lambda device: True)
+    assert checkpoint.use_bf16("auto", torch.device("cpu")) is True
+    assert checkpoint.use_bf16("fp32", torch.device("cpu")) is False
