@@ -3,7 +3,9 @@
 Joint sentencepiece BPE 8,000; embeddings 256 (not shared or tied); encoder
 2 x bidirectional LSTM 256 per direction; decoder 2 x LSTM 512, Luong general
 attention, input feeding; dropout 0.3; Adam 1e-3; batches of 64 sentences;
-clip 1.0; no label smoothing; 2 torch threads. Training goes through
+clip 1.0; no label smoothing; 2 torch threads; train.precision as configured
+(auto: bf16 autocast on a CPU with native bf16; pass --set
+train.precision=fp32 for float32). Training goes through
 ``nmt.train.train`` itself, so what is timed is what users run.
 
 Target pieces are counted as the peers' harness counts them: without end
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from nmt.checkpoint import pick_device, use_bf16  # noqa: E402
 from nmt.config import load_config  # noqa: E402
 from nmt.train import train  # noqa: E402
 
@@ -61,7 +64,9 @@ def main() -> None:
         "benchmark": "train_speed", "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                    f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}",
-        "torch": torch.__version__, "steps": summary["steps"], "parameters": summary["parameters"],
+        "torch": torch.__version__,
+        "precision": "bf16 autocast" if use_bf16(cfg.train.precision, pick_device(args.device)) else "fp32",
+        "steps": summary["steps"], "parameters": summary["parameters"],
         "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
         "seconds_per_step": round(summary["train_seconds"] / summary["steps"], 3),
         "tgt_pieces_per_s": round(pieces / summary["train_seconds"], 1),
@@ -73,7 +78,8 @@ def main() -> None:
         result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
     print(json.dumps(result, indent=2))
     print(f"train_speed: {result['tgt_pieces_per_s']} target pieces/s, {result['seconds_per_step']} s/step, "
-          f"peak RSS {result['peak_rss_mib']} MiB ({result['steps']} steps, {result['machine']})")
+          f"peak RSS {result['peak_rss_mib']} MiB ({result['precision']}, {result['steps']} steps, "
+          f"{result['machine']})")
 
 
 if __name__ == "__main__":

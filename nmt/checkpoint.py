@@ -43,12 +43,17 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """Resolve ``train.precision`` (auto, fp32, bf16) for ``device``."""
+    """Resolve ``train.precision`` (auto, fp32, bf16) for ``device``.
+
+    auto takes bf16 on a CPU with native bf16, where a training step ran 2.3x
+    faster, and fp32 on GPUs, where autocast around the per-step decoder
+    cells was no faster (docs/BENCHMARKS.md).
+    """
     native = native_bf16(device)
     if precision == "bf16" and not native:
         raise ConfigError(f"train.precision: bf16 needs native bf16 arithmetic, which this {device.type} "
                           "lacks (a GPU with bf16, or a CPU with AVX512-BF16 or AMX); use fp32 or auto")
-    return precision == "bf16" or (precision == "auto" and native)
+    return precision == "bf16" or (precision == "auto" and native and device.type == "cpu")
 
 
 def vocab_paths(run_dir: Path, joint: bool) -> tuple[Path, Path]:

@@ -39,8 +39,8 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     group.add_argument("--int8", action="store_true",
-                       help="quantize the LSTM and linear layers to int8 (faster on a CPU; "
-                       "activation ranges are per batch, so output may vary slightly with --batch-size)")
+                       help="decode with int8 weights and row-wise int8 activations in the decoder's "
+                       "cells and linear layers (CPU; torch >= 2.4)")
 
 
 def _decode_overrides(args: argparse.Namespace) -> dict:

@@ -87,10 +87,10 @@ class TrainConfig:
     log_every: int = 50
     threads: int = 0  # torch CPU threads; 0 = torch's default
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    # auto: bf16 autocast where the device multiplies bf16 in hardware (GPUs with bf16, CPUs
-    # with AVX512-BF16 or AMX), else fp32; fp32; bf16 (an error without hardware support).
-    # Under bf16 autocast weights, gradients and Adam state stay fp32.
-    precision: str = "fp32"
+    # auto: bf16 autocast on a CPU with bf16 in hardware (AVX512-BF16 or AMX), else fp32;
+    # fp32; bf16 (on such a CPU or a GPU with bf16; an error elsewhere). Under bf16
+    # autocast the weights, gradients and Adam state stay fp32.
+    precision: str = "auto"
 
 
 @dataclass

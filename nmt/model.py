@@ -7,7 +7,6 @@ from torch import nn
 from nmt.config import ModelConfig
 from nmt.decoder import Decoder, DecoderState, Memory
 from nmt.encoder import Encoder
-from nmt.errors import ConfigError
 from nmt.vocab import PAD
 
 
@@ -74,21 +73,3 @@ class Seq2Seq(nn.Module):
         vector, state, weights = self.decoder.step(self.tgt_embed(prev), state, memory)
         return torch.log_softmax(self.output(vector), dim=-1), state, weights
 
-
-def quantize_int8(model: Seq2Seq) -> Seq2Seq:
-    """Dynamic int8 quantization of the recurrent and linear layers, for fast CPU decoding.
-
-    Weights are stored as int8; activations are quantized on the fly. The
-    embeddings stay in float32 (a tied output layer gets its own int8 copy).
-    """
-    import warnings
-
-    try:
-        from torch.ao.quantization import quantize_dynamic
-    except ImportError:
-        raise ConfigError("int8 decoding needs torch.ao.quantization, which this torch "
-                          f"{torch.__version__} no longer has") from None
-    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell, nn.Linear},
-                                dtype=torch.qint8)

@@ -10,7 +10,8 @@ from nmt.checkpoint import LoadedRun, load_run
 from nmt.config import DecodeConfig
 from nmt.errors import ConfigError
 from nmt.data import source_tensor
-from nmt.model import Seq2Seq, quantize_int8
+from nmt.model import Seq2Seq
+from nmt.quantize import quantize_int8
 from nmt.search import Hypothesis, beam_search, greedy_search
 
 
@@ -55,7 +56,8 @@ class Translator:
              int8: bool = False) -> "Translator":
         """Load a run directory's ``best`` (or ``last``, or a given path) checkpoint.
 
-        ``int8``: quantize the recurrent and linear layers to int8 (CPU only).
+        ``int8``: decode with int8 weights and row-wise int8 activations in the
+        decoder's linear maps and cells (CPU only; see ``nmt.quantize``).
         """
         run = load_run(run_dir, checkpoint, device)
         if int8:

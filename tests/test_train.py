@@ -172,3 +172,5 @@ def test_bf16_without_hardware_support_is_refused(monkeypatch):
     monkeypatch.setattr(checkpoint, "native_bf16", lambda device: True)
     assert checkpoint.use_bf16("auto", torch.device("cpu")) is True
     assert checkpoint.use_bf16("fp32", torch.device("cpu")) is False
+    assert checkpoint.use_bf16("auto", torch.device("cuda")) is False  # bf16 did not pay on GPUs
+    assert checkpoint.use_bf16("bf16", torch.device("cuda")) is True

@@ -1,0 +1,102 @@
+"""int8 decoding on the CPU: int8 weights, activations quantized row by row.
+
+Every linear map of the decoder (the recurrent cells' input and state
+products, the attention projections, the attentional combination, the output
+layer) and the bridge become ``Int8Linear``: weights are stored as int8 with
+one scale per output unit; at run time each input row is scaled by its own
+largest magnitude, rounded to int8, multiplied in integers (``torch._int_mm``,
+exact int32 sums) and scaled back. A row's result therefore depends on that
+row alone, so int8 output, like float32 output, is the same whatever the
+batch size -- unlike PyTorch's dynamic quantization, which takes one range
+per batch. The encoder runs once per sentence and stays float32; the
+embeddings stay float32 (a tied output layer gets its own int8 copy).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nmt.errors import ConfigError
+
+
+def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M, K] float -> int8 [M, K] and scales [M, 1] with x ~= q * scale."""
+    scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
+    return torch.round(x / scale).to(torch.int8), scale
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        q, scale = _quantize_rows(weight.detach().float())  # one scale per output unit
+        self.register_buffer("weight_t", q.t())  # [in, out]: _int_mm takes it transposed
+        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out]
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> "Int8Linear":
+        return cls(linear.weight, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., in] -> [..., out]."""
+        rows = x.reshape(-1, x.size(-1))
+        q, scale = _quantize_rows(rows)
+        y = (torch._int_mm(q, self.weight_t) * scale).mul_(self.weight_scale)  # int32 -> float
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y.reshape(*x.shape[:-1], y.size(-1))
+
+
+class Int8Cell(nn.Module):
+    """An nn.LSTMCell / GRUCell / RNNCell (tanh) with int8 input and state products."""
+
+    def __init__(self, cell: nn.LSTMCell | nn.GRUCell | nn.RNNCell):
+        super().__init__()
+        self.kind = {nn.LSTMCell: "lstm", nn.GRUCell: "gru", nn.RNNCell: "rnn"}[type(cell)]
+        if self.kind == "rnn" and cell.nonlinearity != "tanh":
+            raise ValueError("only the tanh RNN cell is supported")
+        if self.kind == "gru":  # the state product is gated separately: two products
+            self.ih = Int8Linear(cell.weight_ih, cell.bias_ih)
+            self.hh = Int8Linear(cell.weight_hh, cell.bias_hh)
+        else:  # one product of [x; h] with [W_ih W_hh]: half the calls
+            self.both = Int8Linear(torch.cat([cell.weight_ih, cell.weight_hh], dim=1),
+                                   cell.bias_ih + cell.bias_hh)
+
+    def forward(self, x: torch.Tensor, state):
+        """The equations of torch's cells (gate order i, f, g, o and r, z, n)."""
+        if self.kind == "lstm":
+            h, c = state
+            i, f, g, o = self.both(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            return torch.sigmoid(o) * torch.tanh(c), c
+        if self.kind == "gru":
+            ir, iz, in_ = self.ih(x).chunk(3, dim=1)
+            hr, hz, hn = self.hh(state).chunk(3, dim=1)
+            r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+            n = torch.tanh(in_ + r * hn)
+            return (1 - z) * n + z * state
+        return torch.tanh(self.both(torch.cat([x, state], dim=1)))
+
+
+def int8_supported() -> bool:
+    """Whether this torch multiplies int8 matrices on the CPU (torch >= 2.4 does)."""
+    try:
+        torch._int_mm(torch.ones(2, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Replace, in place, every nn.Linear and decoder cell of ``model`` (in eval mode) by its
+    int8 counterpart; returns the model."""
+    if not int8_supported():
+        raise ConfigError(f"int8 decoding needs int8 matrix products on the CPU, which this "
+                          f"torch {torch.__version__} lacks (torch >= 2.4 has them)")
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(module, name, Int8Linear.of(child))
+            elif isinstance(child, (nn.LSTMCell, nn.GRUCell, nn.RNNCell)):
+                setattr(module, name, Int8Cell(child))
+    return model.eval()
