@@ -40,16 +40,22 @@ class Attention(nn.Module):
         """Attend.
 
         Args:
-            query: [B, Q]; keys: [B, S, Q] from ``project_keys``;
-            values: [B, S, K] encoder outputs; mask: [B, S], True at real positions.
+            query: [B * k, Q], k >= 1 consecutive queries per sentence (beam
+                search's k beams share their sentence's keys and values, which
+                are read once per sentence instead of once per beam);
+            keys: [B, S, Q] from ``project_keys``; values: [B, S, K] encoder
+                outputs; mask: [B, S], True at real positions.
         Returns:
-            context [B, K] and weights [B, S] (zero on padding, rows sum to 1).
+            context [B * k, K] and weights [B * k, S] (zero on padding, rows sum to 1).
         """
+        rows, sentences = query.size(0), keys.size(0)
+        q = query.view(sentences, rows // sentences, -1)  # [B, k, Q]
         if self.kind == "mlp":
-            scores = self.v(torch.tanh(keys + self.query_proj(query).unsqueeze(1))).squeeze(2)
+            hidden = torch.tanh(keys.unsqueeze(1) + self.query_proj(q).unsqueeze(2))  # [B, k, S, Q]
+            scores = self.v(hidden).squeeze(3)
         else:
-            scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)
-        scores = scores.masked_fill(~mask, float("-inf"))
+            scores = torch.bmm(q, keys.transpose(1, 2))  # [B, k, S]
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)
-        return context, weights
+        context = torch.bmm(weights, values)  # [B, k, K]
+        return context.view(rows, -1), weights.view(rows, -1)

@@ -80,15 +80,16 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: torch.Tensor, beam_s
     memory, state = model.encode(src, lengths)
     batch, device = src.size(0), src.device
     max_lens = max_output_lengths(lengths, max_length_ratio)
-    rows = torch.arange(batch, device=device).repeat_interleave(k)
-    memory, state = memory.select(rows), state.select(rows)
-    alive = list(range(batch))  # sentences still decoding; rows a*k .. a*k+k-1 are alive[a]'s beams
-    scores = torch.full((batch, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: keep one so candidates are not repeated
-    history = src.new_zeros((batch * k, 0))
-    att_history = src.new_zeros((batch * k, 0, src.size(1)), dtype=torch.float) if keep_attention else None
+    # rows a*width .. a*width+width-1 of the state are the beams of alive[a]; the memory
+    # keeps one row per sentence, shared by its beams (see Attention.forward). All beams
+    # start identical, so the first step runs one row per sentence (width 1), then k.
+    width = 1
+    alive = list(range(batch))  # sentences still decoding
+    scores = torch.zeros((batch, width), device=device)
+    history = src.new_zeros((batch, 0))
+    att_history = src.new_zeros((batch, 0, src.size(1)), dtype=torch.float) if keep_attention else None
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    prev = src.new_full((batch * k,), END)
+    prev = src.new_full((batch,), END)
 
     def normalised(hyp: Hypothesis) -> float:
         length = len(hyp.tokens) + 1  # the end marker counts as a step
@@ -97,7 +98,7 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: torch.Tensor, beam_s
     for t in range(max(max_lens)):
         logp, state, weights = model.decode_step(prev, state, memory)
         vocab = logp.size(1)
-        candidates = (scores.view(-1, 1) + logp).view(len(alive), k * vocab)
+        candidates = (scores.view(-1, 1) + logp).view(len(alive), width * vocab)
         top_scores, top_ids = candidates.topk(2 * k, dim=1)
         origins = top_ids // vocab  # which beam of the sentence each candidate extends
         tokens = top_ids % vocab
@@ -107,7 +108,7 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: torch.Tensor, beam_s
             chosen = 0
             for j, (score, origin, token) in enumerate(zip(top_scores[a].tolist(), origins[a].tolist(),
                                                            tokens[a].tolist())):
-                row = a * k + origin
+                row = a * width + origin
                 if token == END or last:
                     if j < k:
                         seq = history[row].tolist() + ([] if token == END else [token])
@@ -136,9 +137,10 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: torch.Tensor, beam_s
             att_history = torch.cat([att_history.index_select(0, index),
                                      weights.index_select(0, index)[:, None]], dim=1)
         if len(still) < len(alive):  # finished sentences leave the batch
-            keep_rows = torch.tensor([a * k + b for a in still for b in range(k)], device=device)
-            memory = memory.select(keep_rows)
+            memory = memory.select(torch.tensor(still, device=device))
             alive = [alive[a] for a in still]
+        width = k  # a sentence still decoding has chosen k candidates (at most width end markers
+        # are among its 2k best, one per beam, so at least k are not)
         scores = torch.tensor(next_scores, device=device).view(len(alive), k)
         prev = index.new_tensor(next_tokens)
     return [sorted(hyps, key=normalised, reverse=True)[:n_best] for hyps in finished]
