@@ -228,6 +228,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                 torch.cuda.set_rng_state(rng["cuda"][rank], device)
         log.info(f"resumed from {last_path} at step {state.step} (epoch {state.epoch}, "
                  f"batch {state.batch_in_epoch})")
+        if ckpt.get("bf16", bf16) != bf16:  # e.g. precision auto on a CPU without bf16
+            log.warning(f"the run trained {'in bf16' if ckpt['bf16'] else 'in fp32'} and goes on "
+                        f"{'in bf16' if bf16 else 'in fp32'}: it will not match an uninterrupted run")
     n_params = sum(p.numel() for p in model.parameters())
     log.info(f"model: {n_params:,} parameters on {device}"
              f"{f' x {world} processes' if world > 1 else ''}, {'bf16 autocast' if bf16 else 'fp32'}; "
@@ -262,7 +265,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
             return
         payload = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "train_state": asdict(state), "config": cfg.to_dict(),
+            "train_state": asdict(state), "config": cfg.to_dict(), "bf16": bf16,
             "rng": {"cpu": [s[0] for s in states], "cuda": [s[1] for s in states]},
             "vocab": {"src": vocab_record(corpus.src_vocab), "tgt": vocab_record(corpus.tgt_vocab)}}
         for path in paths:

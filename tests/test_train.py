@@ -161,6 +161,21 @@ def test_auto_precision_takes_native_bf16_and_still_resumes_exactly(reversal_dat
     assert f"on cpu, {expected};" in (straight / "train.log").read_text()
     a, c = params(straight), params(resumed)
     assert all(torch.equal(a[key], c[key]) for key in a)
+    assert "will not match" not in (resumed / "train.log").read_text()
+
+
+def test_resuming_in_the_other_precision_says_it_will_not_match(reversal_data, tmp_path, monkeypatch):
+    from nmt import checkpoint
+    monkeypatch.setattr(checkpoint, "native_bf16", lambda device: True)  # bf16 is emulated where absent
+    settings = dict(TINY, train__precision="bf16", train__max_steps=10, train__valid_every=10)
+    train(config_from_dict(reversal_config(reversal_data, **settings)), tmp_path / "run")
+    train(config_from_dict(reversal_config(reversal_data, **dict(settings, train__max_steps=20,
+                                                                 train__precision="fp32"))),
+          tmp_path / "run", resume=True)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "on cpu, bf16 autocast;" in log and "on cpu, fp32;" in log
+    assert "the run trained in bf16 and goes on in fp32: it will not match" in log
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_state"]["step"] == 20
 
 
 def test_bf16_without_hardware_support_is_refused(monkeypatch):
