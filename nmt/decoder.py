@@ -20,7 +20,7 @@ class Memory:
     mask: torch.Tensor  # [B, S] True at real source positions
 
     def select(self, index: torch.Tensor) -> "Memory":
-        """Rows ``index`` (to drop finished sentences or reorder beams)."""
+        """Rows ``index`` (to drop finished sentences; beams share their sentence's row)."""
         return Memory(self.values.index_select(0, index), self.keys.index_select(0, index),
                       self.mask.index_select(0, index))
 

@@ -139,8 +139,9 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: torch.Tensor, beam_s
         if len(still) < len(alive):  # finished sentences leave the batch
             memory = memory.select(torch.tensor(still, device=device))
             alive = [alive[a] for a in still]
-        width = k  # a sentence still decoding has chosen k candidates (at most width end markers
-        # are among its 2k best, one per beam, so at least k are not)
+        # Each sentence still decoding chose exactly k candidates: its 2k best hold at most
+        # one end marker per beam (width <= k), so at least k of them go on.
+        width = k
         scores = torch.tensor(next_scores, device=device).view(len(alive), k)
         prev = index.new_tensor(next_tokens)
     return [sorted(hyps, key=normalised, reverse=True)[:n_best] for hyps in finished]
