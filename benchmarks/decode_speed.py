@@ -1,27 +1,40 @@
 """Decoding speed and BLEU of one trained run on its test set: greedy and beam 5, float32 and int8.
 
-Sentences/s is the test set divided by the translation time (model loading
-and one warm-up batch excluded); BLEU is sacreBLEU against the raw reference.
-Prints one JSON object, then a one-line summary per mode.
+For each mode and beam size: one untimed pass over the whole test set at the
+same batch size and beam (so every shape that is timed has been seen:
+kernels chosen, memory allocated), then --repeats timed passes of decoding
+alone -- source piece ids in, hypotheses (piece ids) out, through
+``nmt.translate.decode_corpus`` as ``Translator`` calls it -- with
+torch.cuda.synchronize() around each on a GPU. ``sent_per_s`` is the test
+set divided by the median pass. Then one more timed pass through
+``Translator.translate`` (raw text in, raw text out, sentencepiece included)
+gives ``end_to_end_sent_per_s`` and the translations that are scored: BLEU
+and chrF with sacreBLEU against the raw reference. Model loading is never
+timed. Prints one JSON object (with benchmarks/machine.py's description),
+then a one-line summary per mode and beam.
 
     python benchmarks/decode_speed.py RUN_DIR [--threads 2] [--device cpu] [--modes fp32,int8]
+        [--beams 1,5] [--batch-size 64] [--repeats 3] [--test PREFIX]
 """
 import argparse
 import json
-import platform
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
+from machine import describe, summary  # noqa: E402
 from nmt.data import load_split  # noqa: E402
+from nmt.quantize import quantize_int8  # noqa: E402
 from nmt.report import corpus_scores  # noqa: E402
-from nmt.translate import Translator  # noqa: E402
+from nmt.translate import Translator, decode_corpus  # noqa: E402
 
 
 def main() -> None:
@@ -29,48 +42,78 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--modes", default="fp32,int8", help="fp32 and/or int8 (CPU only)")
+    parser.add_argument("--modes", default="fp32,int8", help="fp32, int8 (CPU only; declined without "
+                        "fast int8 products) and/or int8-forced (int8 even there)")
     parser.add_argument("--beams", default="1,5")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes over the test set (median)")
     parser.add_argument("--checkpoint", default="best")
     parser.add_argument("--test", help="test set prefix (default: the run's data.test, "
                         "else data/multi30k/test2016)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     results = []
     for mode in args.modes.split(","):
         translator = Translator.load(args.run_dir, args.checkpoint, args.device, int8=mode == "int8")
+        if mode == "int8-forced":  # what int8 would cost where Translator declines it (no VNNI)
+            translator.model = translator.run.model = quantize_int8(translator.model)
+            translator.int8 = True
+        # Translator may decline int8 (e.g. on a CPU without fast int8 kernels) and decode in float32.
+        int8 = getattr(translator, "int8", None)
+        ran = mode if int8 is None else ("int8" if int8 else "fp32")
         cfg = translator.run.cfg
         test = args.test or cfg.data.test or str(ROOT / "data" / "multi30k" / "test2016")
         sources, references = load_split(cfg.data, test, "test")
+        ids = translator.src_vocab.encode([s for s in sources if s.strip()])
         for beam in map(int, args.beams.split(",")):
-            translator.translate(sources[:args.batch_size], beam_size=beam, batch_size=args.batch_size)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
+            settings = translator.settings(beam_size=beam, batch_size=args.batch_size, n_best=1)
+            translator.translate(sources, beam_size=beam, batch_size=args.batch_size)  # warm-up, untimed
+            seconds = []
+            for _ in range(args.repeats):
+                sync()
+                start = time.perf_counter()
+                found = decode_corpus(translator.model, ids, settings, translator.device)
+                sync()
+                seconds.append(time.perf_counter() - start)
+            sync()
             start = time.perf_counter()
             hyps = translator.translate(sources, beam_size=beam, batch_size=args.batch_size)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            pieces = sum(len(p) for p in translator.tgt_vocab.encode(hyps))
+            sync()
+            end_to_end = time.perf_counter() - start
+            median = statistics.median(seconds)
+            pieces = sum(len(h[0].tokens) for h in found)
+            timed_text = translator.tgt_vocab.decode([h[0].tokens for h in found])
             scores = corpus_scores(hyps, references)
-            results.append({"mode": mode, "beam": beam, "sentences": len(sources),
-                            "seconds": round(seconds, 2),
-                            "sent_per_s": round(len(sources) / seconds, 1),
-                            "tgt_pieces_per_s": round(pieces / seconds, 1),
+            results.append({"mode": mode, "mode_run": ran, "beam": beam, "sentences": len(sources),
+                            "seconds": round(median, 4), "seconds_all": [round(s, 4) for s in seconds],
+                            "sent_per_s": round(len(sources) / median, 1),
+                            "tgt_pieces_per_s": round(pieces / median, 1),
+                            "end_to_end_seconds": round(end_to_end, 4),
+                            "end_to_end_sent_per_s": round(len(sources) / end_to_end, 1),
+                            "timed_output_is_scored_output":
+                                timed_text == [h for s, h in zip(sources, hyps) if s.strip()],
                             "bleu": scores["bleu"], "chrf": scores["chrf"],
                             "bleu_signature": scores["bleu_signature"]})
-    result = {"benchmark": "decode_speed", "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {args.threads} threads, "
-                         f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}",
+    machine = describe(args.device)
+    result = {"benchmark": "decode_speed", "date": time.strftime("%Y-%m-%d"), "machine": machine,
               "torch": torch.__version__, "run_dir": args.run_dir, "checkpoint": args.checkpoint,
-              "step": translator.run.step, "batch_size": args.batch_size,
+              "step": translator.run.step, "batch_size": args.batch_size, "repeats": args.repeats,
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
               "results": results}
+    if cuda:
+        result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
     print(json.dumps(result, indent=2))
     for r in results:
-        print(f"decode_speed: {r['mode']} beam {r['beam']}: {r['sent_per_s']} sentences/s, "
-              f"BLEU {r['bleu']} ({result['machine']})")
+        ran = r["mode"] if r["mode_run"] == r["mode"] else f"{r['mode']} (ran as {r['mode_run']})"
+        print(f"decode_speed: {ran} beam {r['beam']}: {r['sent_per_s']} sentences/s decoding, "
+              f"{r['end_to_end_sent_per_s']} text to text, BLEU {r['bleu']} "
+              f"(batch {args.batch_size}, {summary(machine)})")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ markers or padding. Prints one JSON object, then a one-line summary.
 """
 import argparse
 import json
-import platform
 import resource
 import sys
 import tempfile
@@ -27,8 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from nmt.checkpoint import pick_device, use_bf16  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import machine  # noqa: E402
+
 from nmt.config import load_config  # noqa: E402
+from nmt.device import pick_device, use_bf16  # noqa: E402
 from nmt.train import train  # noqa: E402
 
 REFERENCE = [
@@ -62,8 +64,7 @@ def main() -> None:
     pieces = summary["target_tokens"] - summary["sentences"]  # without end markers
     result = {
         "benchmark": "train_speed", "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}",
+        "machine": machine.describe(args.device),  # after training: the settings (TF32, threads) it ran with
         "torch": torch.__version__,
         "precision": "bf16 autocast" if use_bf16(cfg.train.precision, pick_device(args.device)) else "fp32",
         "steps": summary["steps"], "parameters": summary["parameters"],
@@ -79,7 +80,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     print(f"train_speed: {result['tgt_pieces_per_s']} target pieces/s, {result['seconds_per_step']} s/step, "
           f"peak RSS {result['peak_rss_mib']} MiB ({result['precision']}, {result['steps']} steps, "
-          f"{result['machine']})")
+          f"{machine.summary(result['machine'])})")
 
 
 if __name__ == "__main__":

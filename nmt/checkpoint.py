@@ -6,61 +6,17 @@ sentencepiece model(s), ``checkpoints/{last,best}.pt``, ``train.log``,
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nmt.config import Config, config_from_dict
+from nmt.device import pick_device
 from nmt.errors import CheckpointError, ConfigError
 from nmt.io import atomic_write
 from nmt.model import Seq2Seq
-from nmt.vocab import Vocab
-
-
-def pick_device(name: str) -> torch.device:
-    """"auto", "cpu", "cuda" or "cuda:N" -> a device this torch can use (one GPU per torchrun rank)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: this torch sees no CUDA GPU")
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{os.environ['LOCAL_RANK']}"
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r}: expected cpu, cuda or cuda:N") from None
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU with
-    bf16, or a CPU with AVX512-BF16 or AMX (elsewhere bf16 is emulated and slow)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch >= 2.3
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Resolve ``train.precision`` (auto, fp32, bf16) for ``device``.
-
-    auto takes bf16 on a CPU with native bf16, where a training step ran 2.3x
-    faster, and fp32 on GPUs, where autocast around the per-step decoder
-    cells was no faster (docs/BENCHMARKS.md).
-    """
-    native = native_bf16(device)
-    if precision == "bf16" and not native:
-        raise ConfigError(f"train.precision: bf16 needs native bf16 arithmetic, which this {device.type} "
-                          "lacks (a GPU with bf16, or a CPU with AVX512-BF16 or AMX); use fp32 or auto")
-    return precision == "bf16" or (precision == "auto" and native and device.type == "cpu")
-
-
-def vocab_paths(run_dir: Path, joint: bool) -> tuple[Path, Path]:
-    """(source, target) sentencepiece model files of a run."""
-    if joint:
-        return run_dir / "spm.model", run_dir / "spm.model"
-    return run_dir / "spm.src.model", run_dir / "spm.tgt.model"
+from nmt.vocab import Vocab, vocab_paths
 
 
 def vocab_record(vocab: Vocab) -> dict:

@@ -91,6 +91,9 @@ class TrainConfig:
     # fp32; bf16 (on such a CPU or a GPU with bf16; an error elsewhere). Under bf16
     # autocast the weights, gradients and Adam state stay fp32.
     precision: str = "auto"
+    # NVIDIA GPUs: float32 products on TF32 tensor cores (10-bit mantissa, float32
+    # range and accumulation), several times faster; false = full float32. No effect on CPUs.
+    tf32: bool = True
 
 
 @dataclass

@@ -6,16 +6,20 @@ and the decoder target that ends with it (``x y _``) -- SPEC §3.
 """
 from __future__ import annotations
 
+import itertools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nmt.config import DataConfig
+from nmt.config import Config, DataConfig
 from nmt.errors import DataError
 from nmt.io import read_lines
-from nmt.vocab import END, PAD
+from nmt.vocab import END, PAD, Vocab, train_vocab, vocab_paths
+
+log = logging.getLogger("nmt")
 
 FILE_LOADERS = ("json", "csv", "parquet")
 
@@ -98,37 +102,67 @@ def filter_pairs(src_ids: list[list[int]], tgt_ids: list[list[int]], max_len: in
     return keep, counts
 
 
+class Pieces:
+    """Sentences of piece ids in one flat array, so that a batch is padded with
+    a few array operations instead of a Python loop over its sentences."""
+
+    def __init__(self, seqs: list[list[int]]):
+        self.lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64,
+                                count=int(self.lengths.sum()))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def padded(self, idx: np.ndarray, end_first: bool) -> np.ndarray:
+        """Sentences ``idx`` as a [B, longest + 1] array with the end marker first
+        (``_ x y``) or last (``x y _``), padded with PAD."""
+        lengths = self.lengths[idx]
+        cols = np.arange(int(lengths.max()) + 1)[None, :] - int(end_first)  # position in the sentence
+        real = (cols >= 0) & (cols < lengths[:, None])
+        out = np.full(real.shape, PAD, dtype=np.int64)
+        out[real] = self.flat[(self.offsets[idx][:, None] + cols)[real]]
+        out[np.arange(len(idx)), 0 if end_first else lengths] = END
+        return out
+
+
 @dataclass
 class Batch:
     src: torch.Tensor  # [B, S] source ids + end marker, padded
     src_lengths: torch.Tensor  # [B] (on the CPU, as packing wants)
     tgt_in: torch.Tensor  # [B, T] end marker + target ids, padded
     tgt_out: torch.Tensor  # [B, T] target ids + end marker, padded
-    n_tokens: int  # real target tokens (end markers included)
+    positions: torch.Tensor  # [N] indices into tgt_out.view(-1) of the real target tokens, in order
+    n_tokens: int  # real target tokens (end markers included), known on the host
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(self.src.to(device), self.src_lengths, self.tgt_in.to(device),
-                     self.tgt_out.to(device), self.n_tokens)
+        """The batch on ``device``. To a GPU the copies come from pinned memory and
+        do not wait: the host goes on preparing work while they run."""
+        if device.type != "cuda":
+            return self
+        move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.src), self.src_lengths, move(self.tgt_in), move(self.tgt_out),
+                     move(self.positions), self.n_tokens)
 
 
-def pad(seqs: list[list[int]]) -> torch.Tensor:
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), PAD, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
+def batch_of(src: Pieces, tgt: Pieces, idx: np.ndarray) -> Batch:
+    """The batch of sentence pairs ``idx`` (SPEC §3: ``A B C _`` -> ``_ x y`` / ``x y _``)."""
+    tgt_out = tgt.padded(idx, end_first=False)
+    positions = np.flatnonzero(tgt_out != PAD)
+    return Batch(torch.from_numpy(src.padded(idx, end_first=False)),
+                 torch.from_numpy(src.lengths[idx] + 1), torch.from_numpy(tgt.padded(idx, end_first=True)),
+                 torch.from_numpy(tgt_out), torch.from_numpy(positions), len(positions))
 
 
 def source_tensor(src: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Source ids -> ([B, S] padded ids with the end marker, [B] lengths)."""
-    seqs = [s + [END] for s in src]
-    return pad(seqs), torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    pieces, idx = Pieces(src), np.arange(len(src))
+    return torch.from_numpy(pieces.padded(idx, end_first=False)), torch.from_numpy(pieces.lengths + 1)
 
 
 def make_batch(src: list[list[int]], tgt: list[list[int]]) -> Batch:
-    src_t, lengths = source_tensor(src)
-    tgt_in = pad([[END] + t for t in tgt])
-    tgt_out = pad([t + [END] for t in tgt])
-    return Batch(src_t, lengths, tgt_in, tgt_out, sum(len(t) + 1 for t in tgt))
+    return batch_of(Pieces(src), Pieces(tgt), np.arange(len(src)))
 
 
 def epoch_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, batch_size: int, unit: str,
@@ -154,3 +188,58 @@ def epoch_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, batch_size: int, u
     batches.append(order[start:])
     perm = rng.permutation(len(batches))
     return [batches[j] for j in perm]
+
+
+class Corpus:
+    """A run's training data as piece ids (length-filtered), its validation
+    data, and its vocabularies (trained on the training side, or read back
+    from the run directory on --resume; under torchrun rank 0 trains them)."""
+
+    def __init__(self, cfg: Config, run_dir: Path, reuse_vocab: bool, rank: int = 0, world: int = 1):
+        data = cfg.data
+        train_src, train_tgt = load_split(data, data.train, "training")
+        src_path, tgt_path = vocab_paths(run_dir, data.joint_vocab)
+        if world > 1:
+            import torch.distributed as dist
+            if rank == 0 and not reuse_vocab:
+                self._train_vocabs(data, train_src, train_tgt, src_path, tgt_path)
+            dist.barrier()
+            reuse_vocab = True
+        if reuse_vocab:
+            self.src_vocab, self.tgt_vocab = Vocab(src_path), Vocab(tgt_path)
+        else:
+            self._train_vocabs(data, train_src, train_tgt, src_path, tgt_path)
+        src_ids, tgt_ids = self.src_vocab.encode(train_src), self.tgt_vocab.encode(train_tgt)
+        keep, counts = filter_pairs(src_ids, tgt_ids, data.max_len, data.max_len_ratio)
+        log.info(f"training pairs: {len(src_ids)} read, {counts['kept']} kept, dropped "
+                 f"{counts['empty']} empty, {counts['too_long']} longer than {data.max_len} pieces, "
+                 f"{counts['bad_ratio']} with length ratio over {data.max_len_ratio}")
+        if not keep:
+            raise DataError(f"{data.train}: no training pair left after length filtering")
+        self.filter_counts = counts
+        self.src = Pieces([src_ids[i] for i in keep])
+        self.tgt = Pieces([tgt_ids[i] for i in keep])
+        log.info(f"vocabulary: {len(self.src_vocab)} source, {len(self.tgt_vocab)} target pieces")
+        self.valid_src_text, self.valid_ref = (load_split(data, data.valid, "validation")
+                                               if data.valid else ([], []))
+        self.valid_src = self.src_vocab.encode(self.valid_src_text)
+        self.valid_tgt = self.tgt_vocab.encode(self.valid_ref)
+
+    def _train_vocabs(self, data: DataConfig, train_src: list[str], train_tgt: list[str],
+                      src_path: Path, tgt_path: Path) -> None:
+        if data.joint_vocab:
+            self.src_vocab = self.tgt_vocab = train_vocab(train_src + train_tgt, src_path,
+                                                          data.vocab_size, data.subword_type)
+        else:
+            self.src_vocab = train_vocab(train_src, src_path, data.vocab_size, data.subword_type)
+            self.tgt_vocab = train_vocab(train_tgt, tgt_path, data.vocab_size, data.subword_type)
+
+    def batch(self, idx: np.ndarray) -> Batch:
+        return batch_of(self.src, self.tgt, idx)
+
+    def target_tokens(self, batches: list[np.ndarray]) -> int:
+        """Real target tokens (end markers included) of ``batches``, counted on the host."""
+        return int(sum(self.tgt.lengths[idx].sum() + len(idx) for idx in batches))
+
+    def epoch(self, batch_size: int, unit: str, seed: int, epoch: int) -> list[np.ndarray]:
+        return epoch_batches(self.src.lengths, self.tgt.lengths, batch_size, unit, seed, epoch)

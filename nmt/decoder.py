@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nmt.attention import Attention
 from nmt.dropout import Dropout
+from nmt.steps import StepProducts
 
 CELL_TYPES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
@@ -82,9 +84,49 @@ class Decoder(nn.Module):
         return self.dropout(vector), new, weights
 
     def forward(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
-        """Teacher-forced decoding. emb: [B, T, E] -> attentional vectors [B, T, H]."""
-        vectors = []
-        for t in range(emb.size(1)):
-            vector, state, _ = self.step(emb[:, t], state, memory)
-            vectors.append(vector)
+        """Teacher-forced decoding. emb: [B, T, E] -> attentional vectors [B, T, H].
+
+        The same computation as ``step`` at every t, arranged for training:
+        layer 1's product with the embeddings runs for all steps in one
+        product, and each weight's gradient is one product over all steps
+        (``nmt.steps``). Layer 1's input [emb; feed] is dropped in two parts,
+        each element still kept with probability 1 - p.
+        """
+        cells, size = self.cells, emb.size(2)
+        emb_gates = F.linear(self.dropout(emb), cells[0].weight_ih[:, :size], cells[0].bias_ih).unbind(1)
+        feed_products = StepProducts(cells[0].weight_ih[:, size:]) if self.input_feeding else None
+        input_products = [None] + [StepProducts(cell.weight_ih) for cell in cells[1:]]
+        state_products = [StepProducts(cell.weight_hh) for cell in cells]
+        combine = StepProducts(self.combine.weight)
+        h = list(state.h)
+        c = [None] * len(cells) if state.c is None else list(state.c)
+        feed, vectors = state.feed, []
+        for gates in emb_gates:  # [B, G] per step
+            for k, cell in enumerate(cells):
+                if k == 0:
+                    x_gates = gates if feed_products is None else gates + feed_products(self.dropout(feed))
+                else:
+                    x_gates = input_products[k](self.dropout(h[k - 1])) + cell.bias_ih
+                h_gates = state_products[k](h[k]) + cell.bias_hh
+                h[k], c[k] = cell_update(self.cell, x_gates, h_gates, h[k], c[k])
+            context, _ = self.attention(h[-1], memory.keys, memory.values, memory.mask)
+            feed = torch.tanh(combine(torch.cat([context, h[-1]], dim=-1)))
+            vectors.append(self.dropout(feed))
         return torch.stack(vectors, dim=1)
+
+
+def cell_update(cell: str, x_gates: torch.Tensor, h_gates: torch.Tensor, h: torch.Tensor,
+                c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One step of an LSTM, GRU or tanh-RNN cell from its input and state products
+    (biases included), with PyTorch's gate order and equations (SPEC §2)."""
+    if cell == "lstm":
+        i, f, g, o = (x_gates + h_gates).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    if cell == "gru":
+        x_r, x_z, x_n = x_gates.chunk(3, 1)
+        h_r, h_z, h_n = h_gates.chunk(3, 1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        return n + z * (h - n), None  # (1 - z) * n + z * h
+    return torch.tanh(x_gates + h_gates), None

@@ -56,7 +56,7 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
                           "source": translator.src_vocab.pieces(src_ids),
                           "target": translator.tgt_vocab.pieces(hyp.tokens + ([END] if ended else [])),
                           "weights": hyp.attention[:, :len(src_ids)].tolist()})
-    run = translator.run
+    run, int8 = translator.run, translator.int8  # int8 is declined on CPUs without fast int8
     name = f"{Path(run_dir).name}:{run.checkpoint.stem}" + (":int8" if int8 else "")
     info = {"checkpoint": str(run.checkpoint), "step": run.step, "decode_seconds": round(seconds, 2),
             "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1),

@@ -45,7 +45,7 @@ class Seq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, lengths: torch.Tensor) -> tuple[Memory, DecoderState]:
         """src: [B, S] ids (end marker included), lengths: [B] -> memory, initial state."""
         outputs, finals = self.encoder(self.src_embed(src), lengths)
-        mask = torch.arange(src.size(1), device=src.device)[None, :] < lengths.to(src.device)[:, None]
+        mask = src != PAD  # the real positions (from ids on the device: no host transfer)
         memory = Memory(outputs, self.decoder.attention.project_keys(outputs), mask)
         layers = len(self.decoder.cells)
         picks = [finals[max(0, len(finals) - layers + k)] for k in range(layers)]
@@ -56,16 +56,21 @@ class Seq2Seq(nn.Module):
         feed = outputs.new_zeros(src.size(0), self.cfg.decoder_hidden_size)
         return memory, DecoderState(h, c, feed)
 
-    def forward(self, src: torch.Tensor, lengths: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor, tgt_in: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits [N, V] for decoder inputs tgt_in [B, T], at its N
         real (non-padding) positions in row-major order.
 
         The output layer is a third of a training step's arithmetic; it is
-        spent only where a target token is, not on padding.
+        spent only where a target token is, not on padding. ``positions`` [N]
+        (indices into tgt_in.view(-1), as ``Batch.positions``) saves finding
+        them on the device, which would wait for the GPU.
         """
+        if positions is None:
+            positions = (tgt_in != PAD).view(-1).nonzero().squeeze(1)
         memory, state = self.encode(src, lengths)
         vectors = self.decoder(self.tgt_embed(tgt_in), state, memory)  # [B, T, H]
-        return self.output(vectors[tgt_in != PAD])
+        return self.output(vectors.flatten(0, 1).index_select(0, positions))
 
     def decode_step(self, prev: torch.Tensor, state: DecoderState, memory: Memory
                     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:

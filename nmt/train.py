@@ -1,9 +1,16 @@
-"""Training: data and vocabularies, the loop, validation, checkpoints, resume.
+"""Training: a ``Trainer`` whose step, validation, checkpoint and stopping rule
+are separate pieces, and ``train()``, the loop that runs them.
 
 Resuming from ``checkpoints/last.pt`` restores the model, the optimizer, the
 step, the learning-rate state, the RNG state and the position in the data
 (epoch and batch), so a resumed run computes exactly what an uninterrupted
 one would have.
+
+A step never waits for the device: batches are padded on the host (their
+token counts are known there) and copied from pinned memory without
+blocking; the loss stays on the device and reaches the host only when it is
+logged. On a GPU the host can therefore queue the next step's work while the
+current one runs.
 
 Launched by ``torchrun`` the same loop runs data-parallel (DDP; NCCL on GPUs,
 gloo on CPUs). One step consumes ``world_size x train.accumulate``
@@ -22,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -33,16 +40,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nmt.checkpoint import (check_vocab, load_checkpoint, pick_device, save_checkpoint,
-                            use_bf16, vocab_paths, vocab_record)
+from nmt.checkpoint import check_vocab, load_checkpoint, save_checkpoint, vocab_record
 from nmt.config import Config, save_config
-from nmt.data import epoch_batches, filter_pairs, load_split, make_batch
+from nmt.data import Batch, Corpus, make_batch
+from nmt.device import describe, pick_device, set_tf32, use_bf16
 from nmt.errors import CheckpointError, ConfigError
 from nmt.model import Seq2Seq
 from nmt.translate import decode_corpus
-from nmt.vocab import PAD, Vocab, train_vocab
 
 log = logging.getLogger("nmt")
+INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -100,56 +107,11 @@ def setup_logging(path: Path) -> None:
     log.addHandler(TqdmHandler())
 
 
-class Corpus:
-    """Training and validation data as piece ids, with the run's vocabularies."""
-
-    def __init__(self, cfg: Config, run_dir: Path, reuse_vocab: bool, world: int = 1):
-        data = cfg.data
-        train_src, train_tgt = load_split(data, data.train, "training")
-        src_path, tgt_path = vocab_paths(run_dir, data.joint_vocab)
-        if world > 1:  # rank 0 trains the vocabulary; the other ranks read it
-            if dist.get_rank() == 0 and not reuse_vocab:
-                self._train_vocabs(cfg, train_src, train_tgt, src_path, tgt_path)
-            dist.barrier()
-            reuse_vocab = True
-        if reuse_vocab:
-            self.src_vocab, self.tgt_vocab = Vocab(src_path), Vocab(tgt_path)
-        else:
-            self._train_vocabs(cfg, train_src, train_tgt, src_path, tgt_path)
-        src_ids, tgt_ids = self.src_vocab.encode(train_src), self.tgt_vocab.encode(train_tgt)
-        keep, counts = filter_pairs(src_ids, tgt_ids, data.max_len, data.max_len_ratio)
-        log.info(f"training pairs: {len(src_ids)} read, {counts['kept']} kept, dropped "
-                 f"{counts['empty']} empty, {counts['too_long']} longer than {data.max_len} pieces, "
-                 f"{counts['bad_ratio']} with length ratio over {data.max_len_ratio}")
-        if not keep:
-            raise CheckpointError(f"{data.train}: no training pair left after length filtering")
-        self.filter_counts = counts
-        self.src = [src_ids[i] for i in keep]
-        self.tgt = [tgt_ids[i] for i in keep]
-        self.src_lens = np.array([len(s) for s in self.src])
-        self.tgt_lens = np.array([len(t) for t in self.tgt])
-        log.info(f"vocabulary: {len(self.src_vocab)} source, {len(self.tgt_vocab)} target pieces")
-        self.valid_src_text, self.valid_ref = (load_split(data, data.valid, "validation")
-                                               if data.valid else ([], []))
-        self.valid_src = self.src_vocab.encode(self.valid_src_text)
-        self.valid_tgt = self.tgt_vocab.encode(self.valid_ref)
-
-    def _train_vocabs(self, cfg: Config, train_src: list[str], train_tgt: list[str],
-                      src_path: Path, tgt_path: Path) -> None:
-        data = cfg.data
-        if data.joint_vocab:
-            self.src_vocab = self.tgt_vocab = train_vocab(train_src + train_tgt, src_path,
-                                                          data.vocab_size, data.subword_type)
-        else:
-            self.src_vocab = train_vocab(train_src, src_path, data.vocab_size, data.subword_type)
-            self.tgt_vocab = train_vocab(train_tgt, tgt_path, data.vocab_size, data.subword_type)
-
-
-def loss_sum(model: Seq2Seq, batch, label_smoothing: float) -> torch.Tensor:
-    """Summed cross-entropy over the batch's real target tokens."""
-    logits = model(batch.src, batch.src_lengths, batch.tgt_in)  # [N, V] at real positions
-    return F.cross_entropy(logits, batch.tgt_out[batch.tgt_out != PAD],
-                           label_smoothing=label_smoothing, reduction="sum")
+def loss_sum(model: Seq2Seq, batch: Batch, label_smoothing: float) -> torch.Tensor:
+    """Summed cross-entropy over the batch's real target tokens (a device scalar)."""
+    logits = model(batch.src, batch.src_lengths, batch.tgt_in, batch.positions)  # [N, V]
+    targets = batch.tgt_out.view(-1).index_select(0, batch.positions)
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="sum")
 
 
 @torch.no_grad()
@@ -173,112 +135,198 @@ def validate(model: Seq2Seq, corpus: Corpus, cfg: Config, device: torch.device) 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     """Train a model in ``run_dir``; return a summary (best step, BLEU, wall time)."""
-    run_dir = Path(run_dir)
-    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    if resume and not last_path.is_file():
-        raise CheckpointError(f"{last_path}: no checkpoint to resume from")
-    if not resume and last_path.exists():
-        raise CheckpointError(f"{run_dir}: already holds a run; pass --resume to continue it "
-                              "or choose another run directory")
-    tc = cfg.train
-    device = pick_device(tc.device)
-    bf16 = use_bf16(tc.precision, device)  # refuses bf16 without hardware support, before any work
-    rank, world = start_distributed(device)
-    main = rank == 0  # only rank 0 writes anything
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if main:
-        setup_logging(run_dir / "train.log")
-    else:
-        log.disabled = True
-    if tc.threads > 0:
-        torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed + rank)  # DDP copies rank 0's initial weights to all ranks
+    trainer = Trainer(cfg, Path(run_dir), resume)
+    with trainer.ctrl_c_stops_between_steps():
+        while (reason := trainer.stop_reason()) is None:
+            trainer.step(trainer.next_step_batches())
+            if trainer.state.step % cfg.train.log_every == 0:
+                trainer.log_progress()
+            if trainer.state.step % cfg.train.valid_every == 0 and trainer.corpus.valid_src:
+                trainer.validate()
+    return trainer.finish(reason)
 
-    ckpt = load_checkpoint(last_path, device) if resume else None
-    if ckpt is not None:
+
+class Trainer:
+    """One run: model, optimizer, data and state, and the pieces of the loop."""
+
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool):
+        self.cfg, self.run_dir, tc = cfg, run_dir, cfg.train
+        self.last_path, self.best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+        if resume and not self.last_path.is_file():
+            raise CheckpointError(f"{self.last_path}: no checkpoint to resume from")
+        if not resume and self.last_path.exists():
+            raise CheckpointError(f"{run_dir}: already holds a run; pass --resume to continue it "
+                                  "or choose another run directory")
+        self.device = device = pick_device(tc.device)
+        self.bf16 = use_bf16(tc.precision, device)  # refuses bf16 without hardware support, before any work
+        set_tf32(device, tc.tf32)
+        self.rank, self.world = start_distributed(device)
+        self.main = self.rank == 0  # only rank 0 writes anything
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            setup_logging(run_dir / "train.log")
+        log.disabled = not self.main
+        if tc.threads > 0:
+            torch.set_num_threads(tc.threads)
+        torch.manual_seed(tc.seed + self.rank)  # DDP copies rank 0's initial weights to all ranks
+        ckpt = self._resume_checkpoint() if resume else None
+        if self.main:
+            save_config(cfg, run_dir / "config.yaml")
+        self.corpus = Corpus(cfg, run_dir, reuse_vocab=resume, rank=self.rank, world=self.world)
+        self.model = Seq2Seq(cfg.model, len(self.corpus.src_vocab), len(self.corpus.tgt_vocab)).to(device)
+        # The fused kernel updates all parameters in one pass (CPU support since torch 2.4);
+        # the per-parameter loop it replaces cost 10 % of a step on 2 cores.
+        fused = device.type == "cuda" or torch_version() >= (2, 4)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=fused)
+        self.state = TrainState()
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        log.info(f"model: {self.n_params:,} parameters on {describe(device, self.bf16)}"
+                 f"{f' x {self.world} processes' if self.world > 1 else ''}; run directory {run_dir}")
+        self.trained = self.model
+        if self.world > 1:
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.writer = None
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter  # imported late: slow to import
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.per_step = self.world * tc.accumulate  # batches of the epoch's list consumed by one step
+        self.epoch_list: tuple[int, list[np.ndarray]] | None = None
+        self.interrupted = False
+        self.progress = tqdm(total=tc.max_steps, initial=self.state.step, desc="train", unit="step",
+                             dynamic_ncols=True, mininterval=1.0, disable=None if self.main else True)
+        self.segment_start = time.perf_counter()
+        self._reset_window()
+
+    def _resume_checkpoint(self) -> dict:
+        """last.pt, after checking that nothing that shapes the run has changed."""
+        ckpt = load_checkpoint(self.last_path, self.device)
         # These shape the model, the vocabulary and the epoch's batch list.
         fixed = [("data", k) for k in ckpt["config"]["data"] if k not in ("valid", "test")] + \
                 [("model", k) for k in ckpt["config"]["model"]] + \
                 [("train", k) for k in ("seed", "batch_size", "batch_unit")]
         for section, key in fixed:
             value = ckpt["config"][section][key]
-            if getattr(getattr(cfg, section), key) != value:
-                raise CheckpointError(f"{last_path}: {section}.{key} was {value!r} in this run; "
+            if getattr(getattr(self.cfg, section), key) != value:
+                raise CheckpointError(f"{self.last_path}: {section}.{key} was {value!r} in this run; "
                                       "it cannot change on --resume")
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
-    corpus = Corpus(cfg, run_dir, reuse_vocab=resume, world=world)
-    model = Seq2Seq(cfg.model, len(corpus.src_vocab), len(corpus.tgt_vocab)).to(device)
-    # The fused kernel updates all parameters in one pass (CPU support since torch 2.4);
-    # the per-parameter loop it replaces cost 10 % of a step on 2 cores.
-    fused = device.type == "cuda" or torch_version() >= (2, 4)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=fused)
-    state = TrainState()
-    if ckpt is not None:
-        check_vocab(ckpt, "src", corpus.src_vocab, last_path)
-        check_vocab(ckpt, "tgt", corpus.tgt_vocab, last_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = TrainState(**ckpt["train_state"])
-        state.stopped_early = bool(tc.patience) and state.bad_validations >= tc.patience
+        return ckpt
+
+    def _restore(self, ckpt: dict) -> None:
+        check_vocab(ckpt, "src", self.corpus.src_vocab, self.last_path)
+        check_vocab(ckpt, "tgt", self.corpus.tgt_vocab, self.last_path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = TrainState(**ckpt["train_state"])
+        tc = self.cfg.train
+        self.state.stopped_early = bool(tc.patience) and self.state.bad_validations >= tc.patience
         rng = ckpt["rng"]
-        if rank < len(rng["cpu"]):  # the same world size: each rank continues its own stream
-            torch.set_rng_state(rng["cpu"][rank])
-            if device.type == "cuda" and rng["cuda"][rank] is not None:
-                torch.cuda.set_rng_state(rng["cuda"][rank], device)
-        log.info(f"resumed from {last_path} at step {state.step} (epoch {state.epoch}, "
-                 f"batch {state.batch_in_epoch})")
-        if ckpt.get("bf16", bf16) != bf16:  # e.g. precision auto on a CPU without bf16
+        if self.rank < len(rng["cpu"]):  # the same world size: each rank continues its own stream
+            torch.set_rng_state(rng["cpu"][self.rank])
+            if self.device.type == "cuda" and rng["cuda"][self.rank] is not None:
+                torch.cuda.set_rng_state(rng["cuda"][self.rank], self.device)
+        log.info(f"resumed from {self.last_path} at step {self.state.step} (epoch {self.state.epoch}, "
+                 f"batch {self.state.batch_in_epoch})")
+        if ckpt.get("bf16", self.bf16) != self.bf16:  # e.g. precision auto on a CPU without bf16
             log.warning(f"the run trained {'in bf16' if ckpt['bf16'] else 'in fp32'} and goes on "
-                        f"{'in bf16' if bf16 else 'in fp32'}: it will not match an uninterrupted run")
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(f"model: {n_params:,} parameters on {device}"
-             f"{f' x {world} processes' if world > 1 else ''}, {'bf16 autocast' if bf16 else 'fp32'}; "
-             f"run directory {run_dir}")
-    trained = model
-    if world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+                        f"{'in bf16' if self.bf16 else 'in fp32'}: it will not match an uninterrupted run")
 
-    writer = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter  # imported late: slow to import
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    # -- the data --------------------------------------------------------------------------
 
-    def record(**values) -> None:
+    def _epoch_batches(self) -> list[np.ndarray]:
+        """This epoch's batch list (cached), cut to whole steps."""
+        tc, epoch = self.cfg.train, self.state.epoch
+        if self.epoch_list is None or self.epoch_list[0] != epoch:
+            batches = self.corpus.epoch(tc.batch_size, tc.batch_unit, tc.seed, epoch)
+            if len(batches) < self.per_step:
+                raise ConfigError(f"train.accumulate: a step needs {self.per_step} batches "
+                                  f"(processes x accumulate) but an epoch has {len(batches)}")
+            self.epoch_list = (epoch, batches[:len(batches) - len(batches) % self.per_step])
+        return self.epoch_list[1]
+
+    def _epoch_done(self) -> bool:
+        return self.state.batch_in_epoch >= len(self._epoch_batches())
+
+    def next_step_batches(self) -> list[np.ndarray]:
+        """The next ``world x accumulate`` batches of the epoch's list, moving to the next
+        epoch when this one is used up (an incomplete last step is skipped)."""
+        if self._epoch_done():
+            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+        first = self.state.batch_in_epoch
+        self.state.batch_in_epoch += self.per_step
+        return self._epoch_batches()[first:first + self.per_step]
+
+    # -- the step --------------------------------------------------------------------------
+
+    def learning_rate(self, step: int) -> float:
+        tc = self.cfg.train
+        warmup = min(1.0, step / tc.warmup_steps) if tc.warmup_steps else 1.0
+        return max(tc.lr * self.state.lr_scale, tc.min_lr) * warmup
+
+    def step(self, group: list[np.ndarray]) -> None:
+        """One optimizer update on ``group`` (this rank trains on its share of it)."""
+        tc, state = self.cfg.train, self.state
+        step_tokens = self.corpus.target_tokens(group)
+        lr = self.learning_rate(state.step + 1)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        mine = group[self.rank::self.world]
+        for k, idx in enumerate(mine):
+            batch = self.corpus.batch(idx).to(self.device)
+            # DDP averages gradients over ranks: scale so the sum is per token of the step.
+            sync = k == len(mine) - 1 or self.world == 1
+            with nullcontext() if sync else self.trained.no_sync():
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+                    loss = loss_sum(self.trained, batch, tc.label_smoothing)
+                (loss * (self.world / step_tokens)).backward()
+            self.window_loss += loss.detach().float()
+            self.window_my_tokens += batch.n_tokens
+        if tc.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm)
+        self.optimizer.step()
+        state.step += 1
+        state.target_tokens += step_tokens
+        state.sentences += sum(len(idx) for idx in group)
+        self.window_tokens += step_tokens
+        self.progress.update(1)
+
+    def _reset_window(self) -> None:
+        self.window_loss = torch.zeros((), device=self.device)
+        self.window_my_tokens, self.window_tokens, self.window_start = 0, 0, time.perf_counter()
+
+    def log_progress(self) -> None:
+        """Training loss per token since the last log line (this rank's batches), learning
+        rate and speed. The one place a training value is read back from the device."""
+        step = self.state.step
+        value = self.window_loss.item() / max(self.window_my_tokens, 1)
+        speed = self.window_tokens / max(time.perf_counter() - self.window_start, 1e-9)
+        lr = self.learning_rate(step)
+        self.progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:.0f}")
+        self.record(train_loss=value, train_lr=lr, train_target_tokens_per_s=speed)
+        log.info(f"step {step} epoch {self.state.epoch}: loss {value:.3f} lr {lr:.2e} "
+                 f"{speed:.0f} target tokens/s")
+        self._reset_window()
+
+    # -- validation, checkpoints, stopping -------------------------------------------------
+
+    def record(self, **values) -> None:
         """The curves, to TensorBoard and to metrics.jsonl (which the evaluation report plots)."""
-        if not main:
+        if not self.main:
             return
         for key, value in values.items():
-            writer.add_scalar(key.replace("_", "/", 1), value, state.step)
-        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": state.step, **values}) + "\n")
+            self.writer.add_scalar(key.replace("_", "/", 1), value, self.state.step)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": self.state.step, **values}) + "\n")
 
-    def checkpoint(paths: list[Path]) -> None:
-        """Every rank calls this (to share its RNG state); rank 0 writes ``paths``."""
-        rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-        states = [rng]
-        if world > 1:
-            states = [None] * world
-            dist.all_gather_object(states, rng)
-        if not main:
-            return
-        payload = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "train_state": asdict(state), "config": cfg.to_dict(), "bf16": bf16,
-            "rng": {"cpu": [s[0] for s in states], "cuda": [s[1] for s in states]},
-            "vocab": {"src": vocab_record(corpus.src_vocab), "tgt": vocab_record(corpus.tgt_vocab)}}
-        for path in paths:
-            save_checkpoint(path, payload)
-
-    def learning_rate_at(step: int) -> float:
-        warmup = min(1.0, step / tc.warmup_steps) if tc.warmup_steps else 1.0
-        return max(tc.lr * state.lr_scale, tc.min_lr) * warmup
-
-    def run_validation() -> bool:
-        """Validate (rank 0), update the schedule and checkpoint; True when training should stop."""
-        result = broadcast(validate(model, corpus, cfg, device) if main else None, world)
-        record(**{f"valid_{key}": value for key, value in result.items()})
+    def validate(self) -> None:
+        """Validate (rank 0), update the learning-rate schedule and early stopping, checkpoint."""
+        tc, state = self.cfg.train, self.state
+        result = broadcast(validate(self.model, self.corpus, self.cfg, self.device) if self.main else None,
+                           self.world)
+        self.record(**{f"valid_{key}": value for key, value in result.items()})
         improved = result["bleu"] > state.best_bleu
         if improved:
             state.best_bleu, state.best_step = result["bleu"], state.step
@@ -292,112 +340,82 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
         state.stopped_early = bool(tc.patience) and state.bad_validations >= tc.patience
         log.info(f"step {state.step}: valid loss {result['loss']:.3f} ppl {result['ppl']:.2f} "
                  f"BLEU {result['bleu']:.2f}{' (best)' if improved else ''}; "
-                 f"lr {learning_rate_at(state.step + 1):.2e}")
-        checkpoint([last_path, best_path] if improved else [last_path])
-        return state.stopped_early
+                 f"lr {self.learning_rate(state.step + 1):.2e}")
+        self.save([self.last_path, self.best_path] if improved else [self.last_path])
+        self._reset_window()  # validation time is not training speed
 
-    per_step = world * tc.accumulate  # batches of the epoch's list consumed by one step
-    model.train()
-    progress = tqdm(total=tc.max_steps, initial=state.step, desc="train", unit="step",
-                    dynamic_ncols=True, mininterval=1.0, disable=None if main else True)
-    window_tokens, window_start = 0, time.perf_counter()
-    segment_start = time.perf_counter()
-    done = (state.step >= tc.max_steps or state.stopped_early
-            or bool(tc.max_epochs) and state.epoch >= tc.max_epochs)
-    # Ctrl-C only raises a flag; the loop stops between steps, where the state
-    # (model, optimizer, RNG, data position) is consistent and can be resumed exactly.
-    interrupted = []
+    def save(self, paths: list[Path]) -> None:
+        """Every rank calls this (to share its RNG state); rank 0 writes ``paths``."""
+        device = self.device
+        rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        states = [rng]
+        if self.world > 1:
+            states = [None] * self.world
+            dist.all_gather_object(states, rng)
+        if not self.main:
+            return
+        payload = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "train_state": asdict(self.state), "config": self.cfg.to_dict(), "bf16": self.bf16,
+            "rng": {"cpu": [s[0] for s in states], "cuda": [s[1] for s in states]},
+            "vocab": {"src": vocab_record(self.corpus.src_vocab), "tgt": vocab_record(self.corpus.tgt_vocab)}}
+        for path in paths:
+            save_checkpoint(path, payload)
 
-    def on_interrupt(signum, frame):
-        if interrupted or world > 1:
-            raise KeyboardInterrupt
-        interrupted.append(True)
-        log.info("interrupted: stopping after this step (press Ctrl-C again to stop at once)")
+    def stop_reason(self) -> str | None:
+        """Why training stops before the next step, or None to go on. The only stopping rule."""
+        tc, state = self.cfg.train, self.state
+        if self.interrupted:
+            return INTERRUPTED
+        if state.stopped_early:
+            return f"early stop: no better BLEU in {tc.patience} validations"
+        if state.step >= tc.max_steps:
+            return f"train.max_steps ({tc.max_steps}) reached"
+        if tc.max_epochs and state.epoch + self._epoch_done() >= tc.max_epochs:
+            return f"train.max_epochs ({tc.max_epochs}) reached"
+        if tc.max_minutes and broadcast(time.perf_counter() - self.segment_start >= 60 * tc.max_minutes,
+                                        self.world):
+            return f"time budget of {tc.max_minutes} minutes reached"
+        return None
 
-    previous_handler = None
-    if threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        while not done:
-            batches = epoch_batches(corpus.src_lens, corpus.tgt_lens, tc.batch_size,
-                                    tc.batch_unit, tc.seed, state.epoch)
-            if len(batches) < per_step:
-                raise ConfigError(f"train.accumulate: a step needs {per_step} batches "
-                                  f"(processes x accumulate) but an epoch has {len(batches)}")
-            usable = len(batches) - len(batches) % per_step  # an incomplete last step is skipped
-            for first in range(state.batch_in_epoch, usable, per_step):
-                group = batches[first:first + per_step]
-                step_tokens = int(sum(corpus.tgt_lens[idx].sum() + len(idx) for idx in group))
-                lr = learning_rate_at(state.step + 1)
-                for param_group in optimizer.param_groups:
-                    param_group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                mine = group[rank::world]
-                for k, idx in enumerate(mine):
-                    batch = make_batch([corpus.src[i] for i in idx],
-                                       [corpus.tgt[i] for i in idx]).to(device)
-                    # DDP averages gradients over ranks: scale so the sum is per token of the step.
-                    sync = k == len(mine) - 1 or world == 1
-                    with nullcontext() if sync else trained.no_sync():
-                        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                            loss = loss_sum(trained, batch, tc.label_smoothing) * (world / step_tokens)
-                        loss.backward()
-                if tc.clip_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
-                optimizer.step()
-                state.step += 1
-                state.batch_in_epoch = first + per_step
-                state.target_tokens += step_tokens
-                state.sentences += sum(len(idx) for idx in group)
-
-                window_tokens += step_tokens
-                if state.step % tc.log_every == 0:
-                    speed = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    value = loss.item() * step_tokens / world / batch.n_tokens  # last batch, per token
-                    progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:.0f}")
-                    record(train_loss=value, train_lr=lr, train_target_tokens_per_s=speed)
-                    log.info(f"step {state.step} epoch {state.epoch}: loss {value:.3f} "
-                             f"lr {lr:.2e} {speed:.0f} target tokens/s")
-                    window_tokens, window_start = 0, time.perf_counter()
-                progress.update(1)
-                if state.step % tc.valid_every == 0 and corpus.valid_src and run_validation():
-                    log.info(f"early stop: no better BLEU in {tc.patience} validations")
-                    done = True
-                if state.step >= tc.max_steps:
-                    done = True
-                if tc.max_minutes and broadcast(
-                        time.perf_counter() - segment_start >= 60 * tc.max_minutes, world):
-                    log.info(f"time budget of {tc.max_minutes} minutes reached")
-                    done = True
-                if interrupted:
-                    break
-                if done:
-                    break
-            else:
-                state.epoch += 1
-                state.batch_in_epoch = 0
-                if tc.max_epochs and state.epoch >= tc.max_epochs:
-                    done = True
-            if interrupted:
-                state.train_seconds += time.perf_counter() - segment_start
-                checkpoint([last_path])
-                log.info(f"interrupted at step {state.step}; saved {last_path}: --resume continues here")
+    @contextmanager
+    def ctrl_c_stops_between_steps(self):
+        """Ctrl-C only raises a flag: the loop stops between steps, where the state (model,
+        optimizer, RNG, data position) is consistent and can be resumed exactly."""
+        def on_interrupt(signum, frame):
+            if self.interrupted or self.world > 1:
                 raise KeyboardInterrupt
-    finally:
-        progress.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
-    state.train_seconds += time.perf_counter() - segment_start
-    # No extra validation here: it would change the schedule's state, and a run
-    # resumed from this checkpoint would no longer match an uninterrupted one.
-    checkpoint([last_path] if best_path.exists() else [last_path, best_path])
-    if writer:
-        writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return {"run_dir": str(run_dir), "steps": state.step, "best_step": state.best_step,
-            "best_valid_bleu": round(state.best_bleu, 2), "stopped_early": state.stopped_early,
-            "train_seconds": round(state.train_seconds, 1), "parameters": n_params,
-            "target_tokens": state.target_tokens, "sentences": state.sentences,
-            "filter": corpus.filter_counts, "rank": rank}
+            self.interrupted = True
+            log.info("interrupted: stopping after this step (press Ctrl-C again to stop at once)")
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            yield
+        finally:
+            self.progress.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def finish(self, reason: str) -> dict:
+        """Write the final checkpoint (no extra validation: it would change the schedule's
+        state, and a run resumed from it would no longer match an uninterrupted one)."""
+        state = self.state
+        state.train_seconds += time.perf_counter() - self.segment_start
+        if reason == INTERRUPTED:
+            self.save([self.last_path])
+            log.info(f"interrupted at step {state.step}; saved {self.last_path}: --resume continues here")
+            raise KeyboardInterrupt
+        log.info(reason)
+        self.save([self.last_path] if self.best_path.exists() else [self.last_path, self.best_path])
+        if self.writer:
+            self.writer.close()
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+        return {"run_dir": str(self.run_dir), "steps": state.step, "best_step": state.best_step,
+                "best_valid_bleu": round(state.best_bleu, 2), "stopped_early": state.stopped_early,
+                "train_seconds": round(state.train_seconds, 1), "parameters": self.n_params,
+                "target_tokens": state.target_tokens, "sentences": state.sentences,
+                "filter": self.corpus.filter_counts, "rank": self.rank}

@@ -4,15 +4,20 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import logging
+
 import torch
 
 from nmt.checkpoint import LoadedRun, load_run
+from nmt.device import fast_int8
 from nmt.config import DecodeConfig
 from nmt.errors import ConfigError
 from nmt.data import source_tensor
 from nmt.model import Seq2Seq
 from nmt.quantize import quantize_int8
 from nmt.search import Hypothesis, beam_search, greedy_search
+
+log = logging.getLogger("nmt")
 
 
 def decode_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig,
@@ -46,8 +51,8 @@ class Translator:
     >>> Translator.load("runs/demo").translate(["Ein Hund läuft."], beam_size=5)
     """
 
-    def __init__(self, run: LoadedRun, device: torch.device | str = "cpu"):
-        self.run, self.device = run, device
+    def __init__(self, run: LoadedRun, device: torch.device | str = "cpu", int8: bool = False):
+        self.run, self.device, self.int8 = run, device, int8  # int8: whether the model is quantized
         self.model, self.src_vocab, self.tgt_vocab = run.model, run.src_vocab, run.tgt_vocab
         self.decode = run.cfg.decode
 
@@ -57,14 +62,21 @@ class Translator:
         """Load a run directory's ``best`` (or ``last``, or a given path) checkpoint.
 
         ``int8``: decode with int8 weights and row-wise int8 activations in the
-        decoder's linear maps and cells (CPU only; see ``nmt.quantize``).
+        decoder's linear maps and cells (CPU only; see ``nmt.quantize``). On a
+        CPU without fast int8 products (VNNI), where int8 decoding measured
+        5-12x slower than float32, it is declined with a warning and the model
+        decodes in float32; ``translator.int8`` says which ran.
         """
         run = load_run(run_dir, checkpoint, device)
+        if int8 and str(device) != "cpu":
+            raise ConfigError("int8 decoding runs on the CPU only (use --device cpu)")
+        if int8 and not fast_int8(torch.device("cpu")):
+            log.warning("int8 decoding declined: this CPU has no fast int8 products (AVX512-VNNI, "
+                        "AVX-VNNI or AMX), where int8 is slower than float32; decoding in float32")
+            int8 = False
         if int8:
-            if str(device) != "cpu":
-                raise ConfigError("int8 decoding runs on the CPU only (use --device cpu)")
             run.model = quantize_int8(run.model)
-        return cls(run, device)
+        return cls(run, device, int8)
 
     def settings(self, **overrides) -> DecodeConfig:
         """The run's decoding settings with the given (non-None) values replaced."""

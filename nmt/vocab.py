@@ -22,6 +22,13 @@ PAD, UNK, END = 0, 1, 2
 END_SYMBOL = "_"
 
 
+def vocab_paths(run_dir: Path, joint: bool) -> tuple[Path, Path]:
+    """(source, target) sentencepiece model files of a run directory."""
+    if joint:
+        return run_dir / "spm.model", run_dir / "spm.model"
+    return run_dir / "spm.src.model", run_dir / "spm.tgt.model"
+
+
 class Vocab:
     """A sentencepiece model with the project's fixed special ids."""
 

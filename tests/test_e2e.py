@@ -1,5 +1,5 @@
 """End to end: attention and decoding must learn to reverse random sequences."""
-from nmt import Translator
+from nmt import Translator, translate
 from nmt.io import read_lines
 
 
@@ -13,10 +13,12 @@ def test_reversal_is_learned_to_95_percent_exact_match(reversal_run, reversal_da
         assert exact >= 0.95, f"beam {beam}: exact match {exact:.2%}"
 
 
-def test_int8_decoding_keeps_the_quality(reversal_run, reversal_data):
+def test_int8_decoding_keeps_the_quality(reversal_run, reversal_data, monkeypatch):
     src = read_lines(reversal_data["test"] + ".src")
     ref = read_lines(reversal_data["test"] + ".tgt")
+    monkeypatch.setattr(translate, "fast_int8", lambda device: True)  # the int8 path on any CPU
     translator = Translator.load(reversal_run, int8=True)
+    assert translator.int8
     kinds = {type(m).__name__ for m in translator.model.modules()}
     assert {"Int8Cell", "Int8Linear"} <= kinds and "Linear" not in kinds and "LSTMCell" not in kinds
     out = translator.translate(src, beam_size=4)
@@ -25,3 +27,14 @@ def test_int8_decoding_keeps_the_quality(reversal_run, reversal_data):
     for beam in (1, 4):
         outputs = [translator.translate(src, beam_size=beam, batch_size=size) for size in (1, 7, 64)]
         assert outputs[0] == outputs[1] == outputs[2], f"beam {beam}"
+
+
+def test_int8_is_declined_where_the_cpu_has_no_fast_int8(reversal_run, reversal_data, monkeypatch, capsys):
+    """Without VNNI, int8 decoding would be slower than float32: it is declined with a
+    warning, and the output is float32's."""
+    monkeypatch.setattr(translate, "fast_int8", lambda device: False)
+    src = read_lines(reversal_data["test"] + ".src")[:40]
+    declined = Translator.load(reversal_run, int8=True)
+    assert not declined.int8 and "int8 decoding declined" in capsys.readouterr().err
+    assert not any("Int8" in type(m).__name__ for m in declined.model.modules())
+    assert declined.translate(src) == Translator.load(reversal_run).translate(src)

@@ -56,17 +56,20 @@ def test_model_variants_train_and_decode(overrides):
     assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
 
 
-def test_teacher_forced_logits_match_step_by_step_decoding():
+@pytest.mark.parametrize("cell, input_feeding", [("lstm", True), ("lstm", False), ("gru", True), ("rnn", True)])
+def test_teacher_forced_logits_match_step_by_step_decoding(cell, input_feeding):
     """Training scores only real target positions; they must be the very scores
-    the step-by-step decoder (used by greedy and beam search) gives there."""
+    the step-by-step decoder (used by greedy and beam search) gives there -- also
+    when the training path (batched products, nmt.steps) runs with gradients."""
     torch.manual_seed(1)
     cfg = config_from_dict({"model": {"embedding_size": 16, "encoder_hidden_size": 16,
-                                      "decoder_hidden_size": 32, "decoder_layers": 2,
-                                      "tie_output": False}})
+                                      "decoder_hidden_size": 32, "decoder_layers": 2, "cell": cell,
+                                      "input_feeding": input_feeding, "tie_output": False}})
     model = Seq2Seq(cfg.model, 40, 40).eval()
     batch = make_batch([[5, 6, 7, 8], [9, 10], [11]], [[12], [13, 14, 15, 16], [17, 18]])
+    logits = model(batch.src, batch.src_lengths, batch.tgt_in, batch.positions).detach()
     with torch.no_grad():
-        logits = model(batch.src, batch.src_lengths, batch.tgt_in)
+        assert torch.allclose(model(batch.src, batch.src_lengths, batch.tgt_in), logits, atol=1e-6)
         memory, state = model.encode(batch.src, batch.src_lengths)
         steps = []
         for t in range(batch.tgt_in.size(1)):

@@ -2,12 +2,14 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nmt.checkpoint import load_run
-from nmt.config import DecodeConfig
+from nmt.config import DecodeConfig, config_from_dict
 from nmt.data import source_tensor
 from nmt.io import read_lines
-from nmt.search import beam_search, greedy_search, max_output_lengths
+from nmt.model import Seq2Seq
+from nmt.search import Hypothesis, beam_search, greedy_search, max_output_lengths
 from nmt.translate import Translator, decode_corpus
 from nmt.vocab import END
 
@@ -99,3 +101,246 @@ def test_translator_keeps_line_count_and_order(reversal_run):
     assert out == ["c b a", "", "", "g f e d"]
     nbest = translator.translate_nbest(["a b c"], n_best=3)
     assert len(nbest[0]) == 3 and nbest[0][0][0] == "c b a"
+
+
+# --- The search as it was before it moved its bookkeeping onto the device: a plain,
+# per-sentence Python oracle that the device-resident search must match exactly.
+
+@torch.no_grad()
+def reference_greedy_search(model, src, lengths, max_length_ratio=2.0, keep_attention=False):
+    memory, state = model.encode(src, lengths)
+    batch = src.size(0)
+    max_lens = max_output_lengths(lengths, max_length_ratio)
+    hyps = [Hypothesis([], 0.0) for _ in range(batch)]
+    attention = [[] for _ in range(batch)]
+    alive = list(range(batch))
+    prev = src.new_full((batch,), END)
+    for _ in range(max(max_lens)):
+        logp, state, weights = model.decode_step(prev, state, memory)
+        best, prev = logp.max(dim=-1)
+        keep = []
+        for row, (i, token, score) in enumerate(zip(alive, prev.tolist(), best.tolist())):
+            hyps[i].score += score
+            if keep_attention:
+                attention[i].append(weights[row])
+            if token != END:
+                hyps[i].tokens.append(token)
+                if len(hyps[i].tokens) < max_lens[i]:
+                    keep.append(row)
+        if len(keep) < len(alive):
+            if not keep:
+                break
+            index = torch.tensor(keep, device=src.device)
+            state, memory, prev = state.select(index), memory.select(index), prev[index]
+            alive = [alive[row] for row in keep]
+    if keep_attention:
+        for i, hyp in enumerate(hyps):
+            hyp.attention = torch.stack(attention[i]).cpu()
+    return hyps
+
+
+@torch.no_grad()
+def reference_beam_search(model, src, lengths, beam_size, length_penalty=1.0, max_length_ratio=2.0,
+                          n_best=1, keep_attention=False):
+    k = beam_size
+    memory, state = model.encode(src, lengths)
+    batch, device = src.size(0), src.device
+    max_lens = max_output_lengths(lengths, max_length_ratio)
+    width = 1
+    alive = list(range(batch))
+    scores = torch.zeros((batch, width), device=device)
+    history = src.new_zeros((batch, 0))
+    att_history = src.new_zeros((batch, 0, src.size(1)), dtype=torch.float) if keep_attention else None
+    finished = [[] for _ in range(batch)]
+    prev = src.new_full((batch,), END)
+
+    def normalised(hyp):
+        return hyp.score / (len(hyp.tokens) + 1) ** length_penalty
+
+    for t in range(max(max_lens)):
+        logp, state, weights = model.decode_step(prev, state, memory)
+        vocab = logp.size(1)
+        candidates = (scores.view(-1, 1) + logp).view(len(alive), width * vocab)
+        top_scores, top_ids = candidates.topk(2 * k, dim=1)
+        origins = top_ids // vocab
+        tokens = top_ids % vocab
+        next_rows, next_tokens, next_scores, still = [], [], [], []
+        for a, i in enumerate(alive):
+            last = t + 1 >= max_lens[i]
+            chosen = 0
+            for j, (score, origin, token) in enumerate(zip(top_scores[a].tolist(), origins[a].tolist(),
+                                                           tokens[a].tolist())):
+                row = a * width + origin
+                if token == END or last:
+                    if j < k:
+                        seq = history[row].tolist() + ([] if token == END else [token])
+                        hyp = Hypothesis(seq, score)
+                        if keep_attention:
+                            hyp.attention = torch.cat([att_history[row], weights[row, None]]).cpu()
+                        finished[i].append(hyp)
+                    continue
+                if chosen < k:
+                    next_rows.append(row)
+                    next_tokens.append(token)
+                    next_scores.append(score)
+                    chosen += 1
+            if len(finished[i]) < k and not last:
+                still.append(a)
+            else:
+                del next_rows[len(next_rows) - chosen:], next_tokens[len(next_tokens) - chosen:], \
+                    next_scores[len(next_scores) - chosen:]
+        if not still:
+            break
+        index = torch.tensor(next_rows, device=device)
+        state = state.select(index)
+        history = torch.cat([history.index_select(0, index),
+                             torch.tensor(next_tokens, device=device)[:, None]], dim=1)
+        if keep_attention:
+            att_history = torch.cat([att_history.index_select(0, index),
+                                     weights.index_select(0, index)[:, None]], dim=1)
+        if len(still) < len(alive):
+            memory = memory.select(torch.tensor(still, device=device))
+            alive = [alive[a] for a in still]
+        width = k
+        scores = torch.tensor(next_scores, device=device).view(len(alive), k)
+        prev = index.new_tensor(next_tokens)
+    return [sorted(hyps, key=normalised, reverse=True)[:n_best] for hyps in finished]
+
+
+def assert_same(got: list[Hypothesis], want: list[Hypothesis]):
+    """Identical token lists, bit-identical scores, identical attention, in the same order."""
+    assert [h.tokens for h in got] == [h.tokens for h in want]
+    assert [h.score for h in got] == [h.score for h in want]
+    for g, w in zip(got, want):
+        assert (g.attention is None) == (w.attention is None)
+        if w.attention is not None:
+            assert g.attention.device.type == "cpu" and torch.equal(g.attention, w.attention)
+
+
+def random_model(vocab: int, cell: str = "lstm", tie: str = "") -> Seq2Seq:
+    """A randomly initialised model: near-uniform outputs, so ends come early and often.
+    tie="uniform": exactly uniform outputs (every candidate ties); tie="end": the end marker
+    and two other pieces tie exactly at the top."""
+    torch.manual_seed(3)
+    cfg = config_from_dict({"model": {"cell": cell, "embedding_size": 16, "encoder_hidden_size": 16,
+                                      "decoder_hidden_size": 32, "decoder_layers": 2,
+                                      "tie_output": False, "share_embeddings": False}})
+    model = Seq2Seq(cfg.model, vocab, vocab).eval()
+    if tie:
+        with torch.no_grad():
+            model.output.weight.zero_()
+            model.output.bias.zero_()
+            if tie == "end":
+                model.output.bias[[END, 5, 7]] = 1.0
+    return model
+
+
+def mixed_batch(vocab: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(0, 9, (n,), generator=rng).tolist()
+    return source_tensor([torch.randint(3, vocab, (s,), generator=rng).tolist() for s in sizes])
+
+
+def search_cases(loaded):
+    run, ids = loaded
+    yield "reversal", run.model, source_tensor(ids[:40])
+    for vocab, cell, tie in ((12, "lstm", ""), (11, "gru", ""), (12, "lstm", "uniform"),
+                             (10, "lstm", "end")):
+        yield (f"random-{cell}-{vocab}-{tie}", random_model(vocab, cell, tie),
+               mixed_batch(vocab, 24, vocab))
+
+
+@pytest.mark.parametrize("beam_size", [1, 2, 3, 5])
+def test_beam_search_matches_the_reference_exactly(loaded, beam_size):
+    for name, model, (src, lengths) in search_cases(loaded):
+        for penalty in (0.0, 1.0, 2.0):
+            for ratio in (0.0, 0.5, 2.0):
+                keep = penalty == 1.0
+                # n-best lists: shorter than the beam, the beam, and all finished hypotheses
+                n_best = {0.0: max(1, beam_size - 1), 1.0: beam_size, 2.0: 2 * beam_size}[penalty]
+                args = (model, src, lengths, beam_size, penalty, ratio, n_best, keep)
+                got, want = beam_search(*args), reference_beam_search(*args)
+                assert len(got) == len(want) == src.size(0), name
+                for g, w in zip(got, want):
+                    assert len(g) == len(w) <= n_best
+                    assert_same(g, w)
+
+
+def test_greedy_search_matches_the_reference_exactly(loaded):
+    for name, model, (src, lengths) in search_cases(loaded):
+        for ratio in (0.0, 0.5, 2.0):
+            for keep in (False, True):
+                assert_same(greedy_search(model, src, lengths, ratio, keep),
+                            reference_greedy_search(model, src, lengths, ratio, keep))
+
+
+def test_the_cases_end_both_ways(loaded):
+    """The cases above exercise both ways of finishing (an end marker, the maximum length),
+    and sentences that end more than beam_size hypotheses in their last step."""
+    at_limit, counts = [], []
+    for _, model, (src, lengths) in search_cases(loaded):
+        limits = max_output_lengths(lengths, 0.0)
+        hyps = reference_beam_search(model, src, lengths, 3, max_length_ratio=0.0, n_best=6)
+        at_limit += [len(h.tokens) == m for hs, m in zip(hyps, limits) for h in hs]
+        counts += [len(hs) for hs in hyps]
+    assert any(at_limit) and not all(at_limit)
+    assert max(counts) > 3
+
+class HostTransfers(TorchDispatchMode):
+    """Counts what copies device data to the host (on a GPU: waits for it): the tensor
+    methods that hand back host data, and the ops that read a value (item, bool, int) or
+    whose output size depends on the data (nonzero, masking)."""
+    SYNCING_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
+                   "unique_consecutive", "repeat_interleave", "bincount"}
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.count = 0
+        for name in ("tolist", "cpu", "numpy"):  # these reach no op when the tensor is on the CPU
+            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
+
+    def _counting(self, original):
+        def method(*args, **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+        return method
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.SYNCING_OPS or (name.startswith("index") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1:2] for i in
+                (i if isinstance(i, (list, tuple)) else [i]))):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_search_makes_at_most_one_host_transfer_per_step(loaded, monkeypatch, beam_size):
+    """From the first decoder step on (so leaving out encoding): one transfer per step, and a
+    few to read the results at the end -- not one per sentence per step."""
+    run, ids = loaded
+    src, lengths = source_tensor(ids[:50])
+    counter, before = None, []
+    original = run.model.decode_step
+
+    def counted(*args):
+        before.append(counter.count)
+        return original(*args)
+
+    def transfers(search, *args):
+        nonlocal counter
+        run.model.decode_step = counted
+        before.clear()
+        try:
+            with monkeypatch.context() as patch, HostTransfers(patch) as counter:
+                search(run.model, src, lengths, *args)
+        finally:
+            del run.model.decode_step
+        return counter.count - before[0], len(before)
+
+    for new, old, args in ((greedy_search, reference_greedy_search, (2.0, True)),
+                           (beam_search, reference_beam_search, (beam_size, 1.0, 2.0, 2, True))):
+        count, steps = transfers(new, *args)
+        assert steps > 5 and count <= steps + 5, new.__name__
+        count, steps = transfers(old, *args)
+        assert count > 2 * steps + 5  # the bound has teeth: the old search copied per sentence

@@ -1,0 +1,101 @@
+"""Device and arithmetic policy: which device, which precision, which kernels.
+
+One place decides what the hardware can do fast, so that training and
+decoding never pick a path that is emulated (and slow) or missing on the
+machine at hand. The CPU checks honour the two variables that hold PyTorch
+below what the processor has -- ``ONEDNN_MAX_CPU_ISA`` (oneDNN: matrix
+products, LSTM layers) and ``ATEN_CPU_CAPABILITY`` (ATen's vectorised
+kernels) -- so ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` makes an
+AVX-512 machine behave, and be treated, as an AVX2 one.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from nmt.errors import ConfigError
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto", "cpu", "cuda" or "cuda:N" -> a device this torch can use (one GPU per torchrun rank)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: this torch sees no CUDA GPU")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r}: expected cpu, cuda or cuda:N") from None
+
+
+def _cpu_has(name: str) -> bool:
+    """A torch.cpu feature check (``_is_avx512_bf16_supported`` etc.; absent in old torch -> False)."""
+    return getattr(torch.cpu, name, lambda: False)()
+
+
+def onednn_allows(*features: str) -> bool:
+    """Whether ONEDNN_MAX_CPU_ISA (unset: no limit) leaves oneDNN an ISA naming one of ``features``.
+
+    oneDNN's ISA names say what they add: AVX2_VNNI, AVX512_CORE_VNNI,
+    AVX512_CORE_BF16, AVX512_CORE_AMX, AVX10_1_512 (which includes bf16 and VNNI) ...
+    """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap in ("", "ALL", "DEFAULT"):
+        return True
+    return cap.startswith("AVX10") or any(f in cap for f in features)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU with
+    bf16, or a CPU with AVX512-BF16 or AMX that PyTorch is allowed to use
+    (elsewhere bf16 is emulated and slower than fp32, and oneDNN has no bf16
+    LSTM at all)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    hardware = _cpu_has("_is_avx512_bf16_supported") or _cpu_has("_is_amx_tile_supported")
+    aten = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "AVX")
+    return hardware and aten and onednn_allows("BF16", "AMX")
+
+
+def fast_int8(device: torch.device) -> bool:
+    """Whether int8 products (``torch._int_mm``) have a fast kernel here: a CPU
+    with VNNI (AVX512-VNNI, AVX-VNNI or AMX) that oneDNN may use. Without it
+    oneDNN emulates them, and int8 decoding measured 5-12x slower than fp32."""
+    if device.type != "cpu":
+        return False
+    hardware = _cpu_has("_is_vnni_supported") or _cpu_has("_is_amx_tile_supported")
+    return hardware and onednn_allows("VNNI", "BF16", "AMX")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Resolve ``train.precision`` (auto, fp32, bf16) for ``device``.
+
+    auto takes bf16 on a CPU with native bf16, where a training step ran 2.3x
+    faster, and fp32 on GPUs, where autocast around the per-step decoder
+    cells was no faster (docs/BENCHMARKS.md).
+    """
+    native = native_bf16(device)
+    if precision == "bf16" and not native:
+        raise ConfigError(f"train.precision: bf16 needs native bf16 arithmetic, which this {device.type} "
+                          "lacks (a GPU with bf16, or a CPU with AVX512-BF16 or AMX); use fp32 or auto")
+    return precision == "bf16" or (precision == "auto" and native and device.type == "cpu")
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """TF32 tensor-core products for float32 on NVIDIA GPUs (``train.tf32``); no effect on CPUs."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def describe(device: torch.device, bf16: bool) -> str:
+    """How a run computes, for the log: 'cpu (AVX2), fp32'."""
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"cpu ({torch.backends.cpu.get_cpu_capability()})")
+    if bf16:
+        return f"{where}, bf16 autocast"
+    tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    return f"{where}, {'fp32 (TF32 products)' if tf32 else 'fp32'}"
