@@ -130,7 +130,7 @@ class Pieces:
 @dataclass
 class Batch:
     src: torch.Tensor  # [B, S] source ids + end marker, padded
-    src_lengths: torch.Tensor  # [B] (on the CPU, as packing wants)
+    src_lengths: np.ndarray  # [B] source lengths with the end marker, on the host (packing is planned there)
     tgt_in: torch.Tensor  # [B, T] end marker + target ids, padded
     tgt_out: torch.Tensor  # [B, T] target ids + end marker, padded
     positions: torch.Tensor  # [N] indices into tgt_out.view(-1) of the real target tokens, in order
@@ -151,14 +151,14 @@ def batch_of(src: Pieces, tgt: Pieces, idx: np.ndarray) -> Batch:
     tgt_out = tgt.padded(idx, end_first=False)
     positions = np.flatnonzero(tgt_out != PAD)
     return Batch(torch.from_numpy(src.padded(idx, end_first=False)),
-                 torch.from_numpy(src.lengths[idx] + 1), torch.from_numpy(tgt.padded(idx, end_first=True)),
+                 src.lengths[idx] + 1, torch.from_numpy(tgt.padded(idx, end_first=True)),
                  torch.from_numpy(tgt_out), torch.from_numpy(positions), len(positions))
 
 
-def source_tensor(src: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source ids -> ([B, S] padded ids with the end marker, [B] lengths)."""
+def source_tensor(src: list[list[int]]) -> tuple[torch.Tensor, np.ndarray]:
+    """Source ids -> ([B, S] padded ids with the end marker, [B] lengths on the host)."""
     pieces, idx = Pieces(src), np.arange(len(src))
-    return torch.from_numpy(pieces.padded(idx, end_first=False)), torch.from_numpy(pieces.lengths + 1)
+    return torch.from_numpy(pieces.padded(idx, end_first=False)), pieces.lengths + 1
 
 
 def make_batch(src: list[list[int]], tgt: list[list[int]]) -> Batch:

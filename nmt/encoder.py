@@ -1,11 +1,12 @@
 """The recurrent encoder: deep, optionally bidirectional, packed (SPEC §1, 4-6)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from nmt.dropout import Dropout
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN is the plain tanh cell
 
@@ -32,30 +33,56 @@ class Encoder(nn.Module):
             for k in range(num_layers))
         self.dropout = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor
+    def forward(self, x: torch.Tensor, lengths: np.ndarray | torch.Tensor
                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor | None]]]:
         """Encode a padded batch.
 
         Args:
             x: [B, S, input_size] inputs (embedded source).
-            lengths: [B] true lengths (CPU tensor).
+            lengths: [B] true lengths, best on the host (a numpy array): packing is
+                planned there, and device lengths would have to be read back.
         Returns:
             outputs: [B, S, output_size], the top layer's states, directions
                 concatenated; zero at padded positions.
             finals: per layer, (h, c) of the last step, each [B, output_size]
                 with directions concatenated (c is None for GRU and RNN).
         """
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        batch, width = x.shape[:2]
+        sizes, order, unsorted, index = (torch.from_numpy(a) for a in packing(lengths, width))
+        if x.is_cuda:  # copied without waiting: packing never holds up the host
+            order, unsorted, index = (t.pin_memory().to(x.device, non_blocking=True)
+                                      for t in (order, unsorted, index))
+        data = x.reshape(batch * width, -1).index_select(0, index)  # [N, input_size] packed rows
         finals = []
         for layer in self.layers:
-            packed = PackedSequence(self.dropout(packed.data), packed.batch_sizes,
-                                    packed.sorted_indices, packed.unsorted_indices)
-            packed, state = layer(packed)
+            # Zero initial states given here: left to nn.LSTM they are sized by reading
+            # batch_sizes[0], a host read that a training step must not make.
+            zeros = x.new_zeros(self.directions, batch, layer.hidden_size)
+            packed, state = layer(PackedSequence(self.dropout(data), sizes, order, unsorted),
+                                  (zeros, zeros) if self.cell == "lstm" else zeros)
+            data = packed.data
             h, c = state if isinstance(state, tuple) else (state, None)
             finals.append((self._join(h), None if c is None else self._join(c)))
-        outputs, _ = pad_packed_sequence(packed, batch_first=True, total_length=x.size(1))
-        return outputs, finals
+        outputs = data.new_zeros(batch * width, data.size(1)).index_copy(0, index, data)
+        return outputs.view(batch, width, -1), finals
 
     def _join(self, state: torch.Tensor) -> torch.Tensor:
         """[directions, B, H] -> [B, directions * H] (forward first, then backward)."""
         return torch.cat(list(state), dim=-1)
+
+
+def packing(lengths: np.ndarray | torch.Tensor, width: int) -> tuple[np.ndarray, ...]:
+    """What ``pack_padded_sequence`` computes, done on the host from host lengths, so
+    that neither packing nor unpacking reads from the device (torch's own functions
+    copy indices to the device and back, each a wait on a GPU).
+
+    Returns the packed batch's batch_sizes [S'], sorted_indices and unsorted_indices
+    [B] (longest sentence first), and each packed row's position b * width + t in
+    the flattened [B, width] batch ([N], time-major, as nn.LSTM reads packed data).
+    """
+    lengths = lengths.cpu().numpy() if isinstance(lengths, torch.Tensor) else np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    sizes = (lengths[None, :] > np.arange(lengths.max())[:, None]).sum(1)
+    rank = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    steps = np.repeat(np.arange(len(sizes)), sizes)
+    return sizes, order, np.argsort(order), order[rank] * width + steps

@@ -1,6 +1,7 @@
 """The encoder-decoder: embeddings, encoder, bridge, decoder, output layer."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,7 +43,7 @@ class Seq2Seq(nn.Module):
             self.src_embed.weight[PAD].zero_()
             self.tgt_embed.weight[PAD].zero_()
 
-    def encode(self, src: torch.Tensor, lengths: torch.Tensor) -> tuple[Memory, DecoderState]:
+    def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor) -> tuple[Memory, DecoderState]:
         """src: [B, S] ids (end marker included), lengths: [B] -> memory, initial state."""
         outputs, finals = self.encoder(self.src_embed(src), lengths)
         mask = src != PAD  # the real positions (from ids on the device: no host transfer)
@@ -56,7 +57,7 @@ class Seq2Seq(nn.Module):
         feed = outputs.new_zeros(src.size(0), self.cfg.decoder_hidden_size)
         return memory, DecoderState(h, c, feed)
 
-    def forward(self, src: torch.Tensor, lengths: torch.Tensor, tgt_in: torch.Tensor,
+    def forward(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor, tgt_in: torch.Tensor,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits [N, V] for decoder inputs tgt_in [B, T], at its N
         real (non-padding) positions in row-major order.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from nmt.model import Seq2Seq
@@ -28,7 +29,7 @@ class Hypothesis:
     attention: torch.Tensor | None = None  # [len(tokens) + 1 or len(tokens), S]
 
 
-def max_output_lengths(lengths: torch.Tensor, ratio: float) -> list[int]:
+def max_output_lengths(lengths: np.ndarray | torch.Tensor, ratio: float) -> list[int]:
     """Most output pieces per sentence: ratio x source pieces (without the end marker) + 5."""
     return [math.ceil(ratio * (n - 1)) + 5 for n in lengths.tolist()]
 
@@ -57,7 +58,7 @@ def _hypotheses(tokens: torch.Tensor, steps: torch.Tensor, scores: torch.Tensor,
 
 
 @torch.no_grad()
-def greedy_search(model: Seq2Seq, src: torch.Tensor, lengths: torch.Tensor,
+def greedy_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.Tensor,
                   max_length_ratio: float = 2.0, keep_attention: bool = False) -> list[Hypothesis]:
     """Greedy decoding of a batch. src: [B, S] ids with end marker, lengths: [B]."""
     memory, state = model.encode(src, lengths)
@@ -88,7 +89,7 @@ def greedy_search(model: Seq2Seq, src: torch.Tensor, lengths: torch.Tensor,
 
 
 @torch.no_grad()
-def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: torch.Tensor, beam_size: int,
+def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.Tensor, beam_size: int,
                 length_penalty: float = 1.0, max_length_ratio: float = 2.0, n_best: int = 1,
                 keep_attention: bool = False) -> list[list[Hypothesis]]:
     """Beam search of a batch; returns the ``n_best`` hypotheses of each sentence, best first.

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from nmt.config import config_from_dict
 
 LETTERS = "abcdefghijklmnopqrst"
@@ -62,3 +64,31 @@ def reversal_run(reversal_data, tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _two_threads():
     torch.set_num_threads(2)
+
+
+class HostTransfers(TorchDispatchMode):
+    """Counts what copies device data to the host (on a GPU: waits for it): the tensor
+    methods that hand back host data, and the ops that read a value (item, bool, int) or
+    whose output size depends on the data (nonzero, masking)."""
+    SYNCING_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
+                   "unique_consecutive", "repeat_interleave", "bincount"}
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.count = 0
+        for name in ("tolist", "cpu", "numpy"):  # these reach no op when the tensor is on the CPU
+            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
+
+    def _counting(self, original):
+        def method(*args, **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+        return method
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.SYNCING_OPS or (name.startswith("index") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1:2] for i in
+                (i if isinstance(i, (list, tuple)) else [i]))):
+            self.count += 1
+        return func(*args, **(kwargs or {}))

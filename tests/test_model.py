@@ -92,3 +92,24 @@ def test_dropout_keeps_each_element_with_probability_1_minus_p():
     assert torch.equal(drop.eval()(x), x)
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_encoder_packing_planned_on_the_host_matches_torchs(cell):
+    """The encoder packs with indices computed on the host (no device reads); its
+    outputs and final states are those of torch's pack_padded_sequence path."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    from nmt.encoder import Encoder
+    torch.manual_seed(3)
+    encoder = Encoder(cell, 6, 5, 2, bidirectional=True).eval()
+    lengths = torch.tensor([4, 7, 1, 7, 3, 4])  # ties and a length-1 sentence
+    x = torch.randn(6, 8, 6)  # padded wider than the longest sentence
+    outputs, finals = encoder(x, lengths)
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    for k, layer in enumerate(encoder.layers):
+        packed, state = layer(packed)
+        h = state[0] if cell == "lstm" else state
+        assert torch.allclose(finals[k][0], torch.cat(list(h), -1), atol=1e-6)
+    expected, _ = pad_packed_sequence(packed, batch_first=True, total_length=8)
+    assert torch.allclose(outputs, expected, atol=1e-6)
+    assert torch.all(outputs[2, 1:] == 0)  # padding stays zero

@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import HostTransfers
 from nmt.checkpoint import load_run
 from nmt.config import DecodeConfig, config_from_dict
 from nmt.data import source_tensor
@@ -285,34 +285,6 @@ def test_the_cases_end_both_ways(loaded):
         counts += [len(hs) for hs in hyps]
     assert any(at_limit) and not all(at_limit)
     assert max(counts) > 3
-
-class HostTransfers(TorchDispatchMode):
-    """Counts what copies device data to the host (on a GPU: waits for it): the tensor
-    methods that hand back host data, and the ops that read a value (item, bool, int) or
-    whose output size depends on the data (nonzero, masking)."""
-    SYNCING_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
-                   "unique_consecutive", "repeat_interleave", "bincount"}
-
-    def __init__(self, monkeypatch):
-        super().__init__()
-        self.count = 0
-        for name in ("tolist", "cpu", "numpy"):  # these reach no op when the tensor is on the CPU
-            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
-
-    def _counting(self, original):
-        def method(*args, **kwargs):
-            self.count += 1
-            return original(*args, **kwargs)
-        return method
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name in self.SYNCING_OPS or (name.startswith("index") and any(
-                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1:2] for i in
-                (i if isinstance(i, (list, tuple)) else [i]))):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
 
 @pytest.mark.parametrize("beam_size", [1, 5])
 def test_search_makes_at_most_one_host_transfer_per_step(loaded, monkeypatch, beam_size):

@@ -12,11 +12,11 @@ from nmt.checkpoint import load_checkpoint
 from nmt.config import config_from_dict, load_config
 from nmt.errors import CheckpointError, ConfigError
 from nmt.io import atomic_write_text
-from nmt.train import train
+from nmt.train import Trainer, train
 from nmt.translate import Translator
 from nmt.vocab import train_vocab
 
-from conftest import reversal_config
+from conftest import HostTransfers, reversal_config
 
 TINY = {"train__max_steps": 40, "train__valid_every": 20, "train__batch_size": 400,
         "model__dropout": 0.3}
@@ -179,3 +179,20 @@ def test_resuming_in_the_other_precision_says_it_will_not_match(reversal_data, t
     log = (tmp_path / "run" / "train.log").read_text()
     assert "the run trained in bf16 and goes on in fp32: it will not match" in log
     assert load_checkpoint(last)["train_state"]["step"] == 20
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(reversal_data, tmp_path, monkeypatch):
+    """On a GPU every host read inside a step makes the host wait for the device. A step
+    (here with gradient accumulation and clipping) makes none; the loss is read once per
+    log line. Counted on the CPU with the ops and tensor methods that would wait."""
+    cfg = config_from_dict(reversal_config(reversal_data, **dict(TINY, train__accumulate=2)))
+    trainer = Trainer(cfg, tmp_path / "run", resume=False)
+    groups = [trainer.next_step_batches() for _ in range(3)]
+    with monkeypatch.context() as patch, HostTransfers(patch) as counter:
+        for group in groups:
+            trainer.step(group)
+    assert counter.count == 0 and trainer.state.step == 3
+    with monkeypatch.context() as patch, HostTransfers(patch) as counter:
+        trainer.log_progress()
+    assert counter.count == 1
+    trainer.finish("done")
