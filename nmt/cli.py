@@ -40,7 +40,8 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     group.add_argument("--int8", action="store_true",
                        help="decode with int8 weights and row-wise int8 activations in the decoder's "
-                       "cells and linear layers (CPU; torch >= 2.4)")
+                       "cells and linear layers (CPU; torch >= 2.4); declined, with a warning, on CPUs "
+                       "without fast int8 products (VNNI or AMX), where it would be slower than float32")
 
 
 def _decode_overrides(args: argparse.Namespace) -> dict:
