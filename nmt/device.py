@@ -31,9 +31,16 @@ def pick_device(name: str) -> torch.device:
         raise ConfigError(f"device {name!r}: expected cpu, cuda or cuda:N") from None
 
 
-def _cpu_has(name: str) -> bool:
-    """A torch.cpu feature check (``_is_avx512_bf16_supported`` etc.; absent in old torch -> False)."""
-    return getattr(torch.cpu, name, lambda: False)()
+def _cpu_has(*features: str) -> bool:
+    """Whether the CPU has any of ``features`` (names of torch.cpu.get_capabilities();
+    older torch, without it, answers through its _is_*_supported checks)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        have = capabilities()
+        return any(have.get(feature, False) for feature in features)
+    legacy = {"avx512_bf16": "_is_avx512_bf16_supported", "avx512_vnni": "_is_vnni_supported",
+              "amx_bf16": "_is_amx_tile_supported", "amx_int8": "_is_amx_tile_supported"}
+    return any(getattr(torch.cpu, legacy[f], lambda: False)() for f in features if f in legacy)
 
 
 def onednn_allows(*features: str) -> bool:
@@ -55,7 +62,7 @@ def native_bf16(device: torch.device) -> bool:
     LSTM at all)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    hardware = _cpu_has("_is_avx512_bf16_supported") or _cpu_has("_is_amx_tile_supported")
+    hardware = _cpu_has("avx512_bf16", "amx_bf16")
     aten = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "AVX")
     return hardware and aten and onednn_allows("BF16", "AMX")
 
@@ -66,7 +73,7 @@ def fast_int8(device: torch.device) -> bool:
     oneDNN emulates them, and int8 decoding measured 5-12x slower than fp32."""
     if device.type != "cpu":
         return False
-    hardware = _cpu_has("_is_vnni_supported") or _cpu_has("_is_amx_tile_supported")
+    hardware = _cpu_has("avx512_vnni", "avx_vnni", "amx_int8")
     return hardware and onednn_allows("VNNI", "BF16", "AMX")
 
 

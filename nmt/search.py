@@ -113,20 +113,20 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.T
     limit = torch.tensor(max_lens, device=device)  # [A] its maximum output length
     done = torch.zeros_like(alive)  # [A] its finished hypotheses so far
     scores = torch.zeros((batch, width), device=device)  # [A, width] beams' summed log-probs
-    history = src.new_zeros((batch, 0))  # [A * width, t] the beams' pieces
-    att_history = memory.values.new_zeros((batch, 0, source))  # [A * width, t, S] if kept
+    # A beam's pieces are not copied from step to step: each step keeps, per state row,
+    # the piece it emitted last and the row of the step before it extends (a backpointer).
+    path = Path()
     # Finished hypotheses in the order they ended, sentence i's in rows i * per + j: fewer
     # than k before its last step, which ends at most k more, fill 2k - 1 rows; its last
-    # row takes the writes of top-k candidates that go on. Pieces [B * 2k, T] (the end
-    # marker last if emitted), decoder steps run [B * 2k] (0: empty), scores [B * 2k].
-    most = max(max_lens)
-    fin_tokens, fin_steps = src.new_zeros((batch * per, most)), src.new_zeros(batch * per)
-    fin_scores = torch.zeros(batch * per, device=device)
-    fin_att = memory.values.new_zeros((batch * per, most, source)) if keep_attention else None
+    # row takes the writes of top-k candidates that go on. Per row: the decoder steps run
+    # (0: empty), the state row it extends at its last step, its last piece, its score.
+    fin_steps, fin_rows = src.new_zeros(batch * per), src.new_zeros(batch * per)
+    fin_last, fin_scores = src.new_zeros(batch * per), torch.zeros(batch * per, device=device)
     rank = torch.arange(2 * k, device=device)
     prev = src.new_full((batch,), END)
-    for t in range(most):
+    for t in range(max(max_lens)):
         logp, state, weights = model.decode_step(prev, state, memory)
+        path.attention.append(weights if keep_attention else None)
         vocab = logp.size(1)
         candidates = (scores.view(-1, 1) + logp).view(len(alive), width * vocab)
         top_scores, top_ids = candidates.topk(2 * k, dim=1)  # [A, 2k], best first
@@ -136,11 +136,9 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.T
         stops = (tokens == END) | last[:, None]  # [A, 2k] candidates that do not go on
         ends = stops[:, :k]  # those among the top k end a hypothesis
         slot = torch.where(ends, done[:, None] + ends.cumsum(1) - 1, per - 1)
-        into, origin = (alive[:, None] * per + slot).view(-1), rows[:, :k].reshape(-1)  # [A * k]
-        fin_tokens[into, :t + 1] = torch.cat([history[origin], tokens[:, :k].reshape(-1, 1)], 1)
-        fin_steps[into], fin_scores[into] = t + 1, top_scores[:, :k].reshape(-1)
-        if fin_att is not None:
-            fin_att[into, :t + 1] = torch.cat([att_history[origin], weights[origin, None]], 1)
+        into = (alive[:, None] * per + slot).view(-1)  # [A * k]
+        fin_steps[into], fin_rows[into] = t + 1, rows[:, :k].reshape(-1)
+        fin_last[into], fin_scores[into] = tokens[:, :k].reshape(-1), top_scores[:, :k].reshape(-1)
         done = done + ends.sum(1)
         still = _still_decoding((done < k) & ~last)
         if len(still) == 0:
@@ -154,9 +152,8 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.T
                 x[still] for x in (alive, limit, done, pick, rows, tokens, top_scores))
         index, prev = rows.gather(1, pick).view(-1), tokens.gather(1, pick).view(-1)  # [A * k]
         scores, state = top_scores.gather(1, pick), state.select(index)
-        history = torch.cat([history[index], prev[:, None]], 1)
-        if fin_att is not None:
-            att_history = torch.cat([att_history[index], weights[index, None]], 1)
+        path.pieces.append(prev)
+        path.back.append(index)
         width = k
 
     def normalised(hyp: Hypothesis) -> float:
@@ -164,5 +161,45 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.T
         return hyp.score / length ** length_penalty
 
     fin_steps.view(batch, per)[:, -1] = 0  # the rows of candidates that went on
-    ended = _hypotheses(fin_tokens, fin_steps, fin_scores, fin_att, per)
+    pieces, attention = path.trace(fin_steps, fin_rows, fin_last, source)
+    ended = _hypotheses(pieces, fin_steps, fin_scores, attention, per)
     return [sorted(hyps, key=normalised, reverse=True)[:n_best] for hyps in ended]
+
+
+class Path:
+    """Beam search's record of where each state row came from, step by step.
+
+    At decoder step t the state has rows R_t (R_0: one per sentence). ``pieces[t]``
+    and ``back[t]`` ([R_{t+1}]) give each row of step t + 1 the piece it emitted at
+    step t and the row of step t it extends; ``attention[t]`` ([R_t, S], if kept)
+    the attention weights of step t's rows.
+    """
+
+    def __init__(self):
+        self.pieces: list[torch.Tensor] = []
+        self.back: list[torch.Tensor] = []
+        self.attention: list[torch.Tensor | None] = []
+
+    def trace(self, steps: torch.Tensor, rows: torch.Tensor, last: torch.Tensor, source: int
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Follow the backpointers of hypotheses that ended after ``steps`` [N] decoder
+        steps (0: none) extending state row ``rows`` [N] with the piece ``last`` [N]:
+        their pieces [N, T] and attention [N, T, S] (or None), all hypotheses at once."""
+        most = len(self.attention)
+        out = rows.new_zeros((len(rows), most))
+        end = steps - 1  # each hypothesis's last step
+        out.scatter_(1, end.clamp(min=0)[:, None], last[:, None])
+        keep = self.attention[0] is not None
+        att = self.attention[0].new_zeros((len(rows), most, source)) if keep else None
+        row = rows.clone()
+        for t in range(most - 1, -1, -1):
+            active = end >= t
+            row = torch.where(end == t, rows, row)
+            if keep:
+                weights = self.attention[t]
+                att[:, t] = torch.where(active[:, None], weights[row.clamp(0, len(weights) - 1)], 0)
+            if t > 0:  # the piece step t - 1 emitted, and the row of step t - 1
+                at = row.clamp(0, len(self.back[t - 1]) - 1)
+                out[:, t - 1] = torch.where(active, self.pieces[t - 1][at], out[:, t - 1])
+                row = torch.where(active, self.back[t - 1][at], row)
+        return out, att

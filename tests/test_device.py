@@ -49,7 +49,7 @@ def test_bf16_without_hardware_support_is_refused(monkeypatch):
 def test_bf16_is_native_only_where_onednn_may_use_it(monkeypatch, cap, allowed):
     """ONEDNN_MAX_CPU_ISA=AVX2 makes a bf16 CPU an AVX2 one: oneDNN then has no bf16
     LSTM primitive, so bf16 must not be chosen (auto) or accepted (bf16)."""
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(device, "_cpu_has", lambda *features: "avx512_bf16" in features)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
     assert device.native_bf16(torch.device("cpu")) is allowed
@@ -59,12 +59,13 @@ def test_bf16_is_native_only_where_onednn_may_use_it(monkeypatch, cap, allowed):
 
 def test_int8_is_fast_only_with_vnni(monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False, raising=False)
+    monkeypatch.setattr(device, "_cpu_has", lambda *features: False)  # AVX2 alone
     assert not device.fast_int8(torch.device("cpu"))
-    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
-    assert device.fast_int8(torch.device("cpu"))
+    for vnni in ("avx512_vnni", "avx_vnni", "amx_int8"):  # AVX-512 VNNI, AVX-VNNI (AVX2 CPUs), AMX
+        monkeypatch.setattr(device, "_cpu_has", lambda *features, vnni=vnni: vnni in features)
+        assert device.fast_int8(torch.device("cpu"))
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert not device.fast_int8(torch.device("cpu"))
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
     assert device.fast_int8(torch.device("cpu"))
+    assert not device.fast_int8(torch.device("cuda"))
