@@ -1,4 +1,4 @@
-"""The eager-PyTorch ceiling: the speed issue's reference model in plain PyTorch, timed.
+"""The eager-PyTorch ceiling: the benchmarks' reference model in plain PyTorch, timed.
 
 The model (independent of the ``nmt`` package, so that nothing of nmt's is
 in the measured path): source and target embeddings 256 (not shared, not

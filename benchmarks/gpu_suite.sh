@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU number of the speed issue in one call, each next to the eager-PyTorch
+# Every GPU speed number of docs/BENCHMARKS.md in one call, each next to the eager-PyTorch
 # ceiling measured in the same call (benchmarks/ceiling.py), then one table.
 #
 #   usage: bash benchmarks/gpu_suite.sh OUT_DIR          # one GPU, ~6-7 minutes on an H100

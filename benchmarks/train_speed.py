@@ -1,4 +1,4 @@
-"""Training throughput in the reference setting of the speed issue (Multi30k en->de).
+"""Training throughput in the project's reference setting (Multi30k en->de).
 
 Joint sentencepiece BPE 8,000; embeddings 256 (not shared or tied); encoder
 2 x bidirectional LSTM 256 per direction; decoder 2 x LSTM 512, Luong general

@@ -46,7 +46,7 @@ class DataConfig:
     max_len_ratio: float = 3.0
 
 
-# The defaults are the CPU settings that won the speed issue's time-to-quality
+# The defaults are the CPU settings that won the project's time-to-quality
 # test (Multi30k en->de, 2 cores, 20 minutes: test2016 BLEU 36.66); see docs/BENCHMARKS.md.
 
 

@@ -1,4 +1,4 @@
-"""The chapter the project grew from (../shared/SPEC.md §1-2, 4-6), checked on the package's layers."""
+"""The textbook chapter the project grew from (its §1-2, 4-6), checked on the package's layers."""
 import torch
 from torch import nn
 
