@@ -115,7 +115,7 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.T
     scores = torch.zeros((batch, width), device=device)  # [A, width] beams' summed log-probs
     # A beam's pieces are not copied from step to step: each step keeps, per state row,
     # the piece it emitted last and the row of the step before it extends (a backpointer).
-    path = Path()
+    path = Backpointers()
     # Finished hypotheses in the order they ended, sentence i's in rows i * per + j: fewer
     # than k before its last step, which ends at most k more, fill 2k - 1 rows; its last
     # row takes the writes of top-k candidates that go on. Per row: the decoder steps run
@@ -166,7 +166,7 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.T
     return [sorted(hyps, key=normalised, reverse=True)[:n_best] for hyps in ended]
 
 
-class Path:
+class Backpointers:
     """Beam search's record of where each state row came from, step by step.
 
     At decoder step t the state has rows R_t (R_0: one per sentence). ``pieces[t]``
