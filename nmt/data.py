@@ -112,9 +112,6 @@ class Pieces:
         self.flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64,
                                 count=int(self.lengths.sum()))
 
-    def __len__(self) -> int:
-        return len(self.lengths)
-
     def padded(self, idx: np.ndarray, end_first: bool) -> np.ndarray:
         """Sentences ``idx`` as a [B, longest + 1] array with the end marker first
         (``_ x y``) or last (``x y _``), padded with PAD."""

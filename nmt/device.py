@@ -91,6 +91,14 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and native and device.type == "cpu")
 
 
+def fused_adam(device: torch.device) -> bool:
+    """Whether Adam's fused kernel (all parameters in one pass) exists for ``device``: on
+    GPUs, and on CPUs since torch 2.4. The per-parameter loop it replaces cost 10 % of a
+    step on 2 cores."""
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return device.type == "cuda" or (major, minor) >= (2, 4)
+
+
 def set_tf32(device: torch.device, enabled: bool) -> None:
     """TF32 tensor-core products for float32 on NVIDIA GPUs (``train.tf32``); no effect on CPUs."""
     if device.type == "cuda":
