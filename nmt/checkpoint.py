@@ -14,7 +14,7 @@ import torch
 from nmt.config import Config, config_from_dict
 from nmt.device import pick_device
 from nmt.errors import CheckpointError, ConfigError
-from nmt.io import atomic_write
+from nmt.io import write_file
 from nmt.model import Seq2Seq
 from nmt.vocab import Vocab, vocab_paths
 
@@ -24,7 +24,7 @@ def vocab_record(vocab: Vocab) -> dict:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    write_file(path, lambda f: torch.save(payload, f))
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:

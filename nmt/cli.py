@@ -1,12 +1,16 @@
 """Console commands: nmt-train, nmt-translate, nmt-evaluate.
 
-User errors (bad config, data or run directory) print one line
-``nmt-<command>: error: ...`` to stderr and exit with status 2.
+Whatever goes wrong prints one line ``nmt-<command>: error: ...`` to stderr:
+bad input (config, data, run directory, option values) and failed file
+operations (disk full, permission denied, a file that vanished) exit with
+status 2, anything else (a bug) with status 1. ``--debug`` shows the
+traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -16,18 +20,39 @@ from nmt.errors import NmtError
 
 def _run(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
          argv: list[str] | None) -> int:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (for bug reports)")
     args = parser.parse_args(argv)
     try:
         return main(args)
-    except NmtError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # unwritable output, a file where a folder should be, a full disk
-        print(f"{prog}: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+    except (Exception, KeyboardInterrupt) as err:
+        if args.debug:
+            raise
+        return _report(prog, err)
+
+
+def _report(prog: str, err: BaseException) -> int:
+    """One line on stderr for any failure, and the exit status."""
+    import torch
+    from nmt.io import describe_os_error
+
+    out_of_memory = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+    if isinstance(err, KeyboardInterrupt):
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    if isinstance(err, BrokenPipeError):  # the reader went away (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return 141
+    if isinstance(err, NmtError):
+        message, status = str(err), 2
+    elif isinstance(err, OSError):
+        message, status = describe_os_error(err), 2
+    elif isinstance(err, out_of_memory) or "can't allocate memory" in str(err):
+        message, status = "out of memory; try a smaller batch size or model", 2
+    else:
+        message, status = (f"internal error ({type(err).__name__}: {err}); "
+                           "rerun with --debug and report the traceback"), 1
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    return status
 
 
 def _decode_args(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +91,7 @@ def train_main(argv: list[str] | None = None) -> int:
         from nmt.config import load_config
         from nmt.evaluate import evaluate, format_scores
         from nmt.checkpoint import pick_device
+        from nmt.io import describe_os_error
         from nmt.train import train
 
         if args.run_dir is None and args.config is None:
@@ -79,7 +105,13 @@ def train_main(argv: list[str] | None = None) -> int:
             if not config.is_file():
                 raise NmtError(f"{config}: not found; is {run_dir} a run directory?")
         cfg = load_config(config, args.set)
-        summary = train(cfg, run_dir, resume=args.resume)
+        try:
+            summary = train(cfg, run_dir, resume=args.resume)
+        except OSError as err:  # disk full, permissions, a vanished file: say how to go on
+            if not (run_dir / "checkpoints" / "last.pt").is_file():
+                raise
+            raise NmtError(f"{describe_os_error(err)}; {run_dir}/checkpoints/last.pt is intact: "
+                           f"'nmt-train --resume --run-dir {run_dir}' continues from it") from None
         if summary["rank"] != 0:  # under torchrun only rank 0 reports
             return 0
         best = (f"best validation BLEU {summary['best_valid_bleu']} at step {summary['best_step']}"
@@ -113,18 +145,20 @@ def translate_parser() -> argparse.ArgumentParser:
 
 def translate_main(argv: list[str] | None = None) -> int:
     def main(args):
-        from nmt.io import atomic_write_text, decode_lines, read_lines
+        from nmt.io import decode_lines, read_lines, refuse_output_that_is_an_input, write_text
         from nmt.translate import Translator
         from nmt.vocab import END
 
+        refuse_output_that_is_an_input(args.output, [args.input], stdin=not args.input)
         translator = Translator.load(args.run_dir, args.checkpoint, args.device, args.int8)
         if args.input:
             lines = read_lines(args.input)
         else:
             lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
         overrides = _decode_overrides(args)
-        if args.pieces or args.n_best > 1:
-            overrides["beam_size"] = max(args.n_best, args.beam_size or translator.decode.beam_size)
+        if args.pieces or args.n_best != 1:
+            if args.beam_size is None:  # wide enough for the n best
+                overrides["beam_size"] = max(args.n_best, translator.decode.beam_size)
             found = translator.hypotheses(lines, n_best=args.n_best, **overrides)
             vocab = translator.tgt_vocab
             out = []
@@ -139,11 +173,7 @@ def translate_main(argv: list[str] | None = None) -> int:
                     out.append(texts[0] if texts else "")
         else:
             out = translator.translate(lines, **overrides)
-        text = "".join(line + "\n" for line in out)
-        if args.output:
-            atomic_write_text(args.output, text)
-        else:
-            sys.stdout.write(text)
+        write_text(args.output or "-", "".join(line + "\n" for line in out))
         return 0
 
     return _run("nmt-translate", main, translate_parser(), argv)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,10 @@ class TrainConfig:
     # NVIDIA GPUs: float32 products on TF32 tensor cores (10-bit mantissa, float32
     # range and accumulation), several times faster; false = full float32. No effect on CPUs.
     tf32: bool = True
+    # Also write checkpoints/last.pt this often between validations, so that a crash or a
+    # kill loses at most these minutes of training (the result does not change); 0 = only
+    # at validations and at the end.
+    checkpoint_every_minutes: float = 5.0
 
 
 @dataclass
@@ -126,23 +132,33 @@ CHOICES = {
 
 
 def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
-    """Return ``value`` as ``kind`` or raise a ConfigError naming ``key``."""
+    """Return ``value`` as ``kind`` or raise a ConfigError naming ``key``.
+
+    Numbers must be finite (NaN passes every ``<`` check and would fail much
+    later); strings must not hold a NUL (no file name or device can).
+    """
     if kind is bool:
         if isinstance(value, bool):
             return value
     elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
     elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if math.isfinite(number):
+                return number
+            raise ConfigError(f"{where}{key}: must be a finite number, got {value!r}")
     elif kind is str:
-        if isinstance(value, str):
+        if isinstance(value, str) and "\0" not in value:
             return value
     raise ConfigError(f"{where}{key}: expected {kind.__name__}, got {value!r}")
 
@@ -153,7 +169,7 @@ def _merge(obj: Any, values: dict, prefix: str, where: str) -> None:
         key = f"{prefix}{name}"
         if name not in fields:
             known = [f"{prefix}{n}" for n in fields]
-            hint = difflib.get_close_matches(key, known, n=1)
+            hint = difflib.get_close_matches(str(key), known, n=1)
             raise ConfigError(f"{where}unknown key {key!r}"
                               + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         current = getattr(obj, name)
@@ -169,33 +185,61 @@ def _merge(obj: Any, values: dict, prefix: str, where: str) -> None:
         setattr(obj, name, value)
 
 
+# The range of every number: (lowest, highest), "(" for an open lower end. The upper
+# bounds stop a slip of the keyboard (a hidden size of 2560000) from asking for
+# terabytes or running for ever; they are far above any sensible setting.
+BIG = 10**12
+RANGES = {
+    "data.vocab_size": (1, 1_000_000), "data.max_len": (1, 100_000), "data.max_len_ratio": (1.0, 1e6),
+    "model.embedding_size": (1, 16384), "model.encoder_layers": (1, 64),
+    "model.encoder_hidden_size": (1, 16384), "model.decoder_layers": (1, 64),
+    "model.decoder_hidden_size": (1, 16384), "model.dropout": (0.0, 0.99),
+    "train.seed": (0, 2**32 - 1), "train.batch_size": (1, 10**8), "train.accumulate": (1, 10**6),
+    "train.max_steps": (1, BIG), "train.max_epochs": (0, 10**9), "train.max_minutes": (0.0, 1e9),
+    "train.checkpoint_every_minutes": (0.0, 1e9),
+    "train.lr": ("(", 0.0, 100.0), "train.warmup_steps": (0, BIG), "train.lr_decay": ("(", 0.0, 1.0),
+    "train.lr_patience": (1, 10**9), "train.min_lr": (0.0, 100.0), "train.clip_grad_norm": (0.0, 1e9),
+    "train.label_smoothing": (0.0, 0.99), "train.valid_every": (1, BIG), "train.patience": (0, 10**9),
+    "train.log_every": (1, BIG), "train.threads": (0, 1024),
+    "decode.beam_size": (1, 1000), "decode.length_penalty": (0.0, 10.0),
+    "decode.max_length_ratio": ("(", 0.0, 1000.0), "decode.batch_size": (1, 10**6), "decode.n_best": (1, 1000),
+}
+
+
+def _check_range(key: str, value: float) -> None:
+    bounds = RANGES[key]
+    open_low = bounds[0] == "("
+    low, high = bounds[-2:]
+    if value < low or (open_low and value == low) or value > high:
+        interval = f"{'(' if open_low else '['}{low}, {high}]"
+        raise ConfigError(f"{key}: {value!r} is out of range; expected a value in {interval}")
+
+
+def check_decode(decode: "DecodeConfig", tgt_vocab_size: int | None = None) -> None:
+    """The decode section alone, and against a model's target vocabulary when it is known."""
+    for key in ("beam_size", "length_penalty", "max_length_ratio", "batch_size", "n_best"):
+        _check_range(f"decode.{key}", getattr(decode, key))
+    if decode.n_best > decode.beam_size:
+        raise ConfigError(f"decode.n_best: {decode.n_best} exceeds decode.beam_size ({decode.beam_size})")
+    # The first step ranks 2 x beam_size candidates among the vocabulary's pieces.
+    if tgt_vocab_size is not None and 2 * decode.beam_size > tgt_vocab_size:
+        raise ConfigError(f"decode.beam_size: {decode.beam_size} is too large for a target vocabulary "
+                          f"of {tgt_vocab_size} pieces (at most {tgt_vocab_size // 2})")
+
+
 def _check(cfg: Config) -> None:
-    """Cross-key checks that the types alone cannot express."""
-    positive = ["data.vocab_size", "data.max_len", "model.embedding_size", "model.encoder_layers",
-                "model.encoder_hidden_size", "model.decoder_layers", "model.decoder_hidden_size",
-                "train.batch_size", "train.accumulate", "train.max_steps", "train.valid_every",
-                "train.log_every", "decode.beam_size", "decode.batch_size", "decode.n_best", "train.lr"]
-    non_negative = ["train.warmup_steps", "train.patience", "train.min_lr", "train.clip_grad_norm",
-                    "train.max_epochs", "train.max_minutes", "train.threads"]
-    for key in positive + non_negative:
+    """Ranges, then the cross-key checks that the types alone cannot express."""
+    for key in RANGES:
         section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value < 0 or (value == 0 and key in positive):
-            raise ConfigError(f"{key}: {'must be positive' if key in positive else 'must not be negative'}")
-    if not 0.0 < cfg.train.lr_decay <= 1.0:
-        raise ConfigError("train.lr_decay: must be in (0, 1]")
-    if cfg.train.lr_patience < 1:
-        raise ConfigError("train.lr_patience: must be at least 1")
-    if cfg.data.max_len_ratio < 1.0:
-        raise ConfigError("data.max_len_ratio: must be at least 1")
-    if cfg.decode.max_length_ratio <= 0:
-        raise ConfigError("decode.max_length_ratio: must be positive")
+        if section != "decode":
+            _check_range(key, getattr(getattr(cfg, section), name))
+    check_decode(cfg.decode)
+    for key in ("data.src_lang", "data.tgt_lang"):
+        value = getattr(cfg.data, key.split(".")[1])
+        if not value or "/" in value:
+            raise ConfigError(f"{key}: {value!r} is not a language code (non-empty, no '/')")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.train.device):
         raise ConfigError(f"train.device: {cfg.train.device!r} is not auto, cpu, cuda or cuda:N")
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        raise ConfigError("model.dropout: must be in [0, 1)")
-    if not 0.0 <= cfg.train.label_smoothing < 1.0:
-        raise ConfigError("train.label_smoothing: must be in [0, 1)")
     if cfg.model.share_embeddings and not cfg.data.joint_vocab:
         raise ConfigError("model.share_embeddings: needs data.joint_vocab: true")
     if cfg.model.tie_output and cfg.model.embedding_size != cfg.model.decoder_hidden_size:
@@ -204,8 +248,6 @@ def _check(cfg: Config) -> None:
     if cfg.model.attention == "dot" and enc_out != cfg.model.decoder_hidden_size:
         raise ConfigError(f"model.attention: dot needs encoder outputs ({enc_out}) of "
                           f"model.decoder_hidden_size ({cfg.model.decoder_hidden_size})")
-    if cfg.decode.n_best > cfg.decode.beam_size:
-        raise ConfigError("decode.n_best: must not exceed decode.beam_size")
     if not cfg.data.train:
         raise ConfigError("data.train: no training data given")
 
@@ -230,14 +272,28 @@ def fill(obj: Any, values: dict, overrides: list[str] = (), where: str = "") -> 
         nested: Any = value
         for part in reversed(path):
             nested = {part: nested}
-        _merge(obj, nested, "", f"--set {text}: ")
+        _merge(obj, nested, "", f"--set {text if text.isprintable() else repr(text)}: ")
     return obj
 
 
 def config_from_dict(values: dict, overrides: list[str] = (), where: str = "") -> Config:
+    """The one place a config is checked: every key's type, range and consistency."""
     cfg = fill(Config(), values, overrides, where)
-    _check(cfg)
+    try:
+        _check(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{where}{err}") from None
     return cfg
+
+
+def decode_settings(decode: DecodeConfig, overrides: dict, tgt_vocab_size: int | None = None
+                    ) -> DecodeConfig:
+    """``decode`` with the given (non-None) values replaced, checked like a config's decode
+    section: command-line flags and Python keyword arguments pass through here."""
+    decode = dataclasses.replace(decode)
+    _merge(decode, {k: v for k, v in overrides.items() if v is not None}, "decode.", "")
+    check_decode(decode, tgt_vocab_size)
+    return decode
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -270,5 +326,5 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from nmt.io import atomic_write_text
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+    from nmt.io import write_text
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from nmt.encoder import Encoder
-from nmt.io import atomic_write, atomic_write_text
+from nmt.io import write_bytes, write_text
 
 
 @dataclass
@@ -138,8 +138,8 @@ def run_forecast(cfg: SineConfig, out_dir: str | Path | None = None) -> dict:
         test_x = x[split:]
         png = plot_forecast(x, y, split, test_x[len(test_x) - len(one_step):], one_step,
                             test_x[:steps], free, result)
-        atomic_write(out / "forecast.png", lambda tmp: Path(tmp).write_bytes(png))
-        atomic_write_text(out / "forecast.json", json.dumps(result, indent=2) + "\n")
+        write_bytes(out / "forecast.png", png)
+        write_text(out / "forecast.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

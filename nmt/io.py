@@ -1,35 +1,125 @@
-"""File helpers: atomic writes (nothing half-written is ever left) and strict UTF-8 reading."""
+"""Files: outputs written the way a careful Unix tool writes them, and strict UTF-8 reading.
+
+Every file nmt writes (translations, checkpoints, configs, sentencepiece
+models, reports) goes through ``write_file``:
+
+- a regular file, new or existing, named directly or through a symbolic link
+  (the link's target is written), is written to a temporary file beside it,
+  flushed to disk and renamed over it: readers see the old file or the new
+  one, never a partial one, and a failure leaves the old one as it was;
+- a new file gets the usual mode (0666 minus the umask); an existing one keeps
+  its mode (and, where the user may, its owner and group);
+- anything else (a terminal, ``/dev/null``, a FIFO) is written to directly:
+  renaming over it would replace the device node or the pipe with a regular file;
+- ``-``, ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N`` write to the open
+  file descriptor, where the shell put it (``>>`` still appends).
+"""
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import secrets
+import stat
+import sys
+from contextlib import suppress
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable, Iterable
 
-from nmt.errors import DataError
+from nmt.errors import DataError, NmtError
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, then move the temporary file onto ``path``.
+def _descriptor(path: str) -> int | None:
+    """The open file descriptor a path names (``-``, /dev/stdout, /dev/fd/3), if it names one."""
+    names = {"-": 1, "/dev/stdout": 1, "/dev/stderr": 2, "/dev/stdin": 0}
+    if path in names:
+        return names[path]
+    for prefix in ("/dev/fd/", "/proc/self/fd/"):
+        if path.startswith(prefix) and path[len(prefix):].isdigit():
+            return int(path[len(prefix):])
+    return None
 
-    The temporary file lives in the same folder so that the final rename is
-    atomic: readers see the old file or the new one, never a partial one.
-    """
+
+def write_file(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` with a binary file that becomes ``path`` (see the module's rules)."""
+    fd = _descriptor(str(path))
+    if fd == 1 and hasattr(sys.stdout, "buffer"):  # also where Python redirected sys.stdout
+        sys.stdout.flush()
+        write(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return
+    if fd is not None:
+        with os.fdopen(os.dup(fd), "wb") as f:
+            write(f)
+        return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        st = os.stat(path)  # follows symbolic links
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    try:
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            with open(path, "wb") as f:
+                write(f)
+        else:
+            _replace(Path(os.path.realpath(path)), st, write)
+    except OSError as err:  # errors from f.write carry no file name: name the user's path
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
+
+
+def _replace(target: Path, st: os.stat_result | None, write: Callable[[BinaryIO], None]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    # Created 0666: the kernel applies the umask, as for any new file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the file
+        if st is not None:
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                with suppress(PermissionError):
+                    os.chown(tmp, st.st_uid, st.st_gid)
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.replace(tmp, target)
     except BaseException:
-        if os.path.exists(tmp):
+        with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+def write_text(path: str | Path, text: str) -> None:
+    write_file(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    write_file(path, lambda f: f.write(data))
+
+
+def refuse_output_that_is_an_input(output: str | Path | None, inputs: Iterable[str | Path | None],
+                                   stdin: bool = False) -> None:
+    """Refuse, before any work, an output that is the same regular file as an input
+    (directly, through a link, or as the file the shell redirected to stdin)."""
+    if output is None or str(output) == "-":
+        return
+    try:
+        out = os.stat(output)
+    except OSError:
+        return  # it does not exist yet (or cannot be read): it is no input
+    if not stat.S_ISREG(out.st_mode):
+        return
+    seen = [(str(p), os.stat(p)) for p in inputs if p is not None and os.path.exists(p)]
+    if stdin:
+        with suppress(OSError, ValueError):
+            seen.append(("<stdin>", os.fstat(sys.stdin.fileno())))
+    for name, st in seen:
+        if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
+            raise NmtError(f"{output}: is the same file as the input {name}; writing it would "
+                           "destroy the input (choose another output file)")
 
 
 def read_lines(path: str | Path) -> list[str]:
@@ -59,3 +149,25 @@ def decode_lines(data: bytes, name: str) -> list[str]:
         except UnicodeDecodeError as err:
             raise DataError(f"{name}:{number}: invalid UTF-8 at byte {err.start}") from None
     return out
+
+
+ADVICE = {
+    errno.ENOSPC: "no space left on the device; free some space",
+    errno.EDQUOT: "disk quota exceeded; free some space",
+    errno.EACCES: "permission denied; check the permissions of the file and its folder",
+    errno.EPERM: "operation not permitted; check the permissions of the file and its folder",
+    errno.EROFS: "read-only file system; write somewhere else",
+    errno.ENOENT: "no such file or folder (did it vanish while nmt ran?)",
+    errno.EISDIR: "is a directory, expected a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EIO: "input/output error; check the disk",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a failed file operation: the file, what went wrong, what to do."""
+    what = ADVICE.get(err.errno, err.strerror or str(err))
+    name = err.filename if err.filename is not None else ""
+    if err.filename2 is not None:
+        name = f"{name} -> {err.filename2}"
+    return f"{name}: {what}" if name else what

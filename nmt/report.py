@@ -20,7 +20,7 @@ import sacrebleu
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 from nmt.errors import DataError
-from nmt.io import atomic_write, atomic_write_text
+from nmt.io import write_bytes, write_text
 
 # Source-length buckets in words (upper bounds, inclusive); the last is open.
 BUCKETS = (7, 10, 13, 17, 22)
@@ -223,13 +223,13 @@ def build_report(systems: list[System], sources: list[str], references: list[str
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in images.items():
-        atomic_write(out_dir / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+        write_bytes(out_dir / name, data)
     for system, entry in zip(systems, report["systems"]):
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in system.name)
-        atomic_write_text(out_dir / f"hypotheses.{safe}.txt", "".join(h + "\n" for h in system.hypotheses))
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(out_dir / "report.md", render_markdown(report))
-    atomic_write_text(out_dir / "report.html", render_html(report, images))
+        write_text(out_dir / f"hypotheses.{safe}.txt", "".join(h + "\n" for h in system.hypotheses))
+    write_text(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text(out_dir / "report.md", render_markdown(report))
+    write_text(out_dir / "report.html", render_html(report, images))
     return report
 
 

@@ -41,10 +41,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nmt.checkpoint import check_vocab, load_checkpoint, save_checkpoint, vocab_record
-from nmt.config import Config, save_config
+from nmt.config import Config, check_decode, save_config
 from nmt.data import Batch, Corpus, make_batch
 from nmt.device import describe, fused_adam, pick_device, set_tf32, use_bf16
-from nmt.errors import CheckpointError, ConfigError
+from nmt.errors import CheckpointError, ConfigError, NmtError
+from nmt.io import write_text
 from nmt.model import Seq2Seq
 from nmt.translate import decode_corpus
 
@@ -109,6 +110,29 @@ def loss_sum(model: Seq2Seq, batch: Batch, label_smoothing: float) -> torch.Tens
     return F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="sum")
 
 
+def _metric_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a kill
+
+
+def _wait_for_a_new_second(folder: Path) -> None:
+    """TensorBoard reads a run's event files in name order, and a name starts with the second
+    it was made in: a file made in the same second as the previous one (a quick resume) could
+    sort before it, and its points would be taken for older ones and dropped."""
+    seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)
+
+
+def _check_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise NmtError(f"training diverged: the loss is {loss} at step {step}; lower train.lr or raise "
+                       "train.warmup_steps; checkpoints/last.pt holds the model saved before it")
+
+
 @torch.no_grad()
 def validate(model: Seq2Seq, corpus: Corpus, cfg: Config, device: torch.device) -> dict:
     """Validation loss (per token, no smoothing) and greedy BLEU on the dev set."""
@@ -138,6 +162,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
                 trainer.log_progress()
             if trainer.state.step % cfg.train.valid_every == 0 and trainer.corpus.valid_src:
                 trainer.validate()
+            elif trainer.checkpoint_due():
+                trainer.save([trainer.last_path])
     return trainer.finish(reason)
 
 
@@ -168,6 +194,7 @@ class Trainer:
         if self.main:
             save_config(cfg, run_dir / "config.yaml")
         self.corpus = Corpus(cfg, run_dir, reuse_vocab=resume, rank=self.rank, world=self.world)
+        check_decode(cfg.decode, len(self.corpus.tgt_vocab))  # the final test's beam, before any work
         self.model = Seq2Seq(cfg.model, len(self.corpus.src_vocab), len(self.corpus.tgt_vocab)).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=fused_adam(device))
         self.state = TrainState()
@@ -182,15 +209,29 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.writer = None
         if self.main:
+            self._forget_metrics_after(self.state.step)
+            _wait_for_a_new_second(run_dir / "tensorboard")
             from torch.utils.tensorboard import SummaryWriter  # imported late: slow to import
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            # purge_step: TensorBoard drops the points of steps a resumed run trains again.
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=self.state.step + 1)
         self.per_step = self.world * tc.accumulate  # batches of the epoch's list consumed by one step
         self.epoch_list: tuple[int, list[np.ndarray]] | None = None
         self.interrupted = False
         self.progress = tqdm(total=tc.max_steps, initial=self.state.step, desc="train", unit="step",
                              dynamic_ncols=True, mininterval=1.0, disable=None if self.main else True)
-        self.segment_start = time.perf_counter()
+        self.segment_start = self.saved_at = time.perf_counter()
         self._reset_window()
+
+    def _forget_metrics_after(self, step: int) -> None:
+        """metrics.jsonl keeps the points up to the checkpoint's step: those after it are
+        trained (and logged) again, and each step must appear once."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if (at := _metric_step(line)) is not None and at <= step]
+        if len(kept) != len(lines):
+            write_text(path, "".join(kept))
 
     def _resume_checkpoint(self) -> dict:
         """last.pt, after checking that nothing that shapes the run has changed."""
@@ -294,6 +335,7 @@ class Trainer:
         rate and speed. The one place a training value is read back from the device."""
         step = self.state.step
         value = self.window_loss.item() / max(self.window_my_tokens, 1)
+        _check_finite(value, step)
         speed = self.window_tokens / max(time.perf_counter() - self.window_start, 1e-9)
         lr = self.learning_rate(step)
         self.progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:.0f}")
@@ -318,6 +360,7 @@ class Trainer:
         tc, state = self.cfg.train, self.state
         result = broadcast(validate(self.model, self.corpus, self.cfg, self.device) if self.main else None,
                            self.world)
+        _check_finite(result["loss"], state.step)  # before it could be saved
         self.record(**{f"valid_{key}": value for key, value in result.items()})
         improved = result["bleu"] > state.best_bleu
         if improved:
@@ -344,15 +387,26 @@ class Trainer:
         if self.world > 1:
             states = [None] * self.world
             dist.all_gather_object(states, rng)
+        _check_finite(self.window_loss.item(), self.state.step)  # never save a diverged model
+        self.saved_at = time.perf_counter()
         if not self.main:
             return
+        train_state = asdict(self.state)
+        train_state["train_seconds"] += self.saved_at - self.segment_start
         payload = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "train_state": asdict(self.state), "config": self.cfg.to_dict(), "bf16": self.bf16,
+            "train_state": train_state, "config": self.cfg.to_dict(), "bf16": self.bf16,
             "rng": {"cpu": [s[0] for s in states], "cuda": [s[1] for s in states]},
             "vocab": {"src": vocab_record(self.corpus.src_vocab), "tgt": vocab_record(self.corpus.tgt_vocab)}}
         for path in paths:
             save_checkpoint(path, payload)
+
+    def checkpoint_due(self) -> bool:
+        """Whether train.checkpoint_every_minutes have passed since the last checkpoint (rank
+        0's clock decides for all). Saving reads the state and changes nothing: a run
+        checkpointed more often computes exactly the same."""
+        minutes = self.cfg.train.checkpoint_every_minutes
+        return bool(minutes) and broadcast(time.perf_counter() - self.saved_at >= 60 * minutes, self.world)
 
     def stop_reason(self) -> str | None:
         """Why training stops before the next step, or None to go on. The only stopping rule."""
@@ -393,8 +447,9 @@ class Trainer:
     def finish(self, reason: str) -> dict:
         """Write the final checkpoint (no extra validation: it would change the schedule's
         state, and a run resumed from it would no longer match an uninterrupted one)."""
-        state = self.state
-        state.train_seconds += time.perf_counter() - self.segment_start
+        state, now = self.state, time.perf_counter()
+        state.train_seconds += now - self.segment_start
+        self.segment_start = now
         if reason == INTERRUPTED:
             self.save([self.last_path])
             log.info(f"interrupted at step {state.step}; saved {self.last_path}: --resume continues here")

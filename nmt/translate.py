@@ -1,7 +1,8 @@
 """Translating raw text with a trained run: the Python API behind ``nmt-translate``."""
 from __future__ import annotations
 
-from dataclasses import replace
+import numbers
+from collections.abc import Iterable
 from pathlib import Path
 
 import logging
@@ -10,7 +11,7 @@ import torch
 
 from nmt.checkpoint import LoadedRun, load_run
 from nmt.device import fast_int8
-from nmt.config import DecodeConfig
+from nmt.config import DecodeConfig, decode_settings
 from nmt.errors import ConfigError
 from nmt.data import source_tensor
 from nmt.model import Seq2Seq
@@ -79,15 +80,15 @@ class Translator:
         return cls(run, device, int8)
 
     def settings(self, **overrides) -> DecodeConfig:
-        """The run's decoding settings with the given (non-None) values replaced."""
-        decode = replace(self.decode, **{k: v for k, v in overrides.items() if v is not None})
-        if decode.beam_size < 1 or decode.batch_size < 1 or not 1 <= decode.n_best <= decode.beam_size:
-            raise ConfigError(f"invalid decoding settings: {decode}")
-        return decode
+        """The run's decoding settings with the given (non-None) values replaced; a value out
+        of range or too large for the model (a beam wider than half the vocabulary) raises
+        ConfigError."""
+        return decode_settings(self.decode, overrides, len(self.tgt_vocab))
 
     def hypotheses(self, sentences: list[str], keep_attention: bool = False,
                    **overrides) -> list[list[Hypothesis]]:
         """n-best hypotheses (piece ids and scores) of each sentence; empty lines give []."""
+        sentences = checked_sentences(sentences)
         decode = self.settings(**overrides)
         todo = [i for i, s in enumerate(sentences) if s.strip()]
         ids = self.src_vocab.encode([sentences[i] for i in todo])
@@ -97,17 +98,40 @@ class Translator:
             results[i] = hyps
         return results
 
-    def translate(self, sentences: list[str], beam_size: int | None = None,
+    def translate(self, sentences: list[str] | str, beam_size: int | None = None,
                   batch_size: int | None = None, length_penalty: float | None = None,
-                  max_length_ratio: float | None = None) -> list[str]:
-        """One translation per sentence, in order; an empty sentence gives ""."""
+                  max_length_ratio: float | None = None) -> list[str] | str:
+        """One translation per sentence, in order; an empty sentence gives "".
+        A single string gives a single string."""
+        if isinstance(sentences, str):
+            return self.translate([sentences], beam_size, batch_size, length_penalty, max_length_ratio)[0]
         found = self.hypotheses(sentences, beam_size=beam_size, batch_size=batch_size, n_best=1,
                                 length_penalty=length_penalty, max_length_ratio=max_length_ratio)
         return [self.tgt_vocab.decode([hyps[0].tokens])[0] if hyps else "" for hyps in found]
 
-    def translate_nbest(self, sentences: list[str], n_best: int, beam_size: int | None = None,
-                        **overrides) -> list[list[tuple[str, float]]]:
-        """The ``n_best`` translations of each sentence with their scores, best first."""
-        beam_size = max(beam_size or self.decode.beam_size, n_best)
+    def translate_nbest(self, sentences: list[str] | str, n_best: int, beam_size: int | None = None,
+                        **overrides) -> list[list[tuple[str, float]]] | list[tuple[str, float]]:
+        """The ``n_best`` translations of each sentence with their scores, best first (of a
+        single string: its list)."""
+        if isinstance(sentences, str):
+            return self.translate_nbest([sentences], n_best, beam_size, **overrides)[0]
+        if beam_size is None and isinstance(n_best, numbers.Integral):  # wide enough for n_best
+            beam_size = max(self.decode.beam_size, n_best)
         found = self.hypotheses(sentences, beam_size=beam_size, n_best=n_best, **overrides)
         return [[(self.tgt_vocab.decode([h.tokens])[0], h.score) for h in hyps] for hyps in found]
+
+
+def checked_sentences(sentences) -> list[str]:
+    """A list of str, or TypeError (ValueError for text that is not valid Unicode) naming the
+    first bad item's index."""
+    if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable):
+        raise TypeError(f"sentences: expected a list of str, got {type(sentences).__name__}")
+    sentences = list(sentences)
+    for i, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise TypeError(f"sentences[{i}]: expected str, got {type(sentence).__name__}")
+        try:
+            sentence.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 text has one
+            raise ValueError(f"sentences[{i}]: not valid Unicode text (a lone surrogate)") from None
+    return sentences

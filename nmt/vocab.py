@@ -16,7 +16,7 @@ from typing import Iterable
 import sentencepiece as spm
 
 from nmt.errors import CheckpointError, ConfigError
-from nmt.io import atomic_write
+from nmt.io import write_bytes
 
 PAD, UNK, END = 0, 1, 2
 END_SYMBOL = "_"
@@ -83,5 +83,5 @@ def train_vocab(sentences: Iterable[str], path: str | Path, vocab_size: int,
         raise ConfigError(f"data.vocab_size: sentencepiece cannot train {vocab_size} pieces "
                           f"on this corpus ({str(err).strip().splitlines()[-1]})") from None
     data = buffer.getvalue()
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    write_bytes(path, data)
     return Vocab(path)

@@ -1,6 +1,8 @@
 """The console commands, run as a user runs them."""
 import json
+import os
 import shutil
+import stat
 import subprocess
 
 import pytest
@@ -133,3 +135,56 @@ def test_bad_input_gives_one_line_errors(cli_run, reversal_data, tmp_path):
     cfg.write_text(yaml.safe_dump(reversal_config(dict(reversal_data, train=str(tmp_path / "empty")))))
     one_line_error(run("nmt-train", str(cfg), "--run-dir", str(tmp_path / "r2")),
                    "empty.src: the training corpus is empty")
+
+
+def translate(*args, stdin=None, umask=None):
+    """nmt-translate with stdin from a file object and an optional umask."""
+    return subprocess.run([shutil.which("nmt-translate"), *args], stdin=stdin, capture_output=True,
+                          timeout=300, preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+
+
+def test_translate_output_is_written_as_a_careful_unix_tool_writes(cli_run, tmp_path):
+    run_dir = str(cli_run / "run")
+    source = tmp_path / "in.src"
+    source.write_text("a b c\nd e\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(source)
+    # The input itself (directly, through a link, or as redirected stdin): refused before any work.
+    for output in (source, link):
+        one_line_error(run("nmt-translate", run_dir, "-i", str(source), "-o", str(output)),
+                       f"{output}: is the same file as the input {source}")
+    with open(source, "rb") as stdin:
+        one_line_error(translate(run_dir, "-o", str(source), stdin=stdin), "same file as the input <stdin>")
+    assert source.read_text() == "a b c\nd e\n"
+    # A link to an output: its target is replaced and keeps its mode; the link stays.
+    target, out_link = tmp_path / "target.txt", tmp_path / "out.txt"
+    target.write_text("old\n")
+    os.chmod(target, 0o640)
+    out_link.symlink_to(target)
+    assert run("nmt-translate", run_dir, "-i", str(source), "-o", str(out_link)).returncode == 0
+    assert out_link.is_symlink() and len(target.read_text().splitlines()) == 2
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    # A new file gets 0666 minus the umask.
+    assert translate(run_dir, "-i", str(source), "-o", str(tmp_path / "new.txt"), umask=0o022).returncode == 0
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o644
+    # Devices are written to, never replaced.
+    result = run("nmt-translate", run_dir, "-i", str(source), "-o", "/dev/stdout")
+    assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == 2
+    inode = os.stat("/dev/null").st_ino
+    assert run("nmt-translate", run_dir, "-i", str(source), "-o", "/dev/null").returncode == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and os.stat("/dev/null").st_ino == inode
+    one_line_error(run("nmt-translate", run_dir, "-i", str(source), "-o", "/dev/full"),
+                   "nmt-translate: error: /dev/full: no space left on the device")
+
+
+def test_a_bug_is_one_line_and_debug_shows_its_traceback(cli_run, monkeypatch, capsys):
+    from nmt.cli import translate_main
+    from nmt.translate import Translator
+
+    monkeypatch.setattr(Translator, "load", classmethod(lambda cls, *args: 1 / 0))
+    assert translate_main([str(cli_run / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("nmt-translate: error: internal error (ZeroDivisionError")
+    assert "rerun with --debug" in err
+    with pytest.raises(ZeroDivisionError):
+        translate_main([str(cli_run / "run"), "--debug"])

@@ -71,7 +71,7 @@ def test_inconsistent_settings_name_their_keys():
         config_from_dict({"model": {"attention": "dot", "decoder_hidden_size": 100, "tie_output": False}})
     with pytest.raises(ConfigError, match="model.dropout"):
         config_from_dict({"model": {"dropout": 1.0}})
-    with pytest.raises(ConfigError, match="train.batch_size: must be positive"):
+    with pytest.raises(ConfigError, match=r"train.batch_size: 0 is out of range; expected a value in \[1, "):
         config_from_dict({"train": {"batch_size": 0}})
 
 
@@ -92,11 +92,18 @@ def test_saved_config_round_trips(tmp_path):
 
 def test_ranges_and_devices_are_checked():
     for section, key, value, message in [
-            ("train", "warmup_steps", -1, "train.warmup_steps: must not be negative"),
-            ("train", "lr_decay", 0.0, "train.lr_decay: must be in (0, 1]"),
-            ("train", "lr_patience", 0, "train.lr_patience: must be at least 1"),
-            ("data", "max_len_ratio", 0.5, "data.max_len_ratio: must be at least 1"),
-            ("decode", "max_length_ratio", 0.0, "decode.max_length_ratio: must be positive"),
+            ("train", "warmup_steps", -1, "train.warmup_steps: -1 is out of range; expected a value in [0, "),
+            ("train", "lr_decay", 0.0, "train.lr_decay: 0.0 is out of range; expected a value in (0.0, 1.0]"),
+            ("train", "lr_patience", 0, "train.lr_patience: 0 is out of range; expected a value in [1, "),
+            ("data", "max_len_ratio", 0.5, "data.max_len_ratio: 0.5 is out of range; expected a value in [1.0, "),
+            ("decode", "max_length_ratio", 0.0, "decode.max_length_ratio: 0.0 is out of range; expected a value in (0.0, "),
+            ("train", "lr", float("nan"), "train.lr: must be a finite number, got nan"),
+            ("train", "max_minutes", "inf", "train.max_minutes: must be a finite number, got inf"),
+            ("train", "clip_grad_norm", 10**400, "train.clip_grad_norm: must be a finite number"),
+            ("model", "encoder_hidden_size", 2560000, "model.encoder_hidden_size: 2560000 is out of range"),
+            ("data", "src_lang", "", "data.src_lang: '' is not a language code"),
+            ("data", "train", "corpus\0", "data.train: expected str"),
+            ("decode", "n_best", 6, "decode.n_best: 6 exceeds decode.beam_size (5)"),
             ("train", "device", "gpu", "train.device: 'gpu' is not auto, cpu, cuda or cuda:N")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             config_from_dict({section: {key: value}})

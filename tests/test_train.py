@@ -11,7 +11,6 @@ from nmt import device
 from nmt.checkpoint import load_checkpoint
 from nmt.config import config_from_dict, load_config
 from nmt.errors import CheckpointError, ConfigError
-from nmt.io import atomic_write_text
 from nmt.train import Trainer, train
 from nmt.translate import Translator
 from nmt.vocab import train_vocab
@@ -95,25 +94,6 @@ def test_missing_run_or_checkpoint(tmp_path, reversal_run):
         Translator.load(tmp_path / "nope")
     with pytest.raises(CheckpointError, match=r"other\.pt: checkpoint not found"):
         Translator.load(reversal_run, checkpoint=str(tmp_path / "other.pt"))
-
-
-def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
-    target = tmp_path / "out.txt"
-    atomic_write_text(target, "old\n")
-
-    class Boom(Exception):
-        pass
-
-    from nmt.io import atomic_write
-
-    def failing(tmp):
-        open(tmp, "w").write("half")
-        raise Boom()
-
-    with pytest.raises(Boom):
-        atomic_write(target, failing)
-    assert target.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(reversal_data, tmp_path):

@@ -1,0 +1,116 @@
+"""Outputs are written as a careful Unix tool writes them (nmt.io.write_file)."""
+import errno
+import os
+import stat
+import threading
+
+import pytest
+
+from nmt.errors import NmtError
+from nmt.io import describe_os_error, refuse_output_that_is_an_input, write_file, write_text
+
+
+@pytest.fixture
+def umask():
+    def set_umask(value):
+        os.umask(value)
+    old = os.umask(0o022)
+    yield set_umask
+    os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+class DiskFull:
+    """A writer that fills the disk after ``room`` bytes, as a small file system does."""
+
+    def __init__(self, room: int):
+        self.room = room
+
+    def __call__(self, f):
+        f.write(b"x" * self.room)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "out.txt"
+    write_text(target, "old\n")
+    with pytest.raises(OSError) as caught:
+        write_file(target, DiskFull(1000))
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert describe_os_error(caught.value) == f"{target}: no space left on the device; free some space"
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_new_files_get_the_usual_mode_and_existing_files_keep_theirs(tmp_path, umask):
+    for value, expected in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
+        umask(value)
+        path = tmp_path / f"new{value:o}.txt"
+        write_text(path, "x\n")
+        assert mode(path) == expected
+    existing = tmp_path / "shared.txt"
+    existing.write_text("old\n")
+    os.chmod(existing, 0o640)
+    umask(0o077)
+    write_text(existing, "new\n")
+    assert (mode(existing), existing.read_text()) == (0o640, "new\n")
+
+
+def test_a_symbolic_link_is_followed_and_its_target_replaced(tmp_path):
+    target = tmp_path / "real.txt"
+    target.write_text("old\n")
+    os.chmod(target, 0o604)
+    link = tmp_path / "link.txt"
+    link.symlink_to(target.name)
+    write_text(link, "new\n")
+    assert link.is_symlink() and os.readlink(link) == "real.txt"
+    assert target.read_text() == "new\n" and mode(target) == 0o604
+
+
+def test_device_nodes_and_fifos_are_written_in_place(tmp_path):
+    before = os.stat("/dev/null")
+    write_text("/dev/null", "gone\n")  # as root, a rename here would replace the system's /dev/null
+    after = os.stat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode) and after.st_ino == before.st_ino
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    write_text(fifo, "through the pipe\n")
+    reader.join(10)
+    assert got == [b"through the pipe\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+    with pytest.raises(OSError) as caught:  # a device that is always full
+        write_text("/dev/full", "x" * 100_000)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == "/dev/full"
+
+
+def test_dash_and_dev_stdout_are_standard_output(capfd):
+    write_text("-", "one\n")
+    write_text("/dev/stdout", "two\n")
+    assert capfd.readouterr().out == "one\ntwo\n"
+
+
+def test_a_directory_is_refused(tmp_path):
+    with pytest.raises(OSError) as caught:
+        write_text(tmp_path, "x")
+    assert describe_os_error(caught.value) == f"{tmp_path}: is a directory, expected a file"
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path):
+    source = tmp_path / "in.de"
+    source.write_text("Hallo\n")
+    link, hard = tmp_path / "link.de", tmp_path / "hard.de"
+    link.symlink_to(source)
+    os.link(source, hard)
+    for output in (source, link, hard):
+        with pytest.raises(NmtError, match="is the same file as the input"):
+            refuse_output_that_is_an_input(output, [source])
+    refuse_output_that_is_an_input(tmp_path / "new.en", [source])  # a new file
+    refuse_output_that_is_an_input("/dev/null", ["/dev/null"])  # a device is no regular file
+    assert source.read_text() == "Hallo\n"

@@ -1,0 +1,135 @@
+"""Every option, from every place it can come from (config file, --set, command-line flags,
+Python keyword arguments), is either accepted and usable or refused with one clean line:
+random values thrown at all of them (hypothesis)."""
+import dataclasses
+import math
+import os
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from nmt.cli import train_main, translate_main
+from nmt.config import RANGES, Config, config_from_dict, load_config
+from nmt.errors import ConfigError
+from nmt.translate import Translator
+
+from conftest import reversal_config
+
+KEYS = [f"{section}.{name}" for section, values in Config().to_dict().items() for name in values]
+DECODE_KEYS = ["beam_size", "batch_size", "length_penalty", "max_length_ratio", "n_best"]
+SLOW = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                      HealthCheck.too_slow])
+
+# What careless and hostile input looks like: the wrong type, NaN, infinities, huge and
+# negative numbers, odd text (NUL included), nested values.
+WILD = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 40), st.integers(-10**30, 10**30),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([math.nan, math.inf, -math.inf, 1e308]),
+    st.text(max_size=8), st.sampled_from(["", "\0", "1e-3", "cuda:99", "auto", "lstm", "-1"]),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
+# The same, written as a user types it after --set or a flag.
+TYPED = st.one_of(WILD.map(lambda v: yaml.safe_dump(v, default_flow_style=True).removesuffix("\n...\n")
+                           .strip()), st.text(max_size=12))
+
+
+def one_clean_line(message: str, *names: str) -> None:
+    assert message and "\n" not in message and "Traceback" not in message, message
+    assert any(name in message for name in names), message
+
+
+@SLOW
+@given(key=st.sampled_from(KEYS), value=WILD)
+def test_any_value_of_any_config_key(key, value):
+    section, name = key.split(".")
+    try:
+        cfg = config_from_dict({section: {name: value}})
+    except ConfigError as err:
+        one_clean_line(str(err), key, "model.", "data.")  # a cross-key check names the key it needs
+        return
+    got = getattr(getattr(cfg, section), name)
+    assert type(got) is type(getattr(getattr(Config(), section), name))
+    if isinstance(got, float):
+        assert math.isfinite(got)
+    if key in RANGES:
+        low, high = RANGES[key][-2:]
+        assert low <= got <= high
+
+
+@SLOW
+@given(key=st.sampled_from(KEYS + ["model.hidden", "train", "x.y.z", ""]), text=TYPED)
+def test_any_set_override_and_any_yaml_file(key, text, tmp_path_factory):
+    try:
+        load_config(None, [f"{key}={text}"])
+    except ConfigError as err:
+        one_clean_line(str(err), "--set", key or "--set")
+    path = tmp_path_factory.mktemp("yaml") / "c.yaml"
+    path.write_text(f"{key.split('.')[0]}:\n  {key.split('.')[-1]}: {text}\n" if "." in key else text,
+                    encoding="utf-8")
+    try:
+        load_config(path)
+    except ConfigError as err:
+        one_clean_line(str(err), str(path))
+
+
+@pytest.fixture(scope="module")
+def translator(reversal_run):
+    return Translator.load(reversal_run)
+
+
+@settings(SLOW, max_examples=60)
+@given(options=st.dictionaries(st.sampled_from(DECODE_KEYS), WILD, max_size=3))
+def test_any_decoding_keyword_argument(translator, options):
+    sentences = ["a b c", "", "t s r q"]
+    try:
+        found = translator.hypotheses(sentences, **options)
+    except ConfigError as err:
+        one_clean_line(str(err), *(f"decode.{k}" for k in options))
+        return
+    decode = dataclasses.replace(translator.decode, **{k: v for k, v in options.items() if v is not None})
+    assert [len(hyps) for hyps in found] == [decode.n_best, 0, decode.n_best]
+
+
+FLAGS = ["--beam-size", "--batch-size", "--length-penalty", "--max-length-ratio", "--n-best", "--device",
+         "--checkpoint"]
+
+
+@settings(SLOW, max_examples=40)
+@given(flags=st.dictionaries(st.sampled_from(FLAGS), TYPED, max_size=3))
+def test_any_translate_flag(reversal_run, flags, capsys, monkeypatch, tmp_path_factory):
+    source = tmp_path_factory.mktemp("in") / "in.txt"
+    source.write_text("a b c\n\nt s r\n")
+    argv = [str(reversal_run), "-i", str(source)] + [f"{flag}={value}" for flag, value in flags.items()]
+    try:
+        status = translate_main(argv)
+    except SystemExit as stop:  # argparse: a value of the wrong type
+        status = stop.code
+    out, err = capsys.readouterr()
+    assert status in (0, 2), err
+    if status == 0:
+        assert len(out.splitlines()) == 3
+    elif err.startswith("nmt-translate: error:"):
+        one_clean_line(err.strip(), "nmt-translate: error:")
+    else:
+        assert err.startswith("usage:") and "Traceback" not in err, err  # argparse's two lines
+
+
+@settings(SLOW, max_examples=25)
+@given(key=st.sampled_from(KEYS), value=TYPED)
+def test_any_training_option_trains_or_is_refused(reversal_data, key, value, capsys, tmp_path_factory):
+    """The whole command with one option set to a random value: it trains (a few steps) or
+    says why not in one line."""
+    if key.startswith("data.") and key != "data.loader":
+        pass  # file names, languages, vocabulary: all part of the throw
+    base = reversal_config(reversal_data, train__max_steps=3, train__valid_every=2, train__max_minutes=0.2,
+                           model__embedding_size=16, model__encoder_hidden_size=16,
+                           model__decoder_hidden_size=16, decode__beam_size=2)
+    folder = tmp_path_factory.mktemp("fuzz")
+    config = folder / "c.yaml"
+    config.write_text(yaml.safe_dump(base))
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"  # a random hub name fails fast
+    status = train_main([str(config), "--run-dir", str(folder / "run"), "--no-test", "--set", f"{key}={value}"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and status in (0, 2), err
+    if status == 2:
+        one_clean_line(err.strip().splitlines()[-1], "nmt-train: error:")
