@@ -206,8 +206,9 @@ RANGES = {
 }
 
 
-def _check_range(key: str, value: float) -> None:
-    bounds = RANGES[key]
+def check_range(key: str, value: float, bounds: tuple | None = None) -> None:
+    """ConfigError unless ``value`` is in ``bounds`` (default: ``RANGES[key]``)."""
+    bounds = bounds or RANGES[key]
     open_low = bounds[0] == "("
     low, high = bounds[-2:]
     if value < low or (open_low and value == low) or value > high:
@@ -218,7 +219,7 @@ def _check_range(key: str, value: float) -> None:
 def check_decode(decode: "DecodeConfig", tgt_vocab_size: int | None = None) -> None:
     """The decode section alone, and against a model's target vocabulary when it is known."""
     for key in ("beam_size", "length_penalty", "max_length_ratio", "batch_size", "n_best"):
-        _check_range(f"decode.{key}", getattr(decode, key))
+        check_range(f"decode.{key}", getattr(decode, key))
     if decode.n_best > decode.beam_size:
         raise ConfigError(f"decode.n_best: {decode.n_best} exceeds decode.beam_size ({decode.beam_size})")
     # The first step ranks 2 x beam_size candidates among the vocabulary's pieces.
@@ -232,7 +233,7 @@ def _check(cfg: Config) -> None:
     for key in RANGES:
         section, name = key.split(".")
         if section != "decode":
-            _check_range(key, getattr(getattr(cfg, section), name))
+            check_range(key, getattr(getattr(cfg, section), name))
     check_decode(cfg.decode)
     for key in ("data.src_lang", "data.tgt_lang"):
         value = getattr(cfg.data, key.split(".")[1])

@@ -114,3 +114,23 @@ def describe(device: torch.device, bf16: bool) -> str:
         return f"{where}, bf16 autocast"
     tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
     return f"{where}, {'fp32 (TF32 products)' if tf32 else 'fp32'}"
+
+
+def memory_bytes(device: torch.device) -> int:
+    """The device's memory: the GPU's, or the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(model_factory, device: torch.device) -> None:
+    """Refuse a model whose weights, gradients and Adam's two moments (16 bytes a parameter)
+    alone exceed the device's memory, before allocating any of it: counted on the meta
+    device, where modules have shapes and no storage."""
+    with torch.device("meta"):
+        n = sum(p.numel() for p in model_factory().parameters())
+    need, have = 16 * n, memory_bytes(device)
+    if need > have:
+        raise ConfigError(f"model: {n:,} parameters need {need / 2**30:,.1f} GiB for weights, gradients "
+                          f"and Adam's state, more than this {device.type}'s {have / 2**30:,.1f} GiB; "
+                          "use smaller model sizes or fewer layers")

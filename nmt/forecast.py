@@ -81,16 +81,25 @@ def free_run(model: SineForecaster, history: np.ndarray, steps: int) -> np.ndarr
     return np.array(out, dtype=np.float32)
 
 
+# Each setting's range, as nmt.config.RANGES: "(" marks an open lower end.
+SINE_RANGES = {
+    "max_x": ("(", 0.0, 1e6), "interval": ("(", 0.0, 1e3), "window": (1, 10_000),
+    "train_fraction": ("(", 0.0, 0.99), "layers": (1, 64), "hidden_size": (1, 16384),
+    "dropout": (0.0, 0.99), "steps": (1, 10**9), "batch_size": (1, 10**6), "lr": ("(", 0.0, 100.0),
+    "seed": (0, 2**32 - 1), "threads": (0, 1024), "free_run_steps": (1, 10**6),
+}
+
+
 def check(cfg: SineConfig) -> SineConfig:
+    from nmt.config import check_range
     from nmt.errors import ConfigError
     if cfg.cell not in ("lstm", "gru", "rnn"):
         raise ConfigError(f"cell: {cfg.cell!r} is not one of lstm, gru, rnn")
-    for key in ("max_x", "interval", "window", "layers", "hidden_size", "steps", "batch_size", "lr"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{key}: must be positive")
-    if not 0 < cfg.train_fraction < 1 or not 0 <= cfg.dropout < 1:
-        raise ConfigError("train_fraction must be in (0, 1) and dropout in [0, 1)")
+    for key, bounds in SINE_RANGES.items():
+        check_range(key, getattr(cfg, key), bounds)
     points = int(cfg.max_x / cfg.interval) + 1
+    if points > 10**7:
+        raise ConfigError(f"interval: max_x / interval gives {points:,} points, more than 10,000,000")
     if points * min(cfg.train_fraction, 1 - cfg.train_fraction) <= cfg.window:
         raise ConfigError(f"window: {cfg.window} values do not fit in the train or test stretch "
                           f"({points} points in all); raise max_x or lower window")

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from nmt.checkpoint import check_vocab, load_checkpoint, save_checkpoint, vocab_record
 from nmt.config import Config, check_decode, save_config
 from nmt.data import Batch, Corpus, make_batch
-from nmt.device import describe, fused_adam, pick_device, set_tf32, use_bf16
+from nmt.device import check_fits, describe, fused_adam, pick_device, set_tf32, use_bf16
 from nmt.errors import CheckpointError, ConfigError, NmtError
 from nmt.io import write_text
 from nmt.model import Seq2Seq
@@ -195,7 +195,9 @@ class Trainer:
             save_config(cfg, run_dir / "config.yaml")
         self.corpus = Corpus(cfg, run_dir, reuse_vocab=resume, rank=self.rank, world=self.world)
         check_decode(cfg.decode, len(self.corpus.tgt_vocab))  # the final test's beam, before any work
-        self.model = Seq2Seq(cfg.model, len(self.corpus.src_vocab), len(self.corpus.tgt_vocab)).to(device)
+        make_model = lambda: Seq2Seq(cfg.model, len(self.corpus.src_vocab), len(self.corpus.tgt_vocab))
+        check_fits(make_model, device)
+        self.model = make_model().to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=fused_adam(device))
         self.state = TrainState()
         if ckpt is not None:

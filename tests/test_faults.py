@@ -185,3 +185,32 @@ def test_yaml_tags_never_run_code(tmp_path):
     with pytest.raises(ConfigError, match=r"evil\.yaml: line 1: invalid YAML"):
         load_config(config)
     assert not marker.exists()
+
+
+def test_a_model_too_large_for_the_machine_is_refused_before_allocating(reversal_data, tmp_path, capsys):
+    config = tmp_path / "huge.yaml"
+    config.write_text(yaml.safe_dump(reversal_config(
+        reversal_data, model__encoder_layers=64, model__encoder_hidden_size=16384)))
+    assert train_main([str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("nmt-train: error: model: ") and "parameters need" in err and "GiB" in err, err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_directory_that_vanishes_mid_run_is_one_line(reversal_data, tmp_path, monkeypatch, capsys):
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(reversal_config(reversal_data, **SMALL)))
+    run_dir = tmp_path / "run"
+    original = Trainer.log_progress
+
+    def deleted_by_someone(self):
+        if self.state.step == 20:
+            shutil.rmtree(run_dir)
+        original(self)
+
+    monkeypatch.setattr(Trainer, "log_progress", deleted_by_someone)
+    assert train_main([str(config), "--run-dir", str(run_dir), "--no-test"]) == 2
+    everything = capsys.readouterr().err
+    assert "Traceback" not in everything
+    assert everything.strip().splitlines()[-1] == (f"nmt-train: error: {run_dir}/metrics.jsonl: no such file "
+                                                   "or folder (did it vanish while nmt ran?)")

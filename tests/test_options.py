@@ -6,12 +6,14 @@ import math
 import os
 
 import pytest
+import torch
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from nmt.cli import train_main, translate_main
+from nmt.cli import forecast_main, train_main, translate_main
 from nmt.config import RANGES, Config, config_from_dict, load_config
 from nmt.errors import ConfigError
+from nmt.forecast import SineConfig
 from nmt.translate import Translator
 
 from conftest import reversal_config
@@ -114,13 +116,11 @@ def test_any_translate_flag(reversal_run, flags, capsys, monkeypatch, tmp_path_f
         assert err.startswith("usage:") and "Traceback" not in err, err  # argparse's two lines
 
 
-@settings(SLOW, max_examples=25)
+@settings(SLOW, max_examples=40)
 @given(key=st.sampled_from(KEYS), value=TYPED)
 def test_any_training_option_trains_or_is_refused(reversal_data, key, value, capsys, tmp_path_factory):
     """The whole command with one option set to a random value: it trains (a few steps) or
     says why not in one line."""
-    if key.startswith("data.") and key != "data.loader":
-        pass  # file names, languages, vocabulary: all part of the throw
     base = reversal_config(reversal_data, train__max_steps=3, train__valid_every=2, train__max_minutes=0.2,
                            model__embedding_size=16, model__encoder_hidden_size=16,
                            model__decoder_hidden_size=16, decode__beam_size=2)
@@ -130,6 +130,20 @@ def test_any_training_option_trains_or_is_refused(reversal_data, key, value, cap
     os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"  # a random hub name fails fast
     status = train_main([str(config), "--run-dir", str(folder / "run"), "--no-test", "--set", f"{key}={value}"])
     err = capsys.readouterr().err
+    event(f"exit status {status}")  # --hypothesis-show-statistics: how many trained
     assert "Traceback" not in err and status in (0, 2), err
     if status == 2:
         one_clean_line(err.strip().splitlines()[-1], "nmt-train: error:")
+
+
+@settings(SLOW, max_examples=30)
+@given(key=st.sampled_from([f.name for f in dataclasses.fields(SineConfig)] + ["unknown"]), value=TYPED)
+def test_any_sine_forecast_setting(key, value, capsys, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sine")
+    status = forecast_main(["--set", "steps=2", "--set", "threads=2", "--set", f"{key}={value}",
+                            "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status in (0, 2) and "Traceback" not in err, err
+    if status == 2:
+        one_clean_line(err.strip(), "forecast_sine: error:")
+    torch.set_num_threads(2)
