@@ -139,44 +139,58 @@ def translate_parser() -> argparse.ArgumentParser:
                    help="write the n best translations per line, tab-separated with scores")
     p.add_argument("--pieces", action="store_true",
                    help="debug: write subword pieces (the end marker shows as _)")
+    p.add_argument("--chunk-lines", type=int, default=10_000,
+                   help="lines read, translated and written at a time: memory stays flat for any "
+                   "input length (from a terminal: each line at once)")
     _decode_args(p)
     return p
 
 
 def translate_main(argv: list[str] | None = None) -> int:
     def main(args):
-        from nmt.io import decode_lines, read_lines, refuse_output_that_is_an_input, write_text
+        from nmt.io import read_chunks, refuse_output_that_is_an_input, write_file
         from nmt.translate import Translator
-        from nmt.vocab import END
 
         refuse_output_that_is_an_input(args.output, [args.input], stdin=not args.input)
+        if args.chunk_lines < 1:
+            raise NmtError(f"--chunk-lines: {args.chunk_lines} is out of range; expected at least 1")
         translator = Translator.load(args.run_dir, args.checkpoint, args.device, args.int8)
-        if args.input:
-            lines = read_lines(args.input)
-        else:
-            lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
         overrides = _decode_overrides(args)
-        if args.pieces or args.n_best != 1:
-            if args.beam_size is None:  # wide enough for the n best
-                overrides["beam_size"] = max(args.n_best, translator.decode.beam_size)
-            found = translator.hypotheses(lines, n_best=args.n_best, **overrides)
-            vocab = translator.tgt_vocab
-            out = []
-            for hyps in found:
-                if args.pieces:
-                    texts = [" ".join(vocab.pieces(h.tokens + [END])) for h in hyps]
-                else:
-                    texts = [vocab.decode([h.tokens])[0] for h in hyps]
-                if args.n_best > 1:
-                    out.append("\t".join(f"{t}\t{h.score:.4f}" for t, h in zip(texts, hyps)))
-                else:
-                    out.append(texts[0] if texts else "")
-        else:
-            out = translator.translate(lines, **overrides)
-        write_text(args.output or "-", "".join(line + "\n" for line in out))
+        if (args.pieces or args.n_best != 1) and args.beam_size is None:  # wide enough for the n best
+            overrides["beam_size"] = max(args.n_best, translator.decode.beam_size)
+        translator.settings(n_best=args.n_best, **overrides)  # bad values stop here, before any output
+
+        chunks = read_chunks(args.input, args.chunk_lines)
+
+        def write(f):  # stdout: each chunk as soon as it is translated; -o: renamed when complete
+            for lines in chunks:
+                f.write("".join(line + "\n" for line in _translations(translator, lines, args, overrides))
+                        .encode("utf-8"))
+                f.flush()
+
+        write_file(args.output or "-", write)
         return 0
 
     return _run("nmt-translate", main, translate_parser(), argv)
+
+
+def _translations(translator, lines: list[str], args: argparse.Namespace, overrides: dict) -> list[str]:
+    """Output lines for ``lines``: translations, or n-best lists with scores, or pieces."""
+    from nmt.vocab import END
+
+    if not (args.pieces or args.n_best != 1):
+        return translator.translate(lines, **overrides)
+    vocab, out = translator.tgt_vocab, []
+    for hyps in translator.hypotheses(lines, n_best=args.n_best, **overrides):
+        if args.pieces:
+            texts = [" ".join(vocab.pieces(h.tokens + [END])) for h in hyps]
+        else:
+            texts = [vocab.decode([h.tokens])[0] for h in hyps]
+        if args.n_best > 1:
+            out.append("\t".join(f"{t}\t{h.score:.4f}" for t, h in zip(texts, hyps)))
+        else:
+            out.append(texts[0] if texts else "")
+    return out
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -212,7 +226,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 
 def forecast_main(argv: list[str] | None = None) -> int:
-    """scripts/forecast_sine.py: the chapter's sine-wave application (SPEC §7)."""
+    """scripts/forecast_sine.py: the textbook's sine-wave application (docs/model.md §7)."""
     p = argparse.ArgumentParser(prog="forecast_sine", description="Forecast sin(x) with the "
                                 "package's recurrent encoder; print test MSEs, write a plot and JSON.")
     p.add_argument("--config", default=None, help="YAML config (default: the built-in settings)")

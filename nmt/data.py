@@ -2,7 +2,7 @@
 
 A batch carries the source with the end marker appended (the encoder reads
 ``A B C _``), the decoder input that starts with the end marker (``_ x y``)
-and the decoder target that ends with it (``x y _``) -- SPEC §3.
+and the decoder target that ends with it (``x y _``) -- docs/model.md §3.
 """
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ class Batch:
 
 
 def batch_of(src: Pieces, tgt: Pieces, idx: np.ndarray) -> Batch:
-    """The batch of sentence pairs ``idx`` (SPEC §3: ``A B C _`` -> ``_ x y`` / ``x y _``)."""
+    """The batch of sentence pairs ``idx`` (docs/model.md §3: ``A B C _`` -> ``_ x y`` / ``x y _``)."""
     tgt_out = tgt.padded(idx, end_first=False)
     positions = np.flatnonzero(tgt_out != PAD)
     return Batch(torch.from_numpy(src.padded(idx, end_first=False)),

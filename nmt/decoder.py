@@ -45,7 +45,7 @@ class Decoder(nn.Module):
     state h_t queries the source; the attentional vector is
     tanh(W [context; h_t]), from which the output layer predicts the next piece.
     Dropout: on the input into layer 1, between layers, on the attentional
-    vector -- never on the state carried between steps (SPEC §6).
+    vector -- never on the state carried between steps (docs/model.md §6).
     """
 
     def __init__(self, cell: str, embedding_size: int, hidden_size: int, num_layers: int,
@@ -118,7 +118,7 @@ class Decoder(nn.Module):
 def cell_update(cell: str, x_gates: torch.Tensor, h_gates: torch.Tensor, h: torch.Tensor,
                 c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One step of an LSTM, GRU or tanh-RNN cell from its input and state products
-    (biases included), with PyTorch's gate order and equations (SPEC §2)."""
+    (biases included), with PyTorch's gate order and equations (docs/model.md §2)."""
     if cell == "lstm":
         i, f, g, o = (x_gates + h_gates).chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)

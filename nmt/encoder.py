@@ -1,4 +1,4 @@
-"""The recurrent encoder: deep, optionally bidirectional, packed (SPEC §1, 4-6)."""
+"""The recurrent encoder: deep, optionally bidirectional, packed (docs/model.md §1, 4-6)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +15,7 @@ class Encoder(nn.Module):
     """L stacked recurrent layers; each layer's outputs are the next layer's inputs.
 
     Each layer is its own module (one direction, or two whose outputs are
-    concatenated), so dropout sits exactly where SPEC §6 puts it: on the input
+    concatenated), so dropout sits exactly where docs/model.md §6 puts it: on the input
     into layer 1 and between layers within a time step -- never on the state
     carried from step t-1 to step t. Sequences are packed, so padding never
     changes a result and the backward direction starts at each sentence's end.

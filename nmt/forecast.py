@@ -1,4 +1,4 @@
-"""The chapter's application (SPEC §7): forecasting sin(x) with the package's recurrent encoder.
+"""The textbook's application (docs/model.md §7): forecasting sin(x) with the package's recurrent encoder.
 
 sin(x) is sampled every ``interval`` over [0, max_x]; each example is a window
 of the previous ``window`` values and its target the next value. The model is

@@ -21,9 +21,9 @@ import os
 import secrets
 import stat
 import sys
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from nmt.errors import DataError, NmtError
 
@@ -142,13 +142,40 @@ def decode_lines(data: bytes, name: str) -> list[str]:
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
-    out = []
-    for number, raw in enumerate(lines, 1):
-        try:
-            out.append(raw.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError as err:
-            raise DataError(f"{name}:{number}: invalid UTF-8 at byte {err.start}") from None
-    return out
+    return [_decode_line(raw, name, number) for number, raw in enumerate(lines, 1)]
+
+
+def _decode_line(raw: bytes, name: str, number: int) -> str:
+    try:
+        return raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{name}:{number}: invalid UTF-8 at byte {err.start}") from None
+
+
+def read_chunks(path: str | None, size: int) -> Iterator[list[str]]:
+    """The lines of a UTF-8 file (stdin when ``path`` is None), ``size`` at a time, so that
+    memory does not grow with the input; from a terminal one at a time, so that each typed
+    line is answered. The file is opened now (a missing one is an error before any output);
+    bad UTF-8 raises DataError naming the file and line when its chunk is read."""
+    try:
+        stream = open(path, "rb") if path else sys.stdin.buffer
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a text file") from None
+    return _chunks(stream, path or "<stdin>", 1 if stream.isatty() else size, close=bool(path))
+
+
+def _chunks(stream: BinaryIO, name: str, size: int, close: bool) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    with stream if close else nullcontext():
+        for number, raw in enumerate(stream, 1):  # binary lines end at b"\n" only
+            chunk.append(_decode_line(raw.removesuffix(b"\n"), name, number))
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
 
 
 ADVICE = {

@@ -1,6 +1,6 @@
 """Batched greedy and beam search.
 
-Decoding follows SPEC §3: the first decoder input is the end marker, each
+Decoding follows docs/model.md §3: the first decoder input is the end marker, each
 later input is the previous output, and a hypothesis ends when it emits the
 end marker (or reaches its maximum length). Every decision about a sentence
 depends on that sentence's rows alone, and finished sentences leave the

@@ -1,7 +1,7 @@
 """Subword vocabularies: sentencepiece models, trained on the training side.
 
 Ids are fixed across all models: 0 = padding, 1 = unknown, 2 = the end marker
-``_`` (SPEC §3). The end marker is sentencepiece's end-of-sentence control
+``_`` (docs/model.md §3). The end marker is sentencepiece's end-of-sentence control
 symbol, so no text can ever produce it: a literal "_" in a sentence is an
 ordinary piece and round-trips unchanged. Byte fallback encodes characters
 never seen in training as bytes, so any raw text comes back as it went in.

@@ -188,3 +188,33 @@ def test_a_bug_is_one_line_and_debug_shows_its_traceback(cli_run, monkeypatch, c
     assert "rerun with --debug" in err
     with pytest.raises(ZeroDivisionError):
         translate_main([str(cli_run / "run"), "--debug"])
+
+
+def test_translate_streams_chunk_by_chunk(cli_run, tmp_path):
+    """Output for the first chunk arrives while the input is still open; the result equals
+    translating everything at once."""
+    import threading
+
+    run_dir = str(cli_run / "run")
+    lines = ["a b c", "d e", "", "f g h i", "j"]
+    whole = run("nmt-translate", run_dir, stdin="".join(s + "\n" for s in lines).encode())
+    assert whole.returncode == 0
+    proc = subprocess.Popen([shutil.which("nmt-translate"), run_dir, "--chunk-lines", "2"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = []
+    reader = threading.Thread(target=lambda: first.extend([proc.stdout.readline(), proc.stdout.readline()]))
+    reader.start()
+    proc.stdin.write(b"a b c\nd e\n")
+    proc.stdin.flush()
+    reader.join(120)  # the first chunk's two lines, with stdin still open
+    assert not reader.is_alive() and len(first) == 2, proc.stderr.read()
+    rest, _ = proc.communicate(b"\nf g h i\nj\n", timeout=120)
+    assert proc.returncode == 0
+    assert b"".join(first) + rest == whole.stdout
+    # a file output appears only when complete, and equals stdout's
+    out = tmp_path / "out.txt"
+    source = tmp_path / "in.txt"
+    source.write_text("".join(s + "\n" for s in lines))
+    assert run("nmt-translate", run_dir, "-i", str(source), "-o", str(out), "--chunk-lines", "2").returncode == 0
+    assert out.read_bytes() == whole.stdout
+    one_line_error(run("nmt-translate", run_dir, "--chunk-lines", "0"), "--chunk-lines: 0 is out of range")

@@ -1,4 +1,4 @@
-"""The chapter's sine-wave application, with the package's own recurrent encoder (SPEC §7)."""
+"""The textbook's sine-wave application, with the package's own recurrent encoder (docs/model.md §7)."""
 import json
 import subprocess
 import sys

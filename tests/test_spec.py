@@ -1,4 +1,4 @@
-"""The textbook chapter the project grew from (its §1-2, 4-6), checked on the package's layers."""
+"""The textbook model the project grew from (docs/model.md §1-2, 4-6), checked on the package's layers."""
 import torch
 from torch import nn
 
@@ -7,7 +7,7 @@ from nmt.encoder import Encoder
 
 
 def test_worked_example_with_the_package_recurrent_layer():
-    """SPEC §1: state [0.537, 0.462] then [0.860, 0.884]; outputs 1.56 then 2.73."""
+    """docs/model.md §1: state [0.537, 0.462] then [0.860, 0.884]; outputs 1.56 then 2.73."""
     enc = Encoder("rnn", input_size=1, hidden_size=2, num_layers=1, bidirectional=False)
     w_rnn = torch.tensor([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])  # rows: h[0], h[1], x
     rnn = enc.layers[0]
@@ -29,7 +29,7 @@ def test_worked_example_with_the_package_recurrent_layer():
 
 
 def test_lstm_gate_equations_match_the_model_lstm():
-    """SPEC §2, gate by gate, against the encoder's LSTM (torch gate order: i, f, z, o)."""
+    """docs/model.md §2, gate by gate, against the encoder's LSTM (torch gate order: i, f, z, o)."""
     torch.manual_seed(0)
     enc = Encoder("lstm", input_size=3, hidden_size=4, num_layers=1, bidirectional=False).eval()
     lstm = enc.layers[0]
@@ -62,7 +62,7 @@ def _one_direction(lstm: nn.LSTM, suffix: str) -> nn.LSTM:
 
 
 def test_bidirectional_is_two_independent_directions_concatenated():
-    """SPEC §4, with padding: the backward direction starts at each sentence's own end."""
+    """docs/model.md §4, with padding: the backward direction starts at each sentence's own end."""
     torch.manual_seed(1)
     enc = Encoder("lstm", input_size=3, hidden_size=4, num_layers=1, bidirectional=True).eval()
     fwd, bwd = _one_direction(enc.layers[0], ""), _one_direction(enc.layers[0], "_reverse")
@@ -92,7 +92,7 @@ def test_padding_never_changes_a_result():
 
 
 def test_stacking_feeds_each_layer_output_to_the_next():
-    """SPEC §5: layer k's output at step t is layer k+1's input at step t; weights differ."""
+    """docs/model.md §5: layer k's output at step t is layer k+1's input at step t; weights differ."""
     torch.manual_seed(3)
     enc = Encoder("lstm", input_size=3, hidden_size=4, num_layers=3, bidirectional=True).eval()
     x = torch.randn(2, 5, 3)
@@ -106,7 +106,7 @@ def test_stacking_feeds_each_layer_output_to_the_next():
 
 
 def test_encoder_dropout_between_layers_never_across_time():
-    """SPEC §6: inputs into layer 1 and between layers are dropped; the recurrence is not."""
+    """docs/model.md §6: inputs into layer 1 and between layers are dropped; the recurrence is not."""
     torch.manual_seed(4)
     p = 0.5
     enc = Encoder("lstm", input_size=8, hidden_size=8, num_layers=2, bidirectional=True, dropout=p)
