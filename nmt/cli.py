@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,10 @@ def _run(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.
          argv: list[str] | None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks (for bug reports)")
     args = parser.parse_args(argv)
+    if not args.debug:  # a helper thread (TensorBoard's writer) that fails says so in one line too
+        threading.excepthook = lambda hook: print(
+            f"{prog}: warning: {hook.thread.name if hook.thread else 'a thread'} stopped: "
+            f"{' '.join(_describe(hook.exc_value).split())}", file=sys.stderr)
     try:
         return main(args)
     except (Exception, KeyboardInterrupt) as err:
@@ -32,27 +37,29 @@ def _run(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.
 
 def _report(prog: str, err: BaseException) -> int:
     """One line on stderr for any failure, and the exit status."""
-    import torch
-    from nmt.io import describe_os_error
-
-    out_of_memory = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
     if isinstance(err, KeyboardInterrupt):
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     if isinstance(err, BrokenPipeError):  # the reader went away (| head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
         return 141
-    if isinstance(err, NmtError):
-        message, status = str(err), 2
-    elif isinstance(err, OSError):
-        message, status = describe_os_error(err), 2
-    elif isinstance(err, out_of_memory) or "can't allocate memory" in str(err):
-        message, status = "out of memory; try a smaller batch size or model", 2
-    else:
-        message, status = (f"internal error ({type(err).__name__}: {err}); "
-                           "rerun with --debug and report the traceback"), 1
-    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    status = 1 if _describe(err).startswith("internal error") else 2
+    print(f"{prog}: error: {' '.join(_describe(err).split())}", file=sys.stderr)
     return status
+
+
+def _describe(err: BaseException) -> str:
+    import torch
+    from nmt.io import describe_os_error
+
+    out_of_memory = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+    if isinstance(err, NmtError):
+        return str(err)
+    if isinstance(err, OSError):
+        return describe_os_error(err)
+    if isinstance(err, out_of_memory) or "can't allocate memory" in str(err):
+        return "out of memory; try a smaller batch size or model"
+    return f"internal error ({type(err).__name__}: {err}); rerun with --debug and report the traceback"
 
 
 def _decode_args(parser: argparse.ArgumentParser) -> None:
@@ -223,6 +230,30 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         return 0
 
     return _run("nmt-evaluate", main, evaluate_parser(), argv)
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    from nmt.serve import Limits
+
+    p = argparse.ArgumentParser(prog="nmt-serve", description="Serve a run over HTTP: POST /translate, "
+                                "GET /health, GET /info, and a page at / (needs: pip install 'nmt[serve]').")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    for name, value in vars(Limits()).items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
+                       help=f"(default {value})")
+
+    def main(args):
+        from nmt.serve import serve
+
+        limits = Limits(**{name: getattr(args, name) for name in vars(Limits())})
+        serve(args.run_dir, args.host, args.port, args.checkpoint, args.device, limits)
+        return 0
+
+    return _run("nmt-serve", main, p, argv)
 
 
 def forecast_main(argv: list[str] | None = None) -> int:

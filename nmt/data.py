@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nmt.config import Config, DataConfig
-from nmt.errors import DataError
+from nmt.errors import ConfigError, DataError
 from nmt.io import read_lines
 from nmt.vocab import END, PAD, Vocab, train_vocab, vocab_paths
 
@@ -58,8 +58,12 @@ def _field(record: dict, dotted: str, where: str) -> str:
 
 
 def _load_dataset(cfg: DataConfig, split: str) -> tuple[list[str], list[str]]:
-    """Read a split through Hugging Face ``datasets`` (imported only when used)."""
-    import datasets
+    """Read a split through Hugging Face ``datasets`` (an optional extra, imported only when used)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"data.loader: {cfg.loader!r} reads through Hugging Face datasets: "
+                          "pip install 'nmt[datasets]'") from None
 
     datasets.disable_progress_bars()
     try:

@@ -36,7 +36,6 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
     """Translate ``sources`` with a run; decode a few of them again, with the same settings,
     keeping the model's attention weights for the report's heatmaps."""
     from nmt.translate import Translator
-    from nmt.vocab import END
 
     translator = Translator.load(run_dir, checkpoint, device, int8)
     decode = translator.settings(**decode_overrides)
@@ -46,16 +45,8 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
                                       max_length_ratio=decode.max_length_ratio)
     seconds = time.perf_counter() - start
     picks = [s for s in sources if 6 <= len(s.split()) <= 14][:ATTENTION_EXAMPLES]
-    attention = []
-    for sentence, hyps in zip(picks, translator.hypotheses(picks, keep_attention=True,
-                                                           **asdict(decode))):
-        hyp = hyps[0]
-        src_ids = translator.src_vocab.encode([sentence])[0] + [END]
-        ended = hyp.attention.shape[0] > len(hyp.tokens)  # a row for the end marker too
-        attention.append({"sentence": sentence,
-                          "source": translator.src_vocab.pieces(src_ids),
-                          "target": translator.tgt_vocab.pieces(hyp.tokens + ([END] if ended else [])),
-                          "weights": hyp.attention[:, :len(src_ids)].tolist()})
+    attention = [translator.alignment(sentence, hyps[0]) for sentence, hyps in
+                 zip(picks, translator.hypotheses(picks, keep_attention=True, **asdict(decode)))]
     run, int8 = translator.run, translator.int8  # int8 is declined on CPUs without fast int8
     name = f"{Path(run_dir).name}:{run.checkpoint.stem}" + (":int8" if int8 else "")
     info = {"checkpoint": str(run.checkpoint), "step": run.step, "decode_seconds": round(seconds, 2),

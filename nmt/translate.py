@@ -17,6 +17,7 @@ from nmt.data import source_tensor
 from nmt.model import Seq2Seq
 from nmt.quantize import quantize_int8
 from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.vocab import END
 
 log = logging.getLogger("nmt")
 
@@ -119,6 +120,16 @@ class Translator:
             beam_size = max(self.decode.beam_size, n_best)
         found = self.hypotheses(sentences, beam_size=beam_size, n_best=n_best, **overrides)
         return [[(self.tgt_vocab.decode([h.tokens])[0], h.score) for h in hyps] for hyps in found]
+
+
+    def alignment(self, sentence: str, hyp: Hypothesis) -> dict:
+        """A hypothesis kept with attention, as source pieces (end marker included), target
+        pieces and the attention weights [target, source] between them."""
+        src_ids = self.src_vocab.encode([sentence])[0] + [END]
+        ended = hyp.attention.shape[0] > len(hyp.tokens)  # a row for the end marker too
+        return {"sentence": sentence, "source": self.src_vocab.pieces(src_ids),
+                "target": self.tgt_vocab.pieces(hyp.tokens + ([END] if ended else [])),
+                "weights": hyp.attention[:, :len(src_ids)].tolist()}
 
 
 def checked_sentences(sentences) -> list[str]:

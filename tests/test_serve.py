@@ -1,0 +1,164 @@
+"""nmt-serve: a real server on a free port, real HTTP clients, a real browser for the page."""
+import asyncio
+import json
+import shutil
+import subprocess
+import threading
+import urllib.parse
+
+import aiohttp
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from nmt.serve import Limits, Server
+from nmt.translate import Translator
+
+from conftest import reversal_pairs
+
+
+class Running:
+    """A server in its own thread and event loop, as ``nmt-serve`` runs it."""
+
+    def __init__(self, translator: Translator, limits: Limits):
+        self.server = Server(translator, limits)
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
+        assert ready.wait(60)
+
+    def _serve(self, ready):
+        asyncio.set_event_loop(self.loop)
+        self.runner = web.AppRunner(self.server.app())
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        ready.set()
+        self.loop.run_forever()
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.fixture(scope="module")
+def translator(reversal_run):
+    return Translator.load(reversal_run)
+
+
+@pytest.fixture(scope="module")
+def served(translator):
+    running = Running(translator, Limits(max_sentences=50, max_chars=200, max_body_bytes=20_000,
+                                         batch_wait_ms=50))
+    yield running
+    running.stop()
+
+
+async def _post_all(url: str, bodies: list) -> list[tuple[int, dict]]:
+    async with aiohttp.ClientSession() as session:
+        async def post(body):
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            async with session.post(f"{url}/translate", data=data) as response:
+                return response.status, await response.json()
+        return await asyncio.gather(*(post(body) for body in bodies))
+
+
+def post_all(url: str, bodies: list) -> list[tuple[int, dict]]:
+    """Send every body at once, from as many concurrent clients."""
+    return asyncio.run(_post_all(url, bodies))
+
+
+def get(url: str) -> dict:
+    async def fetch():
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return await response.json()
+    return asyncio.run(fetch())
+
+
+def test_concurrent_requests_are_batched_and_get_what_they_would_alone(served, translator):
+    src, _ = reversal_pairs(60, seed=11)
+    bodies = [{"sentences": src[i:i + 1 + i % 4], "beam_size": 1 + i % 3} for i in range(0, 48, 2)]
+    bodies.append({"sentences": src[:3], "n_best": 2})
+    bodies.append({"sentences": ["", "a b"], "attention": True})
+    before = get(f"{served.url}/health")
+    answers = post_all(served.url, bodies)
+    after = get(f"{served.url}/health")
+    for body, (status, answer) in zip(bodies, answers):
+        assert status == 200, answer
+        alone = translator.translate(body["sentences"], beam_size=body.get("beam_size"))
+        assert answer["translations"] == alone
+    nbest = answers[-2][1]["n_best"]
+    assert nbest == [[{"translation": t, "score": s} for t, s in hyps]
+                     for hyps in translator.translate_nbest(src[:3], n_best=2)]
+    attention = answers[-1][1]["attention"]
+    assert attention[0] is None and attention[1]["target"][-1] == "_"
+    assert len(attention[1]["weights"]) == len(attention[1]["target"])
+    requests, batches = after["requests"] - before["requests"], after["batches"] - before["batches"]
+    assert requests == len(bodies) and batches < requests / 2  # many requests shared a batch
+
+
+BAD = [
+    (b"not json", 400, "request body: not valid JSON"),
+    (b"[1, 2]", 400, 'expected a JSON object with "sentences"'),
+    (b'{"text": "a"}', 400, 'expected a JSON object with "sentences"'),
+    (b'{"sentences": "a b"}', 400, "sentences: expected a list of strings"),
+    (b'{"sentences": ["a", 3]}', 400, "sentences[1]: expected str, got int"),
+    (b'{"sentences": ["a"], "beams": 2}', 400, "unknown keys ['beams']"),
+    (b'{"sentences": ["a"], "beam_size": 0}', 400, "decode.beam_size: 0 is out of range"),
+    (b'{"sentences": ["a"], "beam_size": 151}', 400, "too large for a target vocabulary"),
+    (b'{"sentences": ["a"], "length_penalty": NaN}', 400, "must be a finite number"),
+    (b'{"sentences": ["a"], "attention": "yes"}', 400, "attention: expected true or false"),
+    (json.dumps({"sentences": ["a"] * 51}).encode(), 413, "51 in one request, at most 50"),
+    (json.dumps({"sentences": ["a " * 101]}).encode(), 413, "sentences[0]: 202 characters, at most 200"),
+    (json.dumps({"sentences": ["a"], "pad": "x" * 30_000}).encode(), 413, "larger than 20000 bytes"),
+]
+
+
+@pytest.mark.parametrize("body, status, message", BAD)
+def test_bad_requests_get_a_4xx_naming_the_problem(served, body, status, message):
+    [(got, answer)] = post_all(served.url, [body])
+    assert (got, message in answer["error"]) == (status, True), answer
+    assert "\n" not in answer["error"]
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                 max_size=4), max_leaves=10)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(JSON, st.fixed_dictionaries(
+    {"sentences": st.lists(st.text(max_size=20), max_size=4)},
+    optional={"beam_size": JSON, "n_best": JSON, "length_penalty": JSON, "max_length_ratio": JSON,
+              "attention": JSON})))
+def test_no_request_crashes_the_server(served, body):
+    [(status, answer)] = post_all(served.url, [body])
+    assert status in (200, 400, 413), answer
+    if status == 200:
+        assert len(answer["translations"]) == len(body["sentences"])
+
+
+def test_health_and_info(served, translator):
+    assert get(f"{served.url}/health")["status"] == "ok"
+    info = get(f"{served.url}/info")
+    assert (info["src_lang"], info["tgt_lang"]) == ("src", "tgt")
+    assert info["step"] == translator.run.step and info["checkpoint"].endswith("best.pt")
+    assert info["decode"]["beam_size"] == translator.decode.beam_size and info["limits"]["max_sentences"] == 50
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="Chromium is not installed (apt-get install chromium)")
+def test_the_page_translates_and_draws_the_attention_in_chromium(served, translator, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    text = "a b c d"
+    page = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
+         f"{served.url}/?text={urllib.parse.quote(text)}"],
+        check=True, capture_output=True, timeout=120).stdout.decode()
+    expected = translator.translate(text)
+    assert f'<div id="translation">{expected}</div>' in page
+    assert page.count('<table class="heatmap">') == 1 and "rgba(30, 90, 200," in page
+    assert "src → tgt" in page
