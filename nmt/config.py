@@ -218,8 +218,8 @@ def check_range(key: str, value: float, bounds: tuple | None = None) -> None:
 
 def check_decode(decode: "DecodeConfig", tgt_vocab_size: int | None = None) -> None:
     """The decode section alone, and against a model's target vocabulary when it is known."""
-    for key in ("beam_size", "length_penalty", "max_length_ratio", "batch_size", "n_best"):
-        check_range(f"decode.{key}", getattr(decode, key))
+    for key in (k for k in RANGES if k.startswith("decode.")):
+        check_range(key, getattr(decode, key[len("decode."):]))
     if decode.n_best > decode.beam_size:
         raise ConfigError(f"decode.n_best: {decode.n_best} exceeds decode.beam_size ({decode.beam_size})")
     # The first step ranks 2 x beam_size candidates among the vocabulary's pieces.

@@ -125,7 +125,7 @@ class Server:
             return json.loads(await request.read())
         except web.HTTPRequestEntityTooLarge:
             raise BadRequest(413, f"request body: larger than {self.limits.max_body_bytes} bytes") from None
-        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
             raise BadRequest(400, f"request body: not valid JSON ({err})") from None
 
     def _job(self, body) -> Job:

@@ -31,6 +31,7 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +196,7 @@ class Trainer:
             save_config(cfg, run_dir / "config.yaml")
         self.corpus = Corpus(cfg, run_dir, reuse_vocab=resume, rank=self.rank, world=self.world)
         check_decode(cfg.decode, len(self.corpus.tgt_vocab))  # the final test's beam, before any work
-        make_model = lambda: Seq2Seq(cfg.model, len(self.corpus.src_vocab), len(self.corpus.tgt_vocab))
+        make_model = partial(Seq2Seq, cfg.model, len(self.corpus.src_vocab), len(self.corpus.tgt_vocab))
         check_fits(make_model, device)
         self.model = make_model().to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=fused_adam(device))

@@ -109,6 +109,7 @@ BAD = [
     (b'{"sentences": ["a"], "beam_size": 151}', 400, "too large for a target vocabulary"),
     (b'{"sentences": ["a"], "length_penalty": NaN}', 400, "must be a finite number"),
     (b'{"sentences": ["a"], "attention": "yes"}', 400, "attention: expected true or false"),
+    (b"[" * 5000 + b"]" * 5000, 400, "request body: not valid JSON"),  # nested deeper than Python recurses
     (json.dumps({"sentences": ["a"] * 51}).encode(), 413, "51 in one request, at most 50"),
     (json.dumps({"sentences": ["a " * 101]}).encode(), 413, "sentences[0]: 202 characters, at most 200"),
     (json.dumps({"sentences": ["a"], "pad": "x" * 30_000}).encode(), 413, "larger than 20000 bytes"),
