@@ -28,11 +28,12 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
-    """"best", "last" or a path -> an existing checkpoint file."""
+    """A name in the run's checkpoints folder ("best", "last", "averaged", "step-500") or a
+    path (with a "/" or ending in .pt) -> an existing checkpoint file."""
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run directory not found")
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") \
-        else Path(checkpoint)
+    is_path = "/" in checkpoint or checkpoint.endswith(".pt")
+    path = Path(checkpoint) if is_path else run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     return path

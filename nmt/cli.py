@@ -68,8 +68,12 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, help="sentences per batch")
     group.add_argument("--length-penalty", type=float)
     group.add_argument("--max-length-ratio", type=float)
-    group.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
+    group.add_argument("--checkpoint", default="best", help="best, last, averaged, step-N (names in "
+                       "RUN_DIR/checkpoints) or a checkpoint path")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    group.add_argument("--ensemble", nargs="+", default=[], metavar="RUN[:CKPT]",
+                       help="decode with these models too, their per-step log-probabilities averaged "
+                       "(same vocabularies; default checkpoint: best)")
     group.add_argument("--int8", action="store_true",
                        help="decode with int8 weights and row-wise int8 activations in the decoder's "
                        "cells and linear layers (CPU; torch >= 2.4); declined, with a warning, on CPUs "
@@ -161,7 +165,7 @@ def translate_main(argv: list[str] | None = None) -> int:
         refuse_output_that_is_an_input(args.output, [args.input], stdin=not args.input)
         if args.chunk_lines < 1:
             raise NmtError(f"--chunk-lines: {args.chunk_lines} is out of range; expected at least 1")
-        translator = Translator.load(args.run_dir, args.checkpoint, args.device, args.int8)
+        translator = Translator.load(args.run_dir, args.checkpoint, args.device, args.int8, args.ensemble)
         overrides = _decode_overrides(args)
         if (args.pieces or args.n_best != 1) and args.beam_size is None:  # wide enough for the n best
             overrides["beam_size"] = max(args.n_best, translator.decode.beam_size)
@@ -221,7 +225,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         from nmt.evaluate import evaluate, format_scores
 
         report = evaluate(args.run_dirs, args.hyp, args.split, args.src, args.ref, args.checkpoint,
-                          args.out, args.device, args.int8, **_decode_overrides(args))
+                          args.out, args.device, args.int8, args.ensemble, **_decode_overrides(args))
         if args.json:
             print(json.dumps(report, indent=2, ensure_ascii=False))
         else:
@@ -230,6 +234,39 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         return 0
 
     return _run("nmt-evaluate", main, evaluate_parser(), argv)
+
+
+def average_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nmt-average", description="Average checkpoints of one run into "
+                                "a checkpoint for decoding (default: RUN_DIR/checkpoints/averaged.pt).")
+    p.add_argument("run_dir")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--last", type=int, metavar="N", help="the N most recent kept checkpoints")
+    which.add_argument("--best", type=int, metavar="N", help="the N kept checkpoints with the best "
+                       "validation BLEU")
+    which.add_argument("--checkpoints", nargs="+", metavar="CKPT", help="these checkpoints (names or paths)")
+    p.add_argument("-o", "--output", help="where the averaged checkpoint goes")
+
+    def main(args):
+        from nmt.average import average, choose
+        from nmt.checkpoint import resolve_checkpoint, save_checkpoint
+        from nmt.io import refuse_output_that_is_an_input
+
+        run_dir = Path(args.run_dir)
+        if args.checkpoints:
+            paths = [resolve_checkpoint(run_dir, name) for name in args.checkpoints]
+        else:
+            if (args.last or args.best) < 1:
+                raise NmtError(f"--{'last' if args.last is not None else 'best'}: expected at least 1")
+            resolve_checkpoint(run_dir, "last")  # a run directory, with a run in it
+            paths = choose(run_dir, args.last or 0, args.best or 0)
+        output = Path(args.output or run_dir / "checkpoints" / "averaged.pt")
+        refuse_output_that_is_an_input(output, paths)
+        save_checkpoint(output, average(paths))
+        print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) into {output}")
+        return 0
+
+    return _run("nmt-average", main, p, argv)
 
 
 def serve_main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,8 @@ class TrainConfig:
     # kill loses at most these minutes of training (the result does not change); 0 = only
     # at validations and at the end.
     checkpoint_every_minutes: float = 5.0
+    # Keep the last N validation checkpoints as checkpoints/step-<step>.pt, for nmt-average; 0 = none.
+    keep_checkpoints: int = 0
 
 
 @dataclass
@@ -196,7 +198,7 @@ RANGES = {
     "model.decoder_hidden_size": (1, 16384), "model.dropout": (0.0, 0.99),
     "train.seed": (0, 2**32 - 1), "train.batch_size": (1, 10**8), "train.accumulate": (1, 10**6),
     "train.max_steps": (1, BIG), "train.max_epochs": (0, 10**9), "train.max_minutes": (0.0, 1e9),
-    "train.checkpoint_every_minutes": (0.0, 1e9),
+    "train.checkpoint_every_minutes": (0.0, 1e9), "train.keep_checkpoints": (0, 1000),
     "train.lr": ("(", 0.0, 100.0), "train.warmup_steps": (0, BIG), "train.lr_decay": ("(", 0.0, 1.0),
     "train.lr_patience": (1, 10**9), "train.min_lr": (0.0, 100.0), "train.clip_grad_norm": (0.0, 1e9),
     "train.label_smoothing": (0.0, 0.99), "train.valid_every": (1, BIG), "train.patience": (0, 10**9),

@@ -32,12 +32,12 @@ def test_set(cfg, split: str, src_file: str | None, ref_file: str | None
 
 
 def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best", device: str = "cpu",
-               int8: bool = False, **decode_overrides) -> System:
+               int8: bool = False, ensemble: list[str] = (), **decode_overrides) -> System:
     """Translate ``sources`` with a run; decode a few of them again, with the same settings,
     keeping the model's attention weights for the report's heatmaps."""
     from nmt.translate import Translator
 
-    translator = Translator.load(run_dir, checkpoint, device, int8)
+    translator = Translator.load(run_dir, checkpoint, device, int8, ensemble)
     decode = translator.settings(**decode_overrides)
     start = time.perf_counter()
     hypotheses = translator.translate(sources, beam_size=decode.beam_size, batch_size=decode.batch_size,
@@ -48,7 +48,8 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
     attention = [translator.alignment(sentence, hyps[0]) for sentence, hyps in
                  zip(picks, translator.hypotheses(picks, keep_attention=True, **asdict(decode)))]
     run, int8 = translator.run, translator.int8  # int8 is declined on CPUs without fast int8
-    name = f"{Path(run_dir).name}:{run.checkpoint.stem}" + (":int8" if int8 else "")
+    name = f"{Path(run_dir).name}:{run.checkpoint.stem}" + (":int8" if int8 else "") + \
+        "".join(f"+{member}" for member in ensemble)
     info = {"checkpoint": str(run.checkpoint), "step": run.step, "decode_seconds": round(seconds, 2),
             "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 1),
             "decoding": dict({k: v for k, v in asdict(decode).items() if k != "n_best"}, int8=int8)}
@@ -58,7 +59,7 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
 def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "test",
              src_file: str | None = None, ref_file: str | None = None, checkpoint: str = "best",
              out_dir: str | Path | None = None, device: str = "cpu", int8: bool = False,
-             **decode_overrides) -> dict:
+             ensemble: list[str] = (), **decode_overrides) -> dict:
     """Write a report on one or more systems: runs (translated here) and/or hypothesis files.
 
     The test set is ``src_file``/``ref_file`` or the first run's ``data.<split>``.
@@ -69,6 +70,8 @@ def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "
 
     if not run_dirs and not hyp_files:
         raise DataError("nothing to evaluate: give a run directory or a hypothesis file")
+    if ensemble and len(run_dirs) != 1:
+        raise DataError("--ensemble joins one run directory's model: give exactly one RUN_DIR")
     if run_dirs:
         config = Path(run_dirs[0]) / "config.yaml"
         if not config.is_file():
@@ -83,7 +86,7 @@ def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "
         if len(sources) != len(references):
             raise DataError(f"{src_file} has {len(sources)} lines but {ref_file} has {len(references)}")
         set_name = Path(ref_file).name
-    systems = [run_system(r, sources, checkpoint, device, int8, **decode_overrides) for r in run_dirs]
+    systems = [run_system(r, sources, checkpoint, device, int8, ensemble, **decode_overrides) for r in run_dirs]
     for path in hyp_files:
         hypotheses = read_lines(path)
         if len(hypotheses) != len(references):
@@ -97,7 +100,7 @@ def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "
         decoding = systems[0].info["decoding"]
         out_dir = (Path(run_dirs[0]) / "reports" /
                    f"{set_name}-{Path(systems[0].info['checkpoint']).stem}-beam{decoding['beam_size']}"
-                   f"{'-int8' if int8 else ''}")
+                   f"{'-int8' if int8 else ''}{f'-ensemble{len(ensemble) + 1}' if ensemble else ''}")
     title = f"Evaluation on {set_name}: " + ", ".join(s.name for s in systems)
     report = build_report(systems, sources, references, Path(out_dir), title)
     report["report_dir"] = str(out_dir)

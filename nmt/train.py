@@ -41,6 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nmt.average import step_checkpoints
 from nmt.checkpoint import check_vocab, load_checkpoint, save_checkpoint, vocab_record
 from nmt.config import Config, check_decode, save_config
 from nmt.data import Batch, Corpus, make_batch
@@ -379,10 +380,16 @@ class Trainer:
         log.info(f"step {state.step}: valid loss {result['loss']:.3f} ppl {result['ppl']:.2f} "
                  f"BLEU {result['bleu']:.2f}{' (best)' if improved else ''}; "
                  f"lr {self.learning_rate(state.step + 1):.2e}")
-        self.save([self.last_path, self.best_path] if improved else [self.last_path])
+        paths = [self.last_path, self.best_path] if improved else [self.last_path]
+        if tc.keep_checkpoints:  # for averaging (nmt.average)
+            paths.append(self.run_dir / "checkpoints" / f"step-{state.step}.pt")
+        self.save(paths, valid_bleu=result["bleu"])
+        if tc.keep_checkpoints and self.main:
+            for old in step_checkpoints(self.run_dir)[:-tc.keep_checkpoints]:
+                old.unlink()
         self._reset_window()  # validation time is not training speed
 
-    def save(self, paths: list[Path]) -> None:
+    def save(self, paths: list[Path], valid_bleu: float | None = None) -> None:
         """Every rank calls this (to share its RNG state); rank 0 writes ``paths``."""
         device = self.device
         rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
@@ -400,7 +407,8 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "train_state": train_state, "config": self.cfg.to_dict(), "bf16": self.bf16,
             "rng": {"cpu": [s[0] for s in states], "cuda": [s[1] for s in states]},
-            "vocab": {"src": vocab_record(self.corpus.src_vocab), "tgt": vocab_record(self.corpus.tgt_vocab)}}
+            "vocab": {"src": vocab_record(self.corpus.src_vocab), "tgt": vocab_record(self.corpus.tgt_vocab)},
+            "valid_bleu": valid_bleu}
         for path in paths:
             save_checkpoint(path, payload)
 

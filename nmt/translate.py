@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import logging
@@ -12,7 +12,8 @@ import torch
 from nmt.checkpoint import LoadedRun, load_run
 from nmt.device import fast_int8
 from nmt.config import DecodeConfig, decode_settings
-from nmt.errors import ConfigError
+from nmt.ensemble import Ensemble
+from nmt.errors import CheckpointError, ConfigError
 from nmt.data import source_tensor
 from nmt.model import Seq2Seq
 from nmt.quantize import quantize_int8
@@ -60,8 +61,12 @@ class Translator:
 
     @classmethod
     def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
-             int8: bool = False) -> "Translator":
-        """Load a run directory's ``best`` (or ``last``, or a given path) checkpoint.
+             int8: bool = False, ensemble: Sequence[str] = ()) -> "Translator":
+        """Load a run directory's ``best`` (or ``last``, ``averaged``, or a given path) checkpoint.
+
+        ``ensemble``: more models decoded together with this one (their per-step
+        log-probabilities averaged, ``nmt.ensemble``), each ``"RUN_DIR"`` (its best
+        checkpoint) or ``"RUN_DIR:CHECKPOINT"``; their vocabularies must be this run's.
 
         ``int8``: decode with int8 weights and row-wise int8 activations in the
         decoder's linear maps and cells (CPU only; see ``nmt.quantize``). On a
@@ -70,6 +75,16 @@ class Translator:
         decodes in float32; ``translator.int8`` says which ran.
         """
         run = load_run(run_dir, checkpoint, device)
+        if ensemble:
+            if int8:
+                raise ConfigError("int8 decoding of an ensemble is not supported; drop --int8")
+            members = [load_run(*_member(name), device) for name in ensemble]
+            for member in members:
+                for side in ("src_vocab", "tgt_vocab"):
+                    if getattr(member, side).fingerprint != getattr(run, side).fingerprint:
+                        raise CheckpointError(f"{member.checkpoint}: its {side[:3]} vocabulary differs from "
+                                              f"{run.checkpoint}'s; an ensemble needs one vocabulary")
+            run.model = Ensemble([run.model] + [member.model for member in members])
         if int8 and str(device) != "cpu":
             raise ConfigError("int8 decoding runs on the CPU only (use --device cpu)")
         if int8 and not fast_int8(torch.device("cpu")):
@@ -130,6 +145,14 @@ class Translator:
         return {"sentence": sentence, "source": self.src_vocab.pieces(src_ids),
                 "target": self.tgt_vocab.pieces(hyp.tokens + ([END] if ended else [])),
                 "weights": hyp.attention[:, :len(src_ids)].tolist()}
+
+
+def _member(name: str) -> tuple[str, str]:
+    """"RUN_DIR" or "RUN_DIR:CHECKPOINT" -> (run directory, checkpoint)."""
+    if ":" in name and not Path(name).is_dir():
+        run_dir, checkpoint = name.rsplit(":", 1)
+        return run_dir, checkpoint
+    return name, "best"
 
 
 def checked_sentences(sentences) -> list[str]:

@@ -65,7 +65,8 @@ def straight(reversal_data, tmp_path_factory):
 def test_checkpoints_by_time_change_nothing(reversal_data, straight, tmp_path, monkeypatch):
     saves = []
     original = Trainer.save
-    monkeypatch.setattr(Trainer, "save", lambda self, paths: (saves.append(self.state.step), original(self, paths)))
+    monkeypatch.setattr(Trainer, "save", lambda self, paths, **kw: (saves.append(self.state.step),
+                                                                    original(self, paths, **kw)))
     often = reversal_config(reversal_data, **dict(SMALL, train__checkpoint_every_minutes=1e-9))
     train(config_from_dict(often), tmp_path / "often")
     assert saves == list(range(1, 41)) + [40]  # every step (by time or at validations), and the end

@@ -1,0 +1,62 @@
+"""Checkpoint averaging: the element-wise mean of several checkpoints' weights, one model.
+
+Averaging the last few checkpoints of a run (or its best few by validation BLEU) usually
+gives a better model than any one of them: the weights of late training wander around a
+good point, and their mean sits nearer to it. The checkpoints must come from one model
+(the same model settings and vocabularies). The result is a checkpoint for decoding (no
+optimizer state: training does not resume from it); ``nmt-translate RUN --checkpoint
+averaged`` uses it.
+
+``train.keep_checkpoints: N`` makes a run keep its N most recent validation checkpoints
+as ``checkpoints/step-<step>.pt``, each with the validation BLEU it scored.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from nmt.checkpoint import load_checkpoint
+from nmt.errors import CheckpointError
+
+STEP_FILE = re.compile(r"step-(\d+)\.pt")
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's kept validation checkpoints, oldest first."""
+    found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step-*.pt")
+             if (m := STEP_FILE.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def choose(run_dir: Path, last: int = 0, best: int = 0) -> list[Path]:
+    """The ``last`` most recent, or the ``best`` highest-BLEU, of the kept checkpoints."""
+    kept = step_checkpoints(run_dir)
+    want = last or best
+    if len(kept) < want:
+        raise CheckpointError(f"{run_dir}/checkpoints: {len(kept)} kept checkpoints (step-*.pt), {want} "
+                              "wanted; train with train.keep_checkpoints of at least that")
+    if last:
+        return kept[-last:]
+    scored = [(load_checkpoint(p).get("valid_bleu", float("-inf")), -i, p) for i, p in enumerate(kept)]
+    return [p for _, _, p in sorted(scored, reverse=True)[:best]]
+
+
+def average(paths: list[Path]) -> dict:
+    """A decoding checkpoint whose weights are the mean of ``paths``' weights (in float64)."""
+    ckpts = [load_checkpoint(p) for p in paths]
+    first = ckpts[0]
+    for path, ckpt in zip(paths[1:], ckpts[1:]):
+        if ckpt["config"]["model"] != first["config"]["model"] or ckpt["vocab"] != first["vocab"]:
+            raise CheckpointError(f"{path}: another model or vocabulary than {paths[0]}; only "
+                                  "checkpoints of one model can be averaged")
+    model = {}
+    for key, value in first["model"].items():
+        if value.is_floating_point():
+            model[key] = (sum(c["model"][key].double() for c in ckpts) / len(ckpts)).to(value.dtype)
+        else:
+            model[key] = value
+    newest = max(ckpts, key=lambda c: c["train_state"]["step"])
+    return {"model": model, "config": first["config"], "vocab": first["vocab"],
+            "train_state": newest["train_state"], "averaged_from": [str(p) for p in paths]}
