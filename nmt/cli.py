@@ -68,6 +68,12 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, help="sentences per batch")
     group.add_argument("--length-penalty", type=float)
     group.add_argument("--max-length-ratio", type=float)
+    group.add_argument("--samples", type=int, help="N > 0: N random translations per line (tab-separated) "
+                       "instead of search")
+    group.add_argument("--temperature", type=float, help="sampling: < 1 sharper, > 1 flatter")
+    group.add_argument("--top-k", type=int, help="sampling: from the K most probable pieces (0: all)")
+    group.add_argument("--top-p", type=float, help="sampling: from the fewest pieces reaching this probability")
+    group.add_argument("--seed", type=int, help="sampling: the same seed gives the same samples")
     group.add_argument("--checkpoint", default="best", help="best, last, averaged, step-N (names in "
                        "RUN_DIR/checkpoints) or a checkpoint path")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
@@ -82,7 +88,9 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
 
 def _decode_overrides(args: argparse.Namespace) -> dict:
     return {"beam_size": args.beam_size, "batch_size": args.batch_size,
-            "length_penalty": args.length_penalty, "max_length_ratio": args.max_length_ratio}
+            "length_penalty": args.length_penalty, "max_length_ratio": args.max_length_ratio,
+            "samples": args.samples, "temperature": args.temperature, "top_k": args.top_k,
+            "top_p": args.top_p, "seed": args.seed}
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -189,6 +197,8 @@ def _translations(translator, lines: list[str], args: argparse.Namespace, overri
     """Output lines for ``lines``: translations, or n-best lists with scores, or pieces."""
     from nmt.vocab import END
 
+    if translator.settings(**overrides).samples:
+        return ["\t".join(texts) for texts in translator.sample(lines, **overrides)]
     if not (args.pieces or args.n_best != 1):
         return translator.translate(lines, **overrides)
     vocab, out = translator.tgt_vocab, []

@@ -111,6 +111,15 @@ class DecodeConfig:
     max_length_ratio: float = 2.0  # output at most ratio x source pieces + 5
     batch_size: int = 64  # sentences per decoding batch
     n_best: int = 1
+    # samples > 0: draw this many translations per sentence at random (instead of searching),
+    # from the model's distribution at this temperature, cut to the top_k pieces (0: all) and
+    # to the fewest pieces whose probability reaches top_p (1: all). A sentence's samples
+    # depend on the seed and the sentence alone, not on its batch.
+    samples: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
 
 
 @dataclass
@@ -205,6 +214,8 @@ RANGES = {
     "train.log_every": (1, BIG), "train.threads": (0, 1024),
     "decode.beam_size": (1, 1000), "decode.length_penalty": (0.0, 10.0),
     "decode.max_length_ratio": ("(", 0.0, 1000.0), "decode.batch_size": (1, 10**6), "decode.n_best": (1, 1000),
+    "decode.samples": (0, 1000), "decode.temperature": ("(", 0.0, 100.0), "decode.top_k": (0, 10**6),
+    "decode.top_p": ("(", 0.0, 1.0), "decode.seed": (0, 2**32 - 1),
 }
 
 

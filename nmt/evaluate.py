@@ -5,7 +5,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from nmt.errors import DataError
+from nmt.errors import ConfigError, DataError
 from nmt.io import read_lines
 from nmt.report import System, build_report
 
@@ -39,6 +39,8 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
 
     translator = Translator.load(run_dir, checkpoint, device, int8, ensemble)
     decode = translator.settings(**decode_overrides)
+    if decode.samples:
+        raise ConfigError("decode.samples: a report scores search output; draw samples with nmt-translate")
     start = time.perf_counter()
     hypotheses = translator.translate(sources, beam_size=decode.beam_size, batch_size=decode.batch_size,
                                       length_penalty=decode.length_penalty,

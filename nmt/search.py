@@ -57,10 +57,42 @@ def _hypotheses(tokens: torch.Tensor, steps: torch.Tensor, scores: torch.Tensor,
     return hyps
 
 
+@dataclass
+class Sampling:
+    """Draw each piece at random instead of taking the most probable one: from the model's
+    distribution flattened (temperature > 1) or sharpened (< 1), cut to the ``top_k`` most
+    probable pieces and to the fewest whose probability reaches ``top_p`` (0 and 1: no cut).
+
+    Each row draws its noise from a generator seeded by its own seed and the step, so a
+    sentence's sample depends on its seed alone, never on the rest of its batch.
+    """
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def pick(self, logp: torch.Tensor, seeds: list[int], step: int) -> torch.Tensor:
+        """logp: [A, V], a seed per row -> the sampled pieces [A] (the Gumbel-max trick)."""
+        scores = logp.float() / self.temperature
+        if 0 < self.top_k < scores.size(1):
+            kth = scores.topk(self.top_k, dim=1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            ordered, order = scores.sort(dim=1, descending=True)
+            probs = ordered.softmax(dim=1)
+            beyond = probs.cumsum(dim=1) - probs >= self.top_p  # the pieces before already reach top_p
+            scores = scores.masked_fill(beyond.scatter(1, order, beyond), float("-inf"))
+        noise = torch.stack([torch.rand(scores.size(1), device=scores.device, generator=torch.Generator(
+            scores.device).manual_seed((seed + step * 0x9E3779B97F4A7C15) % 2**63)) for seed in seeds])
+        return (scores - torch.log(-torch.log(noise.clamp_min(1e-12)))).argmax(dim=1)
+
+
 @torch.no_grad()
 def greedy_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.Tensor,
-                  max_length_ratio: float = 2.0, keep_attention: bool = False) -> list[Hypothesis]:
-    """Greedy decoding of a batch. src: [B, S] ids with end marker, lengths: [B]."""
+                  max_length_ratio: float = 2.0, keep_attention: bool = False,
+                  sampling: Sampling | None = None, seeds: list[int] | None = None) -> list[Hypothesis]:
+    """Greedy decoding of a batch (or, with ``sampling``, sampling with one seed per sentence).
+    src: [B, S] ids with end marker, lengths: [B]. A hypothesis's score is the model's
+    log-probability of its pieces."""
     memory, state = model.encode(src, lengths)
     (batch, source), device = src.shape, src.device
     max_lens = max_output_lengths(lengths, max_length_ratio)
@@ -74,7 +106,11 @@ def greedy_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch
     prev = src.new_full((batch,), END)
     for t in range(max(max_lens)):
         logp, state, weights = model.decode_step(prev, state, memory)
-        best, prev = logp.max(dim=-1)
+        if sampling is None:
+            best, prev = logp.max(dim=-1)
+        else:
+            prev = sampling.pick(logp, [seeds[i] for i in alive.tolist()], t)
+            best = logp.gather(1, prev[:, None]).squeeze(1)
         out[alive, t], ran[alive] = prev, t + 1
         total[alive] += best.double()
         if keep_attention:

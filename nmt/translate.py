@@ -1,6 +1,7 @@
 """Translating raw text with a trained run: the Python API behind ``nmt-translate``."""
 from __future__ import annotations
 
+import hashlib
 import numbers
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from nmt.errors import CheckpointError, ConfigError
 from nmt.data import source_tensor
 from nmt.model import Seq2Seq
 from nmt.quantize import quantize_int8
-from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.search import Hypothesis, Sampling, beam_search, greedy_search
 from nmt.vocab import END
 
 log = logging.getLogger("nmt")
@@ -31,6 +32,8 @@ def decode_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig
     Sentences are sorted by length before batching (less padding, and the
     batch shrinks evenly as sentences finish) and put back in order after.
     """
+    if decode.samples:
+        return sample_corpus(model, src_ids, decode, device, keep_attention)
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     for start in range(0, len(order), decode.batch_size):
@@ -45,6 +48,27 @@ def decode_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig
                                 decode.max_length_ratio, decode.n_best, keep_attention)
         for i, hyps in zip(index, found):
             results[i] = hyps
+    return results
+
+
+def sample_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig,
+                  device: torch.device | str = "cpu", keep_attention: bool = False
+                  ) -> list[list[Hypothesis]]:
+    """``decode.samples`` random translations of each sentence, in input order. Sample r of a
+    sentence is seeded by (decode.seed, the sentence's pieces, r): the same in any batch."""
+    rows = sorted(((i, r) for i in range(len(src_ids)) for r in range(decode.samples)),
+                  key=lambda row: len(src_ids[row[0]]))
+    sampling = Sampling(decode.temperature, decode.top_k, decode.top_p)
+    results: list[list[Hypothesis | None]] = [[None] * decode.samples for _ in src_ids]
+    for start in range(0, len(rows), decode.batch_size):
+        batch = rows[start:start + decode.batch_size]
+        src, lengths = source_tensor([src_ids[i] for i, _ in batch])
+        seeds = [int.from_bytes(hashlib.blake2b(f"{decode.seed}|{src_ids[i]}|{r}".encode(),
+                                                digest_size=8).digest(), "big") for i, r in batch]
+        found = greedy_search(model, src.to(device), lengths, decode.max_length_ratio, keep_attention,
+                              sampling, seeds)
+        for (i, r), hyp in zip(batch, found):
+            results[i][r] = hyp
     return results
 
 
@@ -116,13 +140,14 @@ class Translator:
 
     def translate(self, sentences: list[str] | str, beam_size: int | None = None,
                   batch_size: int | None = None, length_penalty: float | None = None,
-                  max_length_ratio: float | None = None) -> list[str] | str:
+                  max_length_ratio: float | None = None, **overrides) -> list[str] | str:
         """One translation per sentence, in order; an empty sentence gives "".
-        A single string gives a single string."""
+        A single string gives a single string. ``overrides``: other decode settings."""
         if isinstance(sentences, str):
-            return self.translate([sentences], beam_size, batch_size, length_penalty, max_length_ratio)[0]
+            return self.translate([sentences], beam_size, batch_size, length_penalty, max_length_ratio,
+                                  **overrides)[0]
         found = self.hypotheses(sentences, beam_size=beam_size, batch_size=batch_size, n_best=1,
-                                length_penalty=length_penalty, max_length_ratio=max_length_ratio)
+                                length_penalty=length_penalty, max_length_ratio=max_length_ratio, **overrides)
         return [self.tgt_vocab.decode([hyps[0].tokens])[0] if hyps else "" for hyps in found]
 
     def translate_nbest(self, sentences: list[str] | str, n_best: int, beam_size: int | None = None,
@@ -136,6 +161,17 @@ class Translator:
         found = self.hypotheses(sentences, beam_size=beam_size, n_best=n_best, **overrides)
         return [[(self.tgt_vocab.decode([h.tokens])[0], h.score) for h in hyps] for hyps in found]
 
+    def sample(self, sentences: list[str] | str, samples: int = 1, temperature: float | None = None,
+               top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+               **overrides) -> list[list[str]] | list[str]:
+        """``samples`` random translations of each sentence (e.g. for back-translation); an
+        empty sentence gives empty ones. The same seed gives the same samples in any batch."""
+        if isinstance(sentences, str):
+            return self.sample([sentences], samples, temperature, top_k, top_p, seed, **overrides)[0]
+        found = self.hypotheses(sentences, samples=samples, temperature=temperature, top_k=top_k,
+                                top_p=top_p, seed=seed, **overrides)
+        return [[self.tgt_vocab.decode([h.tokens])[0] for h in hyps] if hyps else [""] * samples
+                for hyps in found]
 
     def alignment(self, sentence: str, hyp: Hypothesis) -> dict:
         """A hypothesis kept with attention, as source pieces (end marker included), target
