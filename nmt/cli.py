@@ -43,9 +43,9 @@ def _report(prog: str, err: BaseException) -> int:
     if isinstance(err, BrokenPipeError):  # the reader went away (| head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
         return 141
-    status = 1 if _describe(err).startswith("internal error") else 2
-    print(f"{prog}: error: {' '.join(_describe(err).split())}", file=sys.stderr)
-    return status
+    message = _describe(err)
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1 if message.startswith("internal error") else 2
 
 
 def _describe(err: BaseException) -> str:
@@ -287,7 +287,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
+    p.add_argument("--checkpoint", default="best", help="best, last, averaged, step-N or a checkpoint path")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     for name, value in vars(Limits()).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,

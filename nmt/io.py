@@ -127,14 +127,17 @@ def read_lines(path: str | Path) -> list[str]:
 
     Raises DataError naming the file (and the line, for bad UTF-8).
     """
-    path = Path(path)
+    with _open_input(path) as f:
+        return decode_lines(f.read(), str(path))
+
+
+def _open_input(path: str | Path) -> BinaryIO:
     try:
-        data = path.read_bytes()
+        return open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a text file") from None
-    return decode_lines(data, str(path))
 
 
 def decode_lines(data: bytes, name: str) -> list[str]:
@@ -157,12 +160,7 @@ def read_chunks(path: str | None, size: int) -> Iterator[list[str]]:
     memory does not grow with the input; from a terminal one at a time, so that each typed
     line is answered. The file is opened now (a missing one is an error before any output);
     bad UTF-8 raises DataError naming the file and line when its chunk is read."""
-    try:
-        stream = open(path, "rb") if path else sys.stdin.buffer
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a text file") from None
+    stream = _open_input(path) if path else sys.stdin.buffer
     return _chunks(stream, path or "<stdin>", 1 if stream.isatty() else size, close=bool(path))
 
 
