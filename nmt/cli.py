@@ -66,7 +66,12 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decoding (defaults: the run's decode section)")
     group.add_argument("--beam-size", type=int, help="1 = greedy")
     group.add_argument("--batch-size", type=int, help="sentences per batch")
-    group.add_argument("--length-penalty", type=float)
+    group.add_argument("--length-penalty", type=float, help="beams: score / length ** L")
+    group.add_argument("--length-penalty-type", choices=("length", "gnmt"),
+                       help="gnmt: score / ((5 + length) / 6) ** L instead")
+    group.add_argument("--min-length", type=int, help="no end before this many output pieces")
+    group.add_argument("--no-repeat-ngram-size", type=int, metavar="N",
+                       help="no output holds the same N pieces in a row twice")
     group.add_argument("--max-length-ratio", type=float)
     group.add_argument("--samples", type=int, help="N > 0: N random translations per line (tab-separated) "
                        "instead of search")
@@ -89,7 +94,8 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
 def _decode_overrides(args: argparse.Namespace) -> dict:
     return {"beam_size": args.beam_size, "batch_size": args.batch_size,
             "length_penalty": args.length_penalty, "max_length_ratio": args.max_length_ratio,
-            "samples": args.samples, "temperature": args.temperature, "top_k": args.top_k,
+            "length_penalty_type": args.length_penalty_type, "min_length": args.min_length,
+            "no_repeat_ngram_size": args.no_repeat_ngram_size, "samples": args.samples, "temperature": args.temperature, "top_k": args.top_k,
             "top_p": args.top_p, "seed": args.seed}
 
 

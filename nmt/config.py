@@ -107,10 +107,15 @@ class TrainConfig:
 @dataclass
 class DecodeConfig:
     beam_size: int = 5  # 1 = greedy
-    length_penalty: float = 1.0  # beam score / length ** length_penalty
+    # Finished beams are ranked by score / length ** length_penalty ("length", as in Hugging
+    # Face) or score / ((5 + length) / 6) ** length_penalty ("gnmt", Wu et al. 2016).
+    length_penalty: float = 1.0
+    length_penalty_type: str = "length"
     max_length_ratio: float = 2.0  # output at most ratio x source pieces + 5
     batch_size: int = 64  # sentences per decoding batch
     n_best: int = 1
+    min_length: int = 0  # no end marker before this many output pieces (search and sampling)
+    no_repeat_ngram_size: int = 0  # n > 0: no output holds the same n pieces in a row twice
     # samples > 0: draw this many translations per sentence at random (instead of searching),
     # from the model's distribution at this temperature, cut to the top_k pieces (0: all) and
     # to the fewest pieces whose probability reaches top_p (1: all). A sentence's samples
@@ -139,6 +144,7 @@ CHOICES = {
     "model.attention": ("dot", "general", "mlp"),
     "train.batch_unit": ("tokens", "sentences"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "decode.length_penalty_type": ("length", "gnmt"),
 }
 
 
@@ -214,6 +220,7 @@ RANGES = {
     "train.log_every": (1, BIG), "train.threads": (0, 1024),
     "decode.beam_size": (1, 1000), "decode.length_penalty": (0.0, 10.0),
     "decode.max_length_ratio": ("(", 0.0, 1000.0), "decode.batch_size": (1, 10**6), "decode.n_best": (1, 1000),
+    "decode.min_length": (0, 10**6), "decode.no_repeat_ngram_size": (0, 10**6),
     "decode.samples": (0, 1000), "decode.temperature": ("(", 0.0, 100.0), "decode.top_k": (0, 10**6),
     "decode.top_p": ("(", 0.0, 1.0), "decode.seed": (0, 2**32 - 1),
 }

@@ -57,6 +57,39 @@ def _hypotheses(tokens: torch.Tensor, steps: torch.Tensor, scores: torch.Tensor,
     return hyps
 
 
+@dataclass(frozen=True)
+class Rules:
+    """What search may not emit, the same for every row: the end marker before ``min_length``
+    pieces, and (``no_repeat_ngram_size`` n > 0) a piece that would make an n-gram the
+    hypothesis already holds. Banned pieces get log-probability -inf before any choice;
+    the scores of the pieces chosen stay the model's."""
+    min_length: int = 0
+    no_repeat_ngram_size: int = 0
+
+    @property
+    def needs_history(self) -> bool:
+        return self.no_repeat_ngram_size > 0
+
+    def apply(self, logp: torch.Tensor, step: int, history: torch.Tensor | None) -> torch.Tensor:
+        """logp: [R, V] at decoder step ``step``; history: [R, step] each row's pieces so far."""
+        if step < self.min_length:
+            logp = logp.index_fill(1, torch.tensor([END], device=logp.device), float("-inf"))
+        n = self.no_repeat_ngram_size
+        if n and step >= n:  # each earlier n-gram whose first n - 1 pieces are the last n - 1
+            grams = history.unfold(1, n, 1)  # [R, step - n + 1, n]
+            same = (grams[:, :, :-1] == history[:, None, step - n + 1:]).all(2)
+            banned = torch.zeros_like(logp).scatter_add_(1, grams[:, :, -1], same.to(logp.dtype))
+            logp = logp.masked_fill(banned > 0, float("-inf"))
+        return logp
+
+
+def normalised_score(hyp: "Hypothesis", length_penalty: float, kind: str = "length") -> float:
+    """A finished hypothesis's rank: score / length ** alpha ("length") or score /
+    ((5 + length) / 6) ** alpha ("gnmt", Wu et al. 2016); the end marker counts as a step."""
+    length = len(hyp.tokens) + 1
+    return hyp.score / (length if kind == "length" else (5 + length) / 6) ** length_penalty
+
+
 @dataclass
 class Sampling:
     """Draw each piece at random instead of taking the most probable one: from the model's
@@ -89,7 +122,8 @@ class Sampling:
 @torch.no_grad()
 def greedy_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.Tensor,
                   max_length_ratio: float = 2.0, keep_attention: bool = False,
-                  sampling: Sampling | None = None, seeds: list[int] | None = None) -> list[Hypothesis]:
+                  sampling: Sampling | None = None, seeds: list[int] | None = None,
+                  rules: Rules = Rules()) -> list[Hypothesis]:
     """Greedy decoding of a batch (or, with ``sampling``, sampling with one seed per sentence).
     src: [B, S] ids with end marker, lengths: [B]. A hypothesis's score is the model's
     log-probability of its pieces."""
@@ -106,6 +140,7 @@ def greedy_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch
     prev = src.new_full((batch,), END)
     for t in range(max(max_lens)):
         logp, state, weights = model.decode_step(prev, state, memory)
+        logp = rules.apply(logp, t, out[alive, :t] if rules.needs_history else None)
         if sampling is None:
             best, prev = logp.max(dim=-1)
         else:
@@ -127,11 +162,12 @@ def greedy_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch
 @torch.no_grad()
 def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.Tensor, beam_size: int,
                 length_penalty: float = 1.0, max_length_ratio: float = 2.0, n_best: int = 1,
-                keep_attention: bool = False) -> list[list[Hypothesis]]:
+                keep_attention: bool = False, rules: Rules = Rules(),
+                length_penalty_type: str = "length") -> list[list[Hypothesis]]:
     """Beam search of a batch; returns the ``n_best`` hypotheses of each sentence, best first.
 
     Beams are ranked by their summed log-probability; finished hypotheses by
-    score / length ** length_penalty (ties: in the order they finished). A
+    ``normalised_score`` (ties: in the order they finished). A
     sentence is done when ``beam_size`` hypotheses have ended (an end marker
     among the top ``beam_size`` candidates ends one) or when it reaches its
     maximum length (all top ``beam_size`` candidates end). With beam_size 1
@@ -159,9 +195,10 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.T
     fin_steps, fin_rows = src.new_zeros(batch * per), src.new_zeros(batch * per)
     fin_last, fin_scores = src.new_zeros(batch * per), torch.zeros(batch * per, device=device)
     rank = torch.arange(2 * k, device=device)
-    prev = src.new_full((batch,), END)
+    prev, history = src.new_full((batch,), END), src.new_zeros((batch, 0))  # [R, t] if rules need it
     for t in range(max(max_lens)):
         logp, state, weights = model.decode_step(prev, state, memory)
+        logp = rules.apply(logp, t, history)
         path.attention.append(weights if keep_attention else None)
         vocab = logp.size(1)
         candidates = (scores.view(-1, 1) + logp).view(len(alive), width * vocab)
@@ -188,18 +225,17 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.T
                 x[still] for x in (alive, limit, done, pick, rows, tokens, top_scores))
         index, prev = rows.gather(1, pick).view(-1), tokens.gather(1, pick).view(-1)  # [A * k]
         scores, state = top_scores.gather(1, pick), state.select(index)
+        if rules.needs_history:
+            history = torch.cat([history[index], prev[:, None]], 1)
         path.pieces.append(prev)
         path.back.append(index)
         width = k
 
-    def normalised(hyp: Hypothesis) -> float:
-        length = len(hyp.tokens) + 1  # the end marker counts as a step
-        return hyp.score / length ** length_penalty
-
     fin_steps.view(batch, per)[:, -1] = 0  # the rows of candidates that went on
     pieces, attention = path.trace(fin_steps, fin_rows, fin_last, source)
     ended = _hypotheses(pieces, fin_steps, fin_scores, attention, per)
-    return [sorted(hyps, key=normalised, reverse=True)[:n_best] for hyps in ended]
+    rank_of = lambda hyp: normalised_score(hyp, length_penalty, length_penalty_type)  # noqa: E731
+    return [sorted(hyps, key=rank_of, reverse=True)[:n_best] for hyps in ended]
 
 
 class Backpointers:

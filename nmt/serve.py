@@ -1,7 +1,8 @@
 """``nmt-serve``: translations over HTTP (aiohttp), with requests batched together.
 
 - ``POST /translate`` ``{"sentences": [...], "beam_size": 5, "n_best": 1, "length_penalty": 1.0,
-  "max_length_ratio": 2.0, "attention": false}`` (every key but ``sentences`` optional) ->
+  "max_length_ratio": 2.0, "attention": false}`` (every key but ``sentences`` optional; also
+  ``length_penalty_type``, ``min_length``, ``no_repeat_ngram_size``) ->
   ``{"translations": [...]}``, plus ``"n_best": [[{"translation", "score"}, ...], ...]`` when
   ``n_best`` > 1 and ``"attention": [{"source", "target", "weights"}, ...]`` when asked.
 - ``GET /health`` -> ``{"status": "ok", "requests": ..., "batches": ...}``.
@@ -33,7 +34,8 @@ from nmt.config import check_range
 from nmt.errors import ConfigError, NmtError
 from nmt.translate import Translator, checked_sentences
 
-OPTIONS = ("beam_size", "n_best", "length_penalty", "max_length_ratio")  # batch_size is the server's
+OPTIONS = ("beam_size", "n_best", "length_penalty", "length_penalty_type", "max_length_ratio",
+           "min_length", "no_repeat_ngram_size")  # batch_size is the server's
 PAGE = Path(__file__).with_name("serve_page.html")
 
 
@@ -148,7 +150,7 @@ class Server:
         for i, sentence in enumerate(sentences):
             if len(sentence) > limits.max_chars:
                 raise BadRequest(413, f"sentences[{i}]: {len(sentence)} characters, at most {limits.max_chars}")
-        options = {k: body[k] for k in OPTIONS if k in body}
+        options = {k: body[k] for k in OPTIONS if body.get(k) is not None}  # null: the run's setting
         try:
             self.translator.settings(**options)
         except ConfigError as err:

@@ -18,7 +18,7 @@ from nmt.errors import CheckpointError, ConfigError
 from nmt.data import source_tensor
 from nmt.model import Seq2Seq
 from nmt.quantize import quantize_int8
-from nmt.search import Hypothesis, Sampling, beam_search, greedy_search
+from nmt.search import Hypothesis, Rules, Sampling, beam_search, greedy_search
 from nmt.vocab import END
 
 log = logging.getLogger("nmt")
@@ -36,16 +36,18 @@ def decode_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig
         return sample_corpus(model, src_ids, decode, device, keep_attention)
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
+    rules = Rules(decode.min_length, decode.no_repeat_ngram_size)
     for start in range(0, len(order), decode.batch_size):
         index = order[start:start + decode.batch_size]
         src, lengths = source_tensor([src_ids[i] for i in index])
         src = src.to(device)
         if decode.beam_size == 1:
             found = [[h] for h in greedy_search(model, src, lengths, decode.max_length_ratio,
-                                                keep_attention)]
+                                                keep_attention, rules=rules)]
         else:
             found = beam_search(model, src, lengths, decode.beam_size, decode.length_penalty,
-                                decode.max_length_ratio, decode.n_best, keep_attention)
+                                decode.max_length_ratio, decode.n_best, keep_attention, rules,
+                                decode.length_penalty_type)
         for i, hyps in zip(index, found):
             results[i] = hyps
     return results
@@ -66,7 +68,7 @@ def sample_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig
         seeds = [int.from_bytes(hashlib.blake2b(f"{decode.seed}|{src_ids[i]}|{r}".encode(),
                                                 digest_size=8).digest(), "big") for i, r in batch]
         found = greedy_search(model, src.to(device), lengths, decode.max_length_ratio, keep_attention,
-                              sampling, seeds)
+                              sampling, seeds, Rules(decode.min_length, decode.no_repeat_ngram_size))
         for (i, r), hyp in zip(batch, found):
             results[i][r] = hyp
     return results
@@ -172,6 +174,32 @@ class Translator:
                                 top_p=top_p, seed=seed, **overrides)
         return [[self.tgt_vocab.decode([h.tokens])[0] for h in hyps] if hyps else [""] * samples
                 for hyps in found]
+
+    def generate(self, sentences: list[str] | str, num_beams: int | None = None, num_return_sequences: int = 1,
+                 do_sample: bool = False, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, length_penalty: float | None = None,
+                 no_repeat_ngram_size: int | None = None, min_length: int | None = None,
+                 seed: int | None = None, **overrides) -> list[str]:
+        """Translation under the names of Hugging Face ``generate``: ``num_beams`` beams (1:
+        greedy), or with ``do_sample`` random samples (``temperature``, ``top_k``, ``top_p``,
+        ``seed``). Returns ``num_return_sequences`` translations per sentence, flat, as
+        ``batch_decode(model.generate(...))`` would: sentence i's at i*n .. i*n + n - 1.
+        A setting left None takes the run's decode section (unlike ``generate``, whose
+        ``top_k`` is 50 unless given)."""
+        sentences = [sentences] if isinstance(sentences, str) else sentences
+        n = num_return_sequences
+        if do_sample and num_beams not in (None, 1):
+            raise ConfigError("generate: do_sample with num_beams > 1 (beam sampling) is not supported")
+        if do_sample:
+            how = dict(samples=n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        else:
+            if num_beams is None and isinstance(n, int):  # the run's beam, wide enough for n
+                num_beams = max(self.decode.beam_size, n)
+            how = dict(samples=0, n_best=n, beam_size=num_beams)
+        found = self.hypotheses(sentences, length_penalty=length_penalty, min_length=min_length,
+                                no_repeat_ngram_size=no_repeat_ngram_size, **how, **overrides)
+        return [text for hyps in found
+                for text in (self.tgt_vocab.decode([h.tokens for h in hyps]) if hyps else [""] * n)]
 
     def alignment(self, sentence: str, hyp: Hypothesis) -> dict:
         """A hypothesis kept with attention, as source pieces (end marker included), target
