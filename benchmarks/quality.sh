@@ -6,9 +6,9 @@
 # checkpoints averaged are those with the best validation BLEU).
 #
 #   bash benchmarks/quality.sh gpu OUT_DIR     # one GPU: de->en and en->de, seeds 1-3, 6 minutes
-#                                              # of training each, all six at once (~8 min in all)
+#                                              # of training each, all six at once (7.2 min in all on an H100)
 #   bash benchmarks/quality.sh cpu OUT_DIR     # 2 CPU cores: configs/demo.yaml (de->en), one
-#                                              # model, 60 minutes of training (~65 min in all)
+#                                              # model, 60 minutes of training (61 min in all)
 #   bash benchmarks/quality.sh check OUT_DIR   # the gpu recipe's every step with a tiny model on
 #                                              # the CPU (checks the plumbing; numbers mean nothing)
 #
@@ -20,8 +20,8 @@ set -uo pipefail
 SECONDS=0
 recipe="${1:?usage: quality.sh gpu|cpu|check OUT_DIR}"
 out="${2:?usage: quality.sh gpu|cpu|check OUT_DIR}"
-mkdir -p "$out/eval" "$out/logs" && out="$(cd "$out" && pwd)"
-runs="${RUNS:-$out/runs}"
+mkdir -p "$out/eval" "$out/logs" && out="$(cd "$out" && pwd)" && rm -f "$out/FAILED"
+runs="$(realpath -m "${RUNS:-$out/runs}")"  # a relative RUNS: from where the script was called
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 py="${PYTHON:-python3}"
@@ -58,21 +58,22 @@ for dir in $directions; do
     pids+=($!)
   done
 done
-failed=0
+failed=0  # the exit status: 1 if any training, averaging or evaluation failed
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-echo "training done at $SECONDS s (failed: $failed)"
+echo "training done at $SECONDS s$( (( failed )) && echo ': a training FAILED, see logs/')"
 grep -h "^trained" "$out"/logs/*.log
 
 # 2. Per run: average its best kept checkpoints; score best and averaged (all runs at once)
 evaluate() {  # NAME RUN_DIR ARGS...: scripts/evaluate.py's JSON into eval/NAME.json
   local name=$1; shift
   "$py" scripts/evaluate.py "$@" --device "$device" --beam-size 5 --json > "$out/eval/$name.json" \
-    2> "$out/logs/eval-$name.log" || { echo "evaluation $name failed:"; tail -n 3 "$out/logs/eval-$name.log"; }
+    2> "$out/logs/eval-$name.log" || { echo "evaluation $name FAILED:"; tail -n 3 "$out/logs/eval-$name.log"
+                                       touch "$out/FAILED"; }
 }
 for dir in $directions; do
   for seed in $seeds; do
     name="$dir-s$seed"
-    ( "$py" scripts/average.py "$runs/$name" --best "$best" >> "$out/logs/$name.log" 2>&1
+    ( "$py" scripts/average.py "$runs/$name" --best "$best" >> "$out/logs/$name.log" 2>&1 || touch "$out/FAILED"
       evaluate "$name-averaged" "$runs/$name" --checkpoint averaged ) &
     evaluate "$name-best" "$runs/$name" &
   done
@@ -92,5 +93,7 @@ for dir in $directions; do
 done
 wait
 echo "ensembles scored at $SECONDS s"
-"$py" benchmarks/quality_summary.py "$out" "$runs" "$device"
-echo "quality.sh $recipe: $SECONDS s"
+"$py" benchmarks/quality_summary.py "$out" "$runs" "$device" || failed=1
+[[ -e "$out/FAILED" ]] && failed=1
+echo "quality.sh $recipe: $SECONDS s$( (( failed )) && echo '; something FAILED (exit status 1)')"
+exit "$failed"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from nmt.checkpoint import load_checkpoint
+from nmt.checkpoint import decoding_weights, load_checkpoint
 from nmt.errors import CheckpointError
 
 STEP_FILE = re.compile(r"step-(\d+)\.pt")
@@ -51,10 +51,11 @@ def average(paths: list[Path]) -> dict:
         if ckpt["config"]["model"] != first["config"]["model"] or ckpt["vocab"] != first["vocab"]:
             raise CheckpointError(f"{path}: another model or vocabulary than {paths[0]}; only "
                                   "checkpoints of one model can be averaged")
+    weights = [decoding_weights(c) for c in ckpts]  # the moving averages of runs with train.ema
     model = {}
-    for key, value in first["model"].items():
+    for key, value in weights[0].items():
         if value.is_floating_point():
-            model[key] = (sum(c["model"][key].double() for c in ckpts) / len(ckpts)).to(value.dtype)
+            model[key] = (sum(w[key].double() for w in weights) / len(weights)).to(value.dtype)
         else:
             model[key] = value
     newest = max(ckpts, key=lambda c: c["train_state"]["step"])

@@ -49,6 +49,12 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
     return ckpt
 
 
+def decoding_weights(ckpt: dict) -> dict:
+    """The weights a checkpoint decodes with: the moving average when it has one
+    (train.ema), else the trained weights."""
+    return ckpt.get("ema", ckpt["model"])
+
+
 def check_vocab(ckpt: dict, side: str, vocab: Vocab, path: Path) -> None:
     """Refuse a checkpoint whose vocabulary does not match the sentencepiece model beside it."""
     want = ckpt["vocab"][side]
@@ -84,6 +90,6 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
     check_vocab(ckpt, "src", src_vocab, path)
     check_vocab(ckpt, "tgt", tgt_vocab, path)
     model = Seq2Seq(cfg.model, len(src_vocab), len(tgt_vocab)).to(device)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(decoding_weights(ckpt))
     model.eval()
     return LoadedRun(cfg, model, src_vocab, tgt_vocab, path, ckpt["train_state"]["step"])

@@ -102,6 +102,11 @@ class TrainConfig:
     checkpoint_every_minutes: float = 5.0
     # Keep the last N validation checkpoints as checkpoints/step-<step>.pt, for nmt-average; 0 = none.
     keep_checkpoints: int = 0
+    # ema > 0: also keep an exponential moving average of the weights, updated after every step
+    # t as d * average + (1 - d) * weights with d = min(ema, (1 + t) / (10 + t)) (0.999: about
+    # the last 1,000 steps); validation, best.pt and decoding use the average, training goes
+    # on with the weights. 0 = off.
+    ema: float = 0.0
 
 
 @dataclass
@@ -114,7 +119,7 @@ class DecodeConfig:
     max_length_ratio: float = 2.0  # output at most ratio x source pieces + 5
     batch_size: int = 64  # sentences per decoding batch
     n_best: int = 1
-    min_length: int = 0  # no end marker before this many output pieces (search and sampling)
+    min_length: int = 0  # no end marker before this many output pieces (the maximum length wins)
     no_repeat_ngram_size: int = 0  # n > 0: no output holds the same n pieces in a row twice
     # samples > 0: draw this many translations per sentence at random (instead of searching),
     # from the model's distribution at this temperature, cut to the top_k pieces (0: all) and
@@ -214,6 +219,7 @@ RANGES = {
     "train.seed": (0, 2**32 - 1), "train.batch_size": (1, 10**8), "train.accumulate": (1, 10**6),
     "train.max_steps": (1, BIG), "train.max_epochs": (0, 10**9), "train.max_minutes": (0.0, 1e9),
     "train.checkpoint_every_minutes": (0.0, 1e9), "train.keep_checkpoints": (0, 1000),
+    "train.ema": (0.0, 0.999999),
     "train.lr": ("(", 0.0, 100.0), "train.warmup_steps": (0, BIG), "train.lr_decay": ("(", 0.0, 1.0),
     "train.lr_patience": (1, 10**9), "train.min_lr": (0.0, 100.0), "train.clip_grad_norm": (0.0, 1e9),
     "train.label_smoothing": (0.0, 0.99), "train.valid_every": (1, BIG), "train.patience": (0, 10**9),

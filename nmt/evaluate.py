@@ -42,9 +42,7 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
     if decode.samples:
         raise ConfigError("decode.samples: a report scores search output; draw samples with nmt-translate")
     start = time.perf_counter()
-    hypotheses = translator.translate(sources, beam_size=decode.beam_size, batch_size=decode.batch_size,
-                                      length_penalty=decode.length_penalty,
-                                      max_length_ratio=decode.max_length_ratio)
+    hypotheses = translator.translate(sources, **{k: v for k, v in asdict(decode).items() if k != "n_best"})
     seconds = time.perf_counter() - start
     picks = [s for s in sources if 6 <= len(s.split()) <= 14][:ATTENTION_EXAMPLES]
     attention = [translator.alignment(sentence, hyps[0]) for sentence, hyps in

@@ -21,6 +21,7 @@ Only rank 0 validates and writes checkpoints, logs and reports.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -204,6 +205,13 @@ class Trainer:
         self.state = TrainState()
         if ckpt is not None:
             self._restore(ckpt)
+        self.ema = None  # train.ema: the moving average of the weights, a model of its own
+        if tc.ema:
+            self.ema = copy.deepcopy(self.model).requires_grad_(False)
+            if ckpt is not None and "ema" in ckpt:
+                self.ema.load_state_dict(ckpt["ema"])
+            elif ckpt is not None:
+                log.warning("train.ema is new on this resume: the average starts from the current weights")
         self.n_params = sum(p.numel() for p in self.model.parameters())
         log.info(f"model: {self.n_params:,} parameters on {describe(device, self.bf16)}"
                  f"{f' x {self.world} processes' if self.world > 1 else ''}; run directory {run_dir}")
@@ -324,11 +332,23 @@ class Trainer:
         if tc.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm)
         self.optimizer.step()
+        if self.ema is not None:
+            self._update_ema()
         state.step += 1
         state.target_tokens += step_tokens
         state.sentences += sum(len(idx) for idx in group)
         self.window_tokens += step_tokens
         self.progress.update(1)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """average += (1 - decay) * (weights - average), with a decay that starts low (the
+        first steps' weights are soon forgotten) and grows to train.ema: min(ema, (1 + t) /
+        (10 + t)) after t steps. The step count is the host's: no device value is read."""
+        t = self.state.step
+        weight = 1.0 - min(self.cfg.train.ema, (1 + t) / (10 + t))
+        for average, param in zip(self.ema.parameters(), self.model.parameters()):
+            average.lerp_(param, weight)
 
     def _reset_window(self) -> None:
         self.window_loss = torch.zeros((), device=self.device)
@@ -362,7 +382,8 @@ class Trainer:
     def validate(self) -> None:
         """Validate (rank 0), update the learning-rate schedule and early stopping, checkpoint."""
         tc, state = self.cfg.train, self.state
-        result = broadcast(validate(self.model, self.corpus, self.cfg, self.device) if self.main else None,
+        model = self.model if self.ema is None else self.ema
+        result = broadcast(validate(model, self.corpus, self.cfg, self.device) if self.main else None,
                            self.world)
         _check_finite(result["loss"], state.step)  # before it could be saved
         self.record(**{f"valid_{key}": value for key, value in result.items()})
@@ -409,6 +430,8 @@ class Trainer:
             "rng": {"cpu": [s[0] for s in states], "cuda": [s[1] for s in states]},
             "vocab": {"src": vocab_record(self.corpus.src_vocab), "tgt": vocab_record(self.corpus.tgt_vocab)},
             "valid_bleu": valid_bleu}
+        if self.ema is not None:
+            payload["ema"] = self.ema.state_dict()
         for path in paths:
             save_checkpoint(path, payload)
 

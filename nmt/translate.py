@@ -178,13 +178,14 @@ class Translator:
     def generate(self, sentences: list[str] | str, num_beams: int | None = None, num_return_sequences: int = 1,
                  do_sample: bool = False, temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, length_penalty: float | None = None,
-                 no_repeat_ngram_size: int | None = None, min_length: int | None = None,
+                 no_repeat_ngram_size: int | None = None, min_new_tokens: int | None = None,
                  seed: int | None = None, **overrides) -> list[str]:
         """Translation under the names of Hugging Face ``generate``: ``num_beams`` beams (1:
         greedy), or with ``do_sample`` random samples (``temperature``, ``top_k``, ``top_p``,
         ``seed``). Returns ``num_return_sequences`` translations per sentence, flat, as
         ``batch_decode(model.generate(...))`` would: sentence i's at i*n .. i*n + n - 1.
-        A setting left None takes the run's decode section (unlike ``generate``, whose
+        ``min_new_tokens``: output pieces before the end may come (decode.min_length). A
+        setting left None takes the run's decode section (unlike ``generate``, whose
         ``top_k`` is 50 unless given)."""
         sentences = [sentences] if isinstance(sentences, str) else sentences
         n = num_return_sequences
@@ -196,7 +197,7 @@ class Translator:
             if num_beams is None and isinstance(n, int):  # the run's beam, wide enough for n
                 num_beams = max(self.decode.beam_size, n)
             how = dict(samples=0, n_best=n, beam_size=num_beams)
-        found = self.hypotheses(sentences, length_penalty=length_penalty, min_length=min_length,
+        found = self.hypotheses(sentences, length_penalty=length_penalty, min_length=min_new_tokens,
                                 no_repeat_ngram_size=no_repeat_ngram_size, **how, **overrides)
         return [text for hyps in found
                 for text in (self.tgt_vocab.decode([h.tokens for h in hyps]) if hyps else [""] * n)]

@@ -90,6 +90,11 @@ def test_gnmt_length_penalty_ranks_by_its_formula(translator):
                                           length_penalty_type="gnmt"):
             ranks = [normalised_score(h, alpha, "gnmt") for h in hyps]
             assert ranks == sorted(ranks, reverse=True)
+    # the same finished hypotheses, ranked by the two formulas: some sentence's n-best differs
+    how = dict(beam_size=4, n_best=4, length_penalty=3.0)
+    gnmt = translator.hypotheses(SENTENCES[:-1], length_penalty_type="gnmt", **how)
+    plain = translator.hypotheses(SENTENCES[:-1], length_penalty_type="length", **how)
+    assert any([h.tokens for h in a] != [h.tokens for h in b] for a, b in zip(gnmt, plain))
 
 
 def test_generate_speaks_hugging_face(translator):
@@ -100,7 +105,7 @@ def test_generate_speaks_hugging_face(translator):
     assert flat == [t for hyps in nbest for t, _ in hyps]
     drawn = translator.generate(text, do_sample=True, num_return_sequences=3, temperature=1.5, seed=9)
     assert drawn == [t for samples in translator.sample(text, 3, temperature=1.5, seed=9) for t in samples]
-    assert translator.generate(text[0], no_repeat_ngram_size=1, min_length=1) == translator.translate(
+    assert translator.generate(text[0], no_repeat_ngram_size=1, min_new_tokens=1) == translator.translate(
         text[:1], no_repeat_ngram_size=1, min_length=1)
     assert translator.generate(["", text[0]], num_beams=2, num_return_sequences=2)[:2] == ["", ""]
     with pytest.raises(ConfigError, match="beam sampling"):
@@ -124,3 +129,14 @@ def test_the_command_takes_the_controls(reversal_run, tmp_path, capsys):
     want = Translator.load(reversal_run).translate(SENTENCES[:10], no_repeat_ngram_size=1, min_length=2,
                                                    length_penalty_type="gnmt")
     assert (tmp_path / "out.txt").read_text().splitlines() == want
+
+
+def test_a_report_decodes_with_every_setting(reversal_run):
+    from nmt.evaluate import run_system
+
+    how = dict(no_repeat_ngram_size=1, min_length=2, length_penalty_type="gnmt", length_penalty=0.6)
+    system = run_system(reversal_run, SENTENCES[:20], **how)
+    translator = Translator.load(reversal_run)
+    assert system.hypotheses == translator.translate(SENTENCES[:20], **how)
+    assert system.hypotheses != translator.translate(SENTENCES[:20])  # the settings change something here
+    assert system.info["decoding"]["no_repeat_ngram_size"] == 1
