@@ -91,12 +91,13 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
                        "without fast int8 products (VNNI or AMX), where it would be slower than float32")
 
 
+DECODE_FLAGS = ("beam_size", "batch_size", "length_penalty", "length_penalty_type", "max_length_ratio",
+                "min_length", "no_repeat_ngram_size", "samples", "temperature", "top_k", "top_p", "seed")
+
+
 def _decode_overrides(args: argparse.Namespace) -> dict:
-    return {"beam_size": args.beam_size, "batch_size": args.batch_size,
-            "length_penalty": args.length_penalty, "max_length_ratio": args.max_length_ratio,
-            "length_penalty_type": args.length_penalty_type, "min_length": args.min_length,
-            "no_repeat_ngram_size": args.no_repeat_ngram_size, "samples": args.samples, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p, "seed": args.seed}
+    """The decode section's keys given as flags (None: not given)."""
+    return {key: getattr(args, key) for key in DECODE_FLAGS}
 
 
 def train_parser() -> argparse.ArgumentParser:
