@@ -39,7 +39,8 @@ def choose(run_dir: Path, last: int = 0, best: int = 0) -> list[Path]:
                               "wanted; train with train.keep_checkpoints of at least that")
     if last:
         return kept[-last:]
-    scored = [(load_checkpoint(p).get("valid_bleu", float("-inf")), -i, p) for i, p in enumerate(kept)]
+    scored = [(load_checkpoint(p, mmap=True).get("valid_bleu", float("-inf")), -i, p)  # no weights read
+              for i, p in enumerate(kept)]
     return [p for _, _, p in sorted(scored, reverse=True)[:best]]
 
 

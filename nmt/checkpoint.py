@@ -39,9 +39,10 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: Path, device: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """mmap: map the tensors' bytes instead of reading them (for a look at a few fields)."""
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or not {"model", "config", "vocab", "train_state"} <= ckpt.keys():
