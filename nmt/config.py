@@ -46,6 +46,13 @@ class DataConfig:
     # length ratio exceeds max_len_ratio, are dropped (and counted).
     max_len: int = 100
     max_len_ratio: float = 3.0
+    # sentencepiece trains on at most this many sentences (both sides together with a joint
+    # vocabulary), drawn at random with a fixed seed when the corpus has more; 0 = all.
+    spm_sample_sentences: int = 2_000_000
+    # Where the training data is kept prepared (encoded, filtered, memory-mapped), in a
+    # folder per fingerprint of the data and settings: "" = <run dir>/cache; a folder of
+    # yours lets several runs on the same data share one preparation.
+    cache_dir: str = ""
 
 
 # The defaults are the CPU settings that won the project's time-to-quality
@@ -213,6 +220,7 @@ def _merge(obj: Any, values: dict, prefix: str, where: str) -> None:
 BIG = 10**12
 RANGES = {
     "data.vocab_size": (1, 1_000_000), "data.max_len": (1, 100_000), "data.max_len_ratio": (1.0, 1e6),
+    "data.spm_sample_sentences": (0, 10**12),
     "model.embedding_size": (1, 16384), "model.encoder_layers": (1, 64),
     "model.encoder_hidden_size": (1, 16384), "model.decoder_layers": (1, 64),
     "model.decoder_hidden_size": (1, 16384), "model.dropout": (0.0, 0.99),

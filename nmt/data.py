@@ -1,4 +1,4 @@
-"""Corpora: loading parallel text, length filtering, token-based batching.
+"""Corpora: reading parallel text (whole, or streamed in chunks), length filtering, token-based batching.
 
 A batch carries the source with the end marker appended (the encoder reads
 ``A B C _``), the decoder input that starts with the end marker (``_ x y``)
@@ -6,26 +6,148 @@ and the decoder target that ends with it (``x y _``) -- docs/model.md §3.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from nmt.config import Config, DataConfig
+from nmt.config import DataConfig
 from nmt.errors import ConfigError, DataError
-from nmt.io import read_lines
-from nmt.vocab import END, PAD, Vocab, train_vocab, vocab_paths
+from nmt.io import open_input, read_chunks, read_lines
+from nmt.vocab import END, PAD
 
 log = logging.getLogger("nmt")
 
 FILE_LOADERS = ("json", "csv", "parquet")
+CHUNK = 50_000  # sentences read, encoded and filtered at a time: memory stays flat for any corpus
+
+
+def file_identity(path: Path) -> dict:
+    """What a file holds: its size, line count and full sha256, in one streaming pass.
+
+    A full hash, not a sample of the file: it runs at about 1.9 GB/s (0.7 s for a 5M-pair
+    corpus, a small part of a start) and sees any change, also one that keeps the size and
+    modification time (``cp -p``, ``rsync -t``, an edit in place); a copied or moved corpus
+    keeps its identity."""
+    digest, lines, last = hashlib.sha256(), 0, b"\n"
+    with open_input(path) as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return {"size": path.stat().st_size, "lines": lines + (last != b"\n"), "sha256": digest.hexdigest()}
+
+
+def _stat(path: Path) -> tuple:
+    st = path.stat()  # ctime: any write changes it, and no user tool can set it back
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+class TextPairs:
+    """Line-aligned files ``<prefix>.<src_lang>`` and ``<prefix>.<tgt_lang>``, streamed."""
+
+    def __init__(self, cfg: DataConfig, prefix: str):
+        self.paths = [Path(f"{prefix}.{cfg.src_lang}"), Path(f"{prefix}.{cfg.tgt_lang}")]
+        self.where = str(self.paths[0])
+        self.stats: list[tuple] = []
+
+    def identity(self) -> dict:
+        """The content that a prepared corpus is keyed by (and, in ``pairs``, its size);
+        raises DataError for misaligned files."""
+        self.stats = [_stat(p) for p in self.paths]
+        files = [file_identity(p) for p in self.paths]
+        (src, tgt), (n_src, n_tgt) = self.paths, (f["lines"] for f in files)
+        if n_src != n_tgt:
+            raise DataError(f"{src} has {n_src} lines but {tgt} has {n_tgt}: "
+                            "parallel files must be line-aligned")
+        return {"loader": "text", "files": files, "pairs": n_src}
+
+    def side(self, which: int, size: int = CHUNK) -> Iterator[list[str]]:
+        """The sentences of one side (0: source, 1: target), ``size`` at a time."""
+        return read_chunks(str(self.paths[which]), size)
+
+    def check_unchanged(self) -> None:
+        for path, before in zip(self.paths, self.stats):
+            if _stat(path) != before:
+                raise DataError(f"{path}: changed while it was read; run again")
+
+
+class DatasetPairs:
+    """A split read through Hugging Face ``datasets`` (memory-mapped Arrow), streamed in batches."""
+
+    def __init__(self, cfg: DataConfig, split: str):
+        self.cfg, self.split = cfg, split
+        self.data, self.where = _load_dataset(cfg, split)
+        self.fields = (cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang)
+        self.file = Path(split) if cfg.loader in FILE_LOADERS else None
+        self.stats: list[tuple] = []
+
+    def identity(self) -> dict:
+        if self.file is not None:
+            self.stats = [_stat(self.file)]
+            origin = file_identity(self.file)
+        else:  # datasets' own fingerprint of the dataset it loaded
+            origin = {"config": self.cfg.hub_config, "split": self.split,
+                      "fingerprint": self.data._fingerprint}
+        return {"loader": self.cfg.loader, "fields": self.fields, "origin": origin,
+                "pairs": self.data.num_rows}
+
+    def side(self, which: int, size: int = CHUNK) -> Iterator[list[str]]:
+        field = self.fields[which]
+        top = field.split(".")[0]
+        for first, batch in zip(itertools.count(1, size), self.data.iter(batch_size=size)):
+            if top not in batch:
+                raise DataError(f"{self.where}: record {first}: no field {field!r}")
+            yield [_field({top: value}, field, f"{self.where}: record {first + k}")
+                   for k, value in enumerate(batch[top])]
+
+    def check_unchanged(self) -> None:
+        if self.file is not None and _stat(self.file) != self.stats[0]:
+            raise DataError(f"{self.file}: changed while it was read; run again")
+
+
+def pair_source(cfg: DataConfig, split: str) -> TextPairs | DatasetPairs:
+    return TextPairs(cfg, split) if cfg.loader == "text" else DatasetPairs(cfg, split)
+
+
+def input_files(cfg: DataConfig) -> list[Path]:
+    """The local files that the run's splits (train, valid, test) name."""
+    splits = [s for s in (cfg.train, cfg.valid, cfg.test) if s]
+    if cfg.loader == "text":
+        return [Path(f"{s}.{lang}") for s in splits for lang in (cfg.src_lang, cfg.tgt_lang)]
+    return [Path(s) for s in splits] if cfg.loader in FILE_LOADERS else []
+
+
+def check_inputs(cfg: DataConfig) -> None:
+    """Every input file exists and can be read: checked before any work."""
+    for path in input_files(cfg):
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, expected a data file")
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        if not os.access(path, os.R_OK):
+            raise DataError(f"{path}: permission denied; check the permissions of the file")
+
+
+def absolute_paths(cfg: DataConfig) -> DataConfig:
+    """``cfg`` with its file paths made absolute (relative ones: to the current directory), so
+    that a run directory's config works from any directory; hub dataset names stay as they are."""
+    absolute = lambda s: os.path.abspath(s) if s else s  # noqa: E731
+    files = cfg.loader == "text" or cfg.loader in FILE_LOADERS
+    named = cfg.loader in ("text", *FILE_LOADERS) or not Path(cfg.loader).is_dir()
+    loader = cfg.loader if named else absolute(cfg.loader)  # a local dataset folder
+    splits = {k: absolute(getattr(cfg, k)) for k in ("train", "valid", "test")} if files else {}
+    return replace(cfg, loader=loader, cache_dir=absolute(cfg.cache_dir), **splits)
 
 
 def load_split(cfg: DataConfig, split: str, which: str = "split") -> tuple[list[str], list[str]]:
-    """The (source, target) sentences of one split, as raw text.
+    """The (source, target) sentences of one (small: validation or test) split, as raw text.
 
     ``split`` is a file prefix (loader "text"), a data file (json, csv,
     parquet) or a split name of a hub / local dataset folder.
@@ -39,7 +161,8 @@ def load_split(cfg: DataConfig, split: str, which: str = "split") -> tuple[list[
                             "parallel files must be line-aligned")
         where = str(src_path)
     else:
-        src, tgt = _load_dataset(cfg, split)
+        source = DatasetPairs(cfg, split)
+        src, tgt = (list(itertools.chain.from_iterable(source.side(k))) for k in (0, 1))
         where = split
     if not src:
         raise DataError(f"{where}: the {which} corpus is empty")
@@ -57,8 +180,9 @@ def _field(record: dict, dotted: str, where: str) -> str:
     return value
 
 
-def _load_dataset(cfg: DataConfig, split: str) -> tuple[list[str], list[str]]:
-    """Read a split through Hugging Face ``datasets`` (an optional extra, imported only when used)."""
+def _load_dataset(cfg: DataConfig, split: str):
+    """A split through Hugging Face ``datasets`` (an optional extra, imported only when used),
+    and how to name it in messages."""
     try:
         import datasets
     except ImportError:
@@ -70,51 +194,41 @@ def _load_dataset(cfg: DataConfig, split: str) -> tuple[list[str], list[str]]:
         if cfg.loader in FILE_LOADERS:
             if not Path(split).is_file():
                 raise DataError(f"{split}: file not found")
-            data = datasets.load_dataset(cfg.loader, data_files=split, split="train")
-            where = split
-        else:
-            data = datasets.load_dataset(cfg.loader, cfg.hub_config or None, split=split)
-            where = f"{cfg.loader}[{split}]"
+            return datasets.load_dataset(cfg.loader, data_files=split, split="train"), split
+        return (datasets.load_dataset(cfg.loader, cfg.hub_config or None, split=split),
+                f"{cfg.loader}[{split}]")
     except DataError:
         raise
     except Exception as err:  # datasets raises many types; the message is what helps
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{split}: cannot load with datasets ({cfg.loader}): {first}") from None
-    src_field = cfg.src_field or cfg.src_lang
-    tgt_field = cfg.tgt_field or cfg.tgt_lang
-    src, tgt = [], []
-    for row, record in enumerate(data, 1):
-        src.append(_field(record, src_field, f"{where}: record {row}"))
-        tgt.append(_field(record, tgt_field, f"{where}: record {row}"))
-    return src, tgt
 
 
-def filter_pairs(src_ids: list[list[int]], tgt_ids: list[list[int]], max_len: int,
-                 max_ratio: float) -> tuple[list[int], dict]:
-    """Indices of the pairs to train on, and counts of what was dropped and why."""
-    keep, counts = [], {"kept": 0, "empty": 0, "too_long": 0, "bad_ratio": 0}
-    for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
-        if not s or not t:
-            counts["empty"] += 1
-        elif len(s) > max_len or len(t) > max_len:
-            counts["too_long"] += 1
-        elif max(len(s), len(t)) > max_ratio * min(len(s), len(t)):
-            counts["bad_ratio"] += 1
-        else:
-            keep.append(i)
-    counts["kept"] = len(keep)
-    return keep, counts
+def length_filter(src_lens: np.ndarray, tgt_lens: np.ndarray, max_len: int,
+                  max_ratio: float) -> tuple[np.ndarray, dict]:
+    """The mask of the pairs to train on, and counts of what was dropped and why."""
+    empty = (src_lens == 0) | (tgt_lens == 0)
+    too_long = ~empty & ((src_lens > max_len) | (tgt_lens > max_len))
+    bad_ratio = ~empty & ~too_long & (np.maximum(src_lens, tgt_lens) > max_ratio * np.minimum(src_lens, tgt_lens))
+    keep = ~(empty | too_long | bad_ratio)
+    return keep, {"kept": int(keep.sum()), "empty": int(empty.sum()), "too_long": int(too_long.sum()),
+                  "bad_ratio": int(bad_ratio.sum())}
 
 
 class Pieces:
-    """Sentences of piece ids in one flat array, so that a batch is padded with
-    a few array operations instead of a Python loop over its sentences."""
+    """Sentences of piece ids in one flat array (``offsets`` and ``lengths`` index it), so that a
+    batch is padded with a few array operations instead of a Python loop over its sentences.
+    The arrays may be memory-mapped files (nmt.corpus)."""
 
-    def __init__(self, seqs: list[list[int]]):
-        self.lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-        self.flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64,
-                                count=int(self.lengths.sum()))
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
+        self.flat, self.offsets, self.lengths = flat, offsets, lengths
+
+    @classmethod
+    def of(cls, seqs: list[list[int]]) -> "Pieces":
+        lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        return cls(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64,
+                               count=int(lengths.sum())), offsets, lengths)
 
     def padded(self, idx: np.ndarray, end_first: bool) -> np.ndarray:
         """Sentences ``idx`` as a [B, longest + 1] array with the end marker first
@@ -152,18 +266,18 @@ def batch_of(src: Pieces, tgt: Pieces, idx: np.ndarray) -> Batch:
     tgt_out = tgt.padded(idx, end_first=False)
     positions = np.flatnonzero(tgt_out != PAD)
     return Batch(torch.from_numpy(src.padded(idx, end_first=False)),
-                 src.lengths[idx] + 1, torch.from_numpy(tgt.padded(idx, end_first=True)),
+                 src.lengths[idx].astype(np.int64) + 1, torch.from_numpy(tgt.padded(idx, end_first=True)),
                  torch.from_numpy(tgt_out), torch.from_numpy(positions), len(positions))
 
 
 def source_tensor(src: list[list[int]]) -> tuple[torch.Tensor, np.ndarray]:
     """Source ids -> ([B, S] padded ids with the end marker, [B] lengths on the host)."""
-    pieces, idx = Pieces(src), np.arange(len(src))
+    pieces, idx = Pieces.of(src), np.arange(len(src))
     return torch.from_numpy(pieces.padded(idx, end_first=False)), pieces.lengths + 1
 
 
 def make_batch(src: list[list[int]], tgt: list[list[int]]) -> Batch:
-    return batch_of(Pieces(src), Pieces(tgt), np.arange(len(src)))
+    return batch_of(Pieces.of(src), Pieces.of(tgt), np.arange(len(src)))
 
 
 def epoch_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, batch_size: int, unit: str,
@@ -174,73 +288,27 @@ def epoch_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, batch_size: int, u
     sentences of similar length and little padding; the batch order is then
     shuffled. Everything depends only on (seed, epoch), so a resumed run sees
     exactly the batches it would have seen.
+
+    A batch takes examples in sorted order until one more would put it over
+    ``batch_size`` (sentences, or sentences x its longest side + 1 in tokens).
+    Each cut is found with array operations on the window that can hold the batch,
+    so an epoch costs one step per batch, not per example.
     """
     rng = np.random.default_rng([seed, epoch])
     order = np.lexsort((rng.random(len(src_lens)), tgt_lens, src_lens))
-    batches, start = [], 0
-    longest = 0
-    for pos, i in enumerate(order):
-        longest = max(longest, src_lens[i] + 1, tgt_lens[i] + 1)
-        n = pos - start + 1
-        size = n * longest if unit == "tokens" else n
-        if size > batch_size and n > 1:
-            batches.append(order[start:pos])
-            start, longest = pos, max(src_lens[i], tgt_lens[i]) + 1
-    batches.append(order[start:])
+    longest = np.maximum(src_lens, tgt_lens)[order].astype(np.int64) + 1
+    starts, start = [], 0
+    while True:
+        starts.append(start)
+        # No batch holds more than this many: even at its first example's length it would be over.
+        fits = batch_size // longest[start] + 1 if unit == "tokens" else batch_size + 1
+        window = longest[start:start + max(fits, 2)]
+        counts = np.arange(1, len(window) + 1)
+        size = counts * np.maximum.accumulate(window) if unit == "tokens" else counts
+        over = np.flatnonzero(size[1:] > batch_size)  # a batch always takes its first example
+        if not len(over):
+            break  # the window reached the end of the epoch
+        start += int(over[0]) + 1
+    batches = np.split(order, starts[1:])
     perm = rng.permutation(len(batches))
     return [batches[j] for j in perm]
-
-
-class Corpus:
-    """A run's training data as piece ids (length-filtered), its validation
-    data, and its vocabularies (trained on the training side, or read back
-    from the run directory on --resume; under torchrun rank 0 trains them)."""
-
-    def __init__(self, cfg: Config, run_dir: Path, reuse_vocab: bool, rank: int = 0, world: int = 1):
-        data = cfg.data
-        train_src, train_tgt = load_split(data, data.train, "training")
-        src_path, tgt_path = vocab_paths(run_dir, data.joint_vocab)
-        if world > 1:
-            import torch.distributed as dist
-            if rank == 0 and not reuse_vocab:
-                self._train_vocabs(data, train_src, train_tgt, src_path, tgt_path)
-            dist.barrier()
-            reuse_vocab = True
-        if reuse_vocab:
-            self.src_vocab, self.tgt_vocab = Vocab(src_path), Vocab(tgt_path)
-        else:
-            self._train_vocabs(data, train_src, train_tgt, src_path, tgt_path)
-        src_ids, tgt_ids = self.src_vocab.encode(train_src), self.tgt_vocab.encode(train_tgt)
-        keep, counts = filter_pairs(src_ids, tgt_ids, data.max_len, data.max_len_ratio)
-        log.info(f"training pairs: {len(src_ids)} read, {counts['kept']} kept, dropped "
-                 f"{counts['empty']} empty, {counts['too_long']} longer than {data.max_len} pieces, "
-                 f"{counts['bad_ratio']} with length ratio over {data.max_len_ratio}")
-        if not keep:
-            raise DataError(f"{data.train}: no training pair left after length filtering")
-        self.filter_counts = counts
-        self.src = Pieces([src_ids[i] for i in keep])
-        self.tgt = Pieces([tgt_ids[i] for i in keep])
-        log.info(f"vocabulary: {len(self.src_vocab)} source, {len(self.tgt_vocab)} target pieces")
-        self.valid_src_text, self.valid_ref = (load_split(data, data.valid, "validation")
-                                               if data.valid else ([], []))
-        self.valid_src = self.src_vocab.encode(self.valid_src_text)
-        self.valid_tgt = self.tgt_vocab.encode(self.valid_ref)
-
-    def _train_vocabs(self, data: DataConfig, train_src: list[str], train_tgt: list[str],
-                      src_path: Path, tgt_path: Path) -> None:
-        if data.joint_vocab:
-            self.src_vocab = self.tgt_vocab = train_vocab(train_src + train_tgt, src_path,
-                                                          data.vocab_size, data.subword_type)
-        else:
-            self.src_vocab = train_vocab(train_src, src_path, data.vocab_size, data.subword_type)
-            self.tgt_vocab = train_vocab(train_tgt, tgt_path, data.vocab_size, data.subword_type)
-
-    def batch(self, idx: np.ndarray) -> Batch:
-        return batch_of(self.src, self.tgt, idx)
-
-    def target_tokens(self, batches: list[np.ndarray]) -> int:
-        """Real target tokens (end markers included) of ``batches``, counted on the host."""
-        return int(sum(self.tgt.lengths[idx].sum() + len(idx) for idx in batches))
-
-    def epoch(self, batch_size: int, unit: str, seed: int, epoch: int) -> list[np.ndarray]:
-        return epoch_batches(self.src.lengths, self.tgt.lengths, batch_size, unit, seed, epoch)

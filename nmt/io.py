@@ -127,11 +127,11 @@ def read_lines(path: str | Path) -> list[str]:
 
     Raises DataError naming the file (and the line, for bad UTF-8).
     """
-    with _open_input(path) as f:
+    with open_input(path) as f:
         return decode_lines(f.read(), str(path))
 
 
-def _open_input(path: str | Path) -> BinaryIO:
+def open_input(path: str | Path) -> BinaryIO:
     try:
         return open(path, "rb")
     except FileNotFoundError:
@@ -160,7 +160,7 @@ def read_chunks(path: str | None, size: int) -> Iterator[list[str]]:
     memory does not grow with the input; from a terminal one at a time, so that each typed
     line is answered. The file is opened now (a missing one is an error before any output);
     bad UTF-8 raises DataError naming the file and line when its chunk is read."""
-    stream = _open_input(path) if path else sys.stdin.buffer
+    stream = open_input(path) if path else sys.stdin.buffer
     return _chunks(stream, path or "<stdin>", 1 if stream.isatty() else size, close=bool(path))
 
 

@@ -45,7 +45,8 @@ from tqdm import tqdm
 from nmt.average import step_checkpoints
 from nmt.checkpoint import check_vocab, load_checkpoint, save_checkpoint, vocab_record
 from nmt.config import Config, check_decode, save_config
-from nmt.data import Batch, Corpus, make_batch
+from nmt.corpus import Corpus
+from nmt.data import Batch, absolute_paths, check_inputs, make_batch
 from nmt.device import check_fits, describe, fused_adam, pick_device, set_tf32, use_bf16
 from nmt.errors import CheckpointError, ConfigError, NmtError
 from nmt.io import write_text
@@ -174,6 +175,8 @@ class Trainer:
     """One run: model, optimizer, data and state, and the pieces of the loop."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool):
+        # The run's config.yaml names its files by absolute paths: --resume works from anywhere.
+        cfg = replace(cfg, data=absolute_paths(cfg.data))
         self.cfg, self.run_dir, tc = cfg, run_dir, cfg.train
         self.last_path, self.best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
         if resume and not self.last_path.is_file():
@@ -181,6 +184,7 @@ class Trainer:
         if not resume and self.last_path.exists():
             raise CheckpointError(f"{run_dir}: already holds a run; pass --resume to continue it "
                                   "or choose another run directory")
+        check_inputs(cfg.data)  # a missing validation or test file, before the training data is read
         self.device = device = pick_device(tc.device)
         self.bf16 = use_bf16(tc.precision, device)  # refuses bf16 without hardware support, before any work
         set_tf32(device, tc.tf32)
@@ -248,13 +252,17 @@ class Trainer:
     def _resume_checkpoint(self) -> dict:
         """last.pt, after checking that nothing that shapes the run has changed."""
         ckpt = load_checkpoint(self.last_path, self.device)
-        # These shape the model, the vocabulary and the epoch's batch list.
-        fixed = [("data", k) for k in ckpt["config"]["data"] if k not in ("valid", "test")] + \
+        # These shape the model, the vocabulary and the epoch's batch list. (The vocabulary is
+        # the run's own on a resume: the sample it was trained on no longer matters.)
+        loose = ("valid", "test", "cache_dir", "spm_sample_sentences")
+        fixed = [("data", k) for k in ckpt["config"]["data"] if k not in loose] + \
                 [("model", k) for k in ckpt["config"]["model"]] + \
                 [("train", k) for k in ("seed", "batch_size", "batch_unit")]
         for section, key in fixed:
-            value = ckpt["config"][section][key]
-            if getattr(getattr(self.cfg, section), key) != value:
+            value, now = ckpt["config"][section][key], getattr(getattr(self.cfg, section), key)
+            if key in ("train", "loader") and isinstance(value, str) and os.path.abspath(value) == now:
+                continue  # a run from before paths were recorded as absolute
+            if now != value:
                 raise CheckpointError(f"{self.last_path}: {section}.{key} was {value!r} in this run; "
                                       "it cannot change on --resume")
         return ckpt
@@ -262,6 +270,9 @@ class Trainer:
     def _restore(self, ckpt: dict) -> None:
         check_vocab(ckpt, "src", self.corpus.src_vocab, self.last_path)
         check_vocab(ckpt, "tgt", self.corpus.tgt_vocab, self.last_path)
+        if ckpt.get("corpus", self.corpus.fingerprint) != self.corpus.fingerprint:
+            log.warning(f"the training data changed since {self.last_path} was written (now "
+                        f"{self.corpus.folder}): the run will not match an uninterrupted one")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["train_state"])
@@ -429,7 +440,7 @@ class Trainer:
             "train_state": train_state, "config": self.cfg.to_dict(), "bf16": self.bf16,
             "rng": {"cpu": [s[0] for s in states], "cuda": [s[1] for s in states]},
             "vocab": {"src": vocab_record(self.corpus.src_vocab), "tgt": vocab_record(self.corpus.tgt_vocab)},
-            "valid_bleu": valid_bleu}
+            "valid_bleu": valid_bleu, "corpus": self.corpus.fingerprint}
         if self.ema is not None:
             payload["ema"] = self.ema.state_dict()
         for path in paths:

@@ -1,4 +1,6 @@
-"""Data-parallel training on 2 CPU processes (gloo, launched by torchrun) equals 1 process."""
+"""Data-parallel training on 2 CPU processes (gloo, launched by torchrun) equals 1 process,
+and the training data is prepared once, by rank 0."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,19 +15,37 @@ from conftest import reversal_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Runs nmt-train, writing the rank of each process that prepares the data or trains a vocabulary.
+COUNTING = """
+import os, sys
+from nmt import corpus
+for name in ("_write", "_vocabularies"):
+    def counted(*args, _real=getattr(corpus, name), _name=name, **kwargs):
+        with open(os.environ["PREPARED_BY"], "a") as f:
+            f.write(f"{_name} {os.environ['RANK']}\\n")
+        return _real(*args, **kwargs)
+    setattr(corpus, name, counted)
+from nmt.cli import train_main
+sys.exit(train_main())
+"""
+
+
 def test_two_gloo_processes_match_one_process_with_the_combined_batch(reversal_data, tmp_path):
     settings = dict(train__max_steps=6, train__valid_every=3, train__batch_size=300,
                     train__threads=1, model__dropout=0.0)  # dropout 0: ranks draw different masks
     runs = {}
+    (tmp_path / "counting_train.py").write_text(COUNTING)
     for name, world, accumulate in (("single", 1, 2), ("ddp", 2, 1)):
         config = tmp_path / f"{name}.yaml"
         config.write_text(yaml.safe_dump(reversal_config(reversal_data, train__accumulate=accumulate,
                                                          **settings)))
         runs[name] = tmp_path / name
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc-per-node={world}", str(ROOT / "scripts" / "train.py"), str(config),
+                   f"--nproc-per-node={world}", str(tmp_path / "counting_train.py"), str(config),
                    "--run-dir", str(runs[name]), "--no-test"]
-        result = subprocess.run(command, capture_output=True, timeout=300, cwd=tmp_path)
+        env = dict(os.environ, PREPARED_BY=str(tmp_path / f"{name}.prepared"),
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        result = subprocess.run(command, capture_output=True, timeout=300, cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stderr.decode()[-3000:]
     single = load_checkpoint(runs["single"] / "checkpoints" / "last.pt")
     ddp = load_checkpoint(runs["ddp"] / "checkpoints" / "last.pt")
@@ -35,3 +55,6 @@ def test_two_gloo_processes_match_one_process_with_the_combined_batch(reversal_d
         assert torch.allclose(value, ddp["model"][key], atol=1e-5), key
     # only rank 0 wrote: one log, one set of checkpoints
     assert (runs["ddp"] / "train.log").read_text().count("x 2 processes") == 1
+    # rank 0 alone trained the vocabulary and prepared the data; rank 1 mapped the same folder
+    assert (tmp_path / "ddp.prepared").read_text().splitlines() == ["_vocabularies 0", "_write 0"]
+    assert len(list((runs["ddp"] / "cache").glob("corpus-*"))) == 1
