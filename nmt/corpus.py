@@ -180,6 +180,8 @@ def _write(tmp: Path, source, identity: dict, vocabs: tuple[Vocab, Vocab], data:
     dtypes = [np.dtype("<u2") if len(v) < 65536 else np.dtype("<i4") for v in vocabs]
     counts = dict.fromkeys(("kept", "empty", "too_long", "bad_ratio"), 0)
     lengths: tuple[list, list] = ([], [])
+    # The cores this process may use (sentencepiece's default counts the machine's).
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else -1
     read = 0
     log.info(f"preparing the training data: {pairs:,} pairs from {source.where} into {tmp.parent}")
     with _progress("preparing", pairs) as bar, open(tmp / "src.ids", "wb") as src_ids, \
@@ -188,7 +190,7 @@ def _write(tmp: Path, source, identity: dict, vocabs: tuple[Vocab, Vocab], data:
             if len(chunk[0]) != len(chunk[1]):
                 source.check_unchanged()  # names the file
                 raise DataError(f"{source.where}: changed while it was read; run again")
-            ids = [vocab.encode(lines) for vocab, lines in zip(vocabs, chunk)]
+            ids = [vocab.encode(lines, threads) for vocab, lines in zip(vocabs, chunk)]
             lens = [np.fromiter(map(len, x), dtype=np.int32, count=len(x)) for x in ids]
             keep, dropped = length_filter(*lens, data.max_len, data.max_len_ratio)
             for key, value in dropped.items():
@@ -214,11 +216,12 @@ def _write(tmp: Path, source, identity: dict, vocabs: tuple[Vocab, Vocab], data:
         side_lengths.astype("<i4").tofile(tmp / f"{side}.lengths")
         offsets.tofile(tmp / f"{side}.offsets")
         meta[side] = {"dtype": dtype.str, "pieces": int(side_lengths.sum())}
-    meta["seconds"] = round(time.perf_counter() - start, 1)
+    seconds = time.perf_counter() - start
+    meta["seconds"] = round(seconds, 1)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     size = sum(p.stat().st_size for p in tmp.iterdir())
-    log.info(f"prepared {read:,} pairs in {meta['seconds']:.0f} s ({read / max(meta['seconds'], 1e-9):,.0f} "
-             f"pairs/s); {size / 2**20:,.1f} MiB on disk")
+    log.info(f"prepared {read:,} pairs in {seconds:.1f} s ({read / seconds:,.0f} pairs/s); "
+             f"{size / 2**20:,.1f} MiB on disk")
     return meta
 
 

@@ -127,10 +127,11 @@ def input_files(cfg: DataConfig) -> list[Path]:
 def check_inputs(cfg: DataConfig) -> None:
     """Every input file exists and can be read: checked before any work."""
     for path in input_files(cfg):
-        if path.is_dir():
-            raise DataError(f"{path}: is a directory, expected a data file")
-        if not path.is_file():
+        if not path.exists():
             raise DataError(f"{path}: file not found")
+        if not path.is_file():
+            raise DataError(f"{path}: is not a regular file (a directory, a device or a pipe); "
+                            "the training data is read more than once")
         if not os.access(path, os.R_OK):
             raise DataError(f"{path}: permission denied; check the permissions of the file")
 

@@ -53,9 +53,9 @@ class Vocab:
         """sha256 of the model file: checkpoints record it to detect a swapped model."""
         return hashlib.sha256(self.model_bytes).hexdigest()
 
-    def encode(self, sentences: list[str]) -> list[list[int]]:
-        """Raw sentences -> piece ids, without the end marker."""
-        return self.sp.encode(sentences, out_type=int)
+    def encode(self, sentences: list[str], threads: int = -1) -> list[list[int]]:
+        """Raw sentences -> piece ids, without the end marker (-1 threads: sentencepiece's default)."""
+        return self.sp.encode(sentences, out_type=int, num_threads=threads)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         """Piece ids (end marker and padding already stripped) -> raw sentences."""

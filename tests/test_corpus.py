@@ -43,6 +43,7 @@ def test_a_second_run_maps_what_the_first_prepared(small, tmp_path, caplog):
     cache = tmp_path / "shared"
     data = data_config(small, cache_dir=str(cache))
     first = prepare(data, tmp_path / "run1", reuse_vocab=False)
+    caplog.clear()
     with caplog.at_level("INFO", logger="nmt"):
         second = prepare(data, tmp_path / "run2", reuse_vocab=False)
     assert first == second and folders(cache, "corpus") == [first.name]
@@ -184,15 +185,20 @@ def test_datasets_records_are_streamed_in_batches(tmp_path):
     assert identity["pairs"] == 7 and identity["origin"]["sha256"]
 
 
-def test_a_json_corpus_is_prepared_and_trained_on(tmp_path):
+@pytest.mark.parametrize("loader", ["json", "hub"])
+def test_a_datasets_corpus_is_prepared_once(tmp_path, loader):
+    """json files, and the hub path (load_dataset(name, split=...)) run offline on a local folder."""
     src, tgt = reversal_pairs(300, seed=8)
-    path = tmp_path / "train.jsonl"
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    path = folder / "train.jsonl"
     path.write_text("".join(json.dumps({"src": s, "tgt": t}) + "\n" for s, t in zip(src, tgt)))
-    cfg = config_from_dict(reversal_config({"train": str(path), "valid": "", "test": ""},
-                                           data__loader="json", train__max_steps=2))
+    split, name = (str(path), "json") if loader == "json" else ("train", str(folder))
+    cfg = config_from_dict(reversal_config({"train": split, "valid": "", "test": ""}, data__loader=name))
     corpus = Corpus(cfg, tmp_path / "run", reuse_vocab=False)
     assert len(corpus.src.lengths) == 300
     assert corpus.src.flat[:corpus.src.lengths[0]].tolist() == corpus.src_vocab.encode([src[0]])[0]
+    assert Corpus(cfg, tmp_path / "run", reuse_vocab=True).folder == corpus.folder  # mapped again
 
 
 def reference_batches(src_lens, tgt_lens, batch_size, unit, seed, epoch):
