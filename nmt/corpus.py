@@ -1,28 +1,19 @@
 """A run's training corpus, prepared once and memory-mapped ever after.
 
-Preparing streams the corpus in chunks (it is never read whole): sentencepiece
-trains on a random sample of it (``data.spm_sample_sentences``), then each chunk
-is encoded (sentencepiece's batch encoding, on all cores), length-filtered with
-array operations and appended to flat arrays on disk. The result is a folder
-
-    <data.cache_dir or run dir/cache>/corpus-<fingerprint>/
-        src.ids tgt.ids          piece ids: uint16 below 65,536 pieces, else int32
-        src.offsets tgt.offsets  int64: where each sentence starts in its ids
-        src.lengths tgt.lengths  int32: its length in pieces
-        meta.json                counts, dtypes, where it came from, the filter's counts
-
-whose name is a hash of everything that produced it: the content of the
-files (nmt.data.file_identity: a full sha256), the sentencepiece model(s),
-``data.max_len``, ``data.max_len_ratio``, the sentencepiece version and FORMAT.
-A run, a resume or another run on the same data and settings maps the folder
-and starts in seconds; anything that changed gets a folder of its own. The
-folder is written under a temporary name and renamed when complete, so an
-interrupted preparation leaves nothing that could be taken for a finished one.
-``vocab-<fingerprint>/`` beside it keeps the sentencepiece model(s) trained on
-the same data and vocabulary settings, so another run need not train them again.
-
-Under torchrun rank 0 prepares; the other ranks wait, then map the same files
-(the page cache holds one copy for all the processes of a machine).
+Preparing streams the corpus in chunks (never read whole): sentencepiece trains on
+a sample of it (``data.spm_sample_sentences``), then each chunk is encoded on all
+cores, length-filtered with array operations and appended to flat arrays in
+``<data.cache_dir or run dir/cache>/corpus-<fingerprint>/``: per side (src, tgt)
+``ids`` (uint16 below 65,536 pieces, else int32), ``offsets`` (int64) and
+``lengths`` (int32), described by ``meta.json``. The fingerprint hashes all that
+produced it: the files' content (nmt.data.file_identity), the sentencepiece
+model(s), ``data.max_len``, ``data.max_len_ratio``, the sentencepiece version and
+FORMAT; anything that changed gets a folder of its own. A folder is written under a
+temporary name and renamed when complete, so an interrupted preparation leaves
+nothing that could be taken for a finished one. ``vocab-<fingerprint>/`` keeps the
+sentencepiece model(s) trained on the same data and settings for other runs.
+Under torchrun rank 0 prepares and the others map the same files (the page cache
+holds one copy for all the processes of a machine).
 """
 from __future__ import annotations
 
@@ -31,7 +22,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -46,7 +39,7 @@ from tqdm import tqdm
 from nmt.config import Config, DataConfig
 from nmt.data import Batch, DatasetPairs, Pieces, TextPairs, batch_of, epoch_batches, length_filter, \
     load_split, pair_source
-from nmt.errors import DataError, NmtError
+from nmt.errors import ConfigError, DataError, NmtError
 from nmt.io import describe_os_error, write_bytes
 from nmt.vocab import Vocab, train_vocab, vocab_paths
 
@@ -112,40 +105,66 @@ def _sample(source: TextPairs | DatasetPairs, sides: tuple[int, ...], pairs: int
                 bar.update(len(chunk))
 
 
+def _train_on_sample(sentences: Iterator[str], path: Path, data: DataConfig, where: str) -> None:
+    """train_vocab on ``sentences``. sentencepiece turns an error raised while it reads them
+    (bad UTF-8 in the corpus) into its own RuntimeError: keep it, and raise it as it was."""
+    seen = {"error": None, "text": False}
+
+    def reading() -> Iterator[str]:
+        try:
+            for sentence in sentences:
+                seen["text"] = seen["text"] or bool(sentence.strip())
+                yield sentence
+        except NmtError as err:
+            seen["error"] = err
+
+    try:
+        train_vocab(reading(), path, data.vocab_size, data.subword_type)
+    except ConfigError:
+        if seen["error"] is None and seen["text"]:
+            raise
+    if seen["error"] is not None:
+        raise seen["error"]
+    if not seen["text"]:
+        raise DataError(f"{where}: the training corpus holds no text (only empty lines)")
+
+
 def _vocabularies(data: DataConfig, source, identity: dict, cache: Path, run_dir: Path) -> None:
     """The run's sentencepiece model(s): copied from the cache, or trained on a sample of the
     corpus (and kept in the cache for other runs)."""
-    paths = sorted(set(vocab_paths(run_dir, data.joint_vocab)))
+    paths = list(dict.fromkeys(vocab_paths(run_dir, data.joint_vocab)))  # one, or source and target
+    n, limit = identity["pairs"], data.spm_sample_sentences
+    sample = limit if limit and limit < n * (2 if data.joint_vocab else 1) else "all"
     folder = cache / ("vocab-" + _key(identity, data.vocab_size, data.subword_type, data.joint_vocab,
-                                      data.spm_sample_sentences, FORMAT))
+                                      sample, FORMAT))
     if all((folder / p.name).is_file() for p in paths):
         for path in paths:
             write_bytes(path, (folder / path.name).read_bytes())
         log.info(f"vocabulary: copied from {folder}")
         return
-    n, limit = identity["pairs"], data.spm_sample_sentences
+    if not os.access(cache, os.W_OK):
+        raise NmtError(f"{cache}: cannot be written, and holds no preparation of this data "
+                       "(choose another data.cache_dir)")
     sides = [(paths[0], (0, 1))] if data.joint_vocab else list(zip(paths, ((0,), (1,))))
     for path, which in sides:
         start, total = time.perf_counter(), n * len(which)
-        train_vocab(_sample(source, which, n, limit), path, data.vocab_size, data.subword_type)
-        log.info(f"vocabulary {path.name}: trained in {time.perf_counter() - start:.1f} s on "
-                 f"{min(total, limit or total):,} of {total:,} sentences")
-    with _building(folder) as tmp:
-        for path in paths:
-            shutil.copyfile(path, tmp / path.name)
+        log.info(f"vocabulary {path.name}: training sentencepiece on {min(total, limit or total):,} "
+                 f"of {total:,} sentences")
+        _train_on_sample(_sample(source, which, n, limit), path, data, source.where)
+        log.info(f"vocabulary {path.name}: trained in {time.perf_counter() - start:.1f} s")
+    try:  # for other runs on the same data; this run does not need it
+        with _building(folder) as tmp:
+            for path in paths:
+                shutil.copyfile(path, tmp / path.name)
+    except OSError as err:
+        log.warning(f"the vocabulary could not be kept in {cache} for other runs: {describe_os_error(err)}")
 
 
 @contextmanager
 def _building(folder: Path) -> Iterator[Path]:
     """A temporary folder that becomes ``folder`` when the block ends without error, and is
     removed otherwise. If another process completed ``folder`` first, its copy is kept."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
-    for stale in folder.parent.glob(f".*.{host}-*.tmp"):  # left by a process that was killed
-        pid = stale.name.rsplit("-", 1)[1][:-len(".tmp")]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = folder.parent / f".{folder.name}.{host}-{os.getpid()}.tmp"
+    tmp = folder.parent / f".{folder.name}.{socket.gethostname()}-{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -159,18 +178,32 @@ def _building(folder: Path) -> Iterator[Path]:
             if not folder.is_dir():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
+        directory = os.open(folder.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself on disk
+        finally:
+            os.close(directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def _sweep(cache: Path) -> None:
+    """Remove the temporary folders of preparations on this machine whose process is gone
+    (killed: an error or a signal removes its own)."""
+    for stale in cache.glob(f".*.{socket.gethostname()}-*.tmp"):
+        pid = stale.name.rsplit("-", 1)[1][:-len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except OSError:
+        pass  # it exists, as another user's process
     return True
 
 
@@ -220,8 +253,8 @@ def _write(tmp: Path, source, identity: dict, vocabs: tuple[Vocab, Vocab], data:
     meta["seconds"] = round(seconds, 1)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     size = sum(p.stat().st_size for p in tmp.iterdir())
-    log.info(f"prepared {read:,} pairs in {seconds:.1f} s ({read / seconds:,.0f} pairs/s); "
-             f"{size / 2**20:,.1f} MiB on disk")
+    log.info(f"prepared {read:,} pairs ({counts['kept']:,} kept) in {seconds:.1f} s "
+             f"({read / seconds:,.0f} pairs/s); {size / 2**20:,.1f} MiB on disk")
     return meta
 
 
@@ -235,22 +268,43 @@ def prepare(data: DataConfig, run_dir: Path, reuse_vocab: bool) -> Path:
     if not identity["pairs"]:
         raise DataError(f"{source.where}: the training corpus is empty")
     try:
+        cache.mkdir(parents=True, exist_ok=True)
+        _sweep(cache)
         if not reuse_vocab:
             _vocabularies(data, source, identity, cache, run_dir)
         vocabs = tuple(Vocab(p) for p in vocab_paths(run_dir, data.joint_vocab))
         folder = cache / ("corpus-" + _key(identity, [v.fingerprint for v in vocabs], data.max_len,
                                            data.max_len_ratio, sentencepiece.__version__, FORMAT))
-        if (folder / "meta.json").is_file():
+        if folder.is_dir() and not (folder / "meta.json").is_file():  # only a rename makes it
+            raise DataError(f"{folder}: incomplete (no meta.json): not made by nmt, or damaged; "
+                            "delete it to prepare the data again")
+        if folder.is_dir():
             meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
             log.info(f"training data: mapped {folder} ({meta['pairs']:,} pairs prepared from "
                      f"{meta['from']} on {meta['prepared']}, in {meta['seconds']:.0f} s)")
             return folder
-        with _building(folder) as tmp:
+        with _building(folder) as tmp, _terminate_as_interrupt():
             _write(tmp, source, identity, vocabs, data)
         return folder
     except OSError as err:  # the disk filled, or the cache folder cannot be written
         raise NmtError(f"preparing the training data in {cache}: {describe_os_error(err)} "
-                       "(data.cache_dir can put it on another disk)") from None
+                       "(data.cache_dir chooses where it goes)") from None
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (what a batch scheduler sends) stops a preparation as Ctrl-C does, so that its
+    temporary folder is removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _mapped(folder: Path) -> tuple[Pieces, Pieces, dict]:
@@ -282,9 +336,9 @@ class Corpus:
         self.src, self.tgt, meta = _mapped(self.folder)
         self.fingerprint = self.folder.name
         counts = self.filter_counts = meta["filter"]
-        log.info(f"training pairs: {meta['read']} read, {counts['kept']} kept, dropped "
-                 f"{counts['empty']} empty, {counts['too_long']} longer than {data.max_len} pieces, "
-                 f"{counts['bad_ratio']} with length ratio over {data.max_len_ratio}")
+        log.info(f"training pairs: {meta['read']:,} read, {counts['kept']:,} kept, dropped "
+                 f"{counts['empty']:,} empty, {counts['too_long']:,} longer than {data.max_len} pieces, "
+                 f"{counts['bad_ratio']:,} with length ratio over {data.max_len_ratio}")
         log.info(f"vocabulary: {len(self.src_vocab)} source, {len(self.tgt_vocab)} target pieces")
         self.valid_src_text, self.valid_ref = (load_split(data, data.valid, "validation")
                                                if data.valid else ([], []))

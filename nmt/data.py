@@ -19,7 +19,7 @@ import torch
 
 from nmt.config import DataConfig
 from nmt.errors import ConfigError, DataError
-from nmt.io import open_input, read_chunks, read_lines
+from nmt.io import open_input, read_chunks
 from nmt.vocab import END, PAD
 
 log = logging.getLogger("nmt")
@@ -62,11 +62,13 @@ class TextPairs:
         raises DataError for misaligned files."""
         self.stats = [_stat(p) for p in self.paths]
         files = [file_identity(p) for p in self.paths]
-        (src, tgt), (n_src, n_tgt) = self.paths, (f["lines"] for f in files)
+        self.check_aligned(*(f["lines"] for f in files))
+        return {"loader": "text", "files": files, "pairs": files[0]["lines"]}
+
+    def check_aligned(self, n_src: int, n_tgt: int) -> None:
         if n_src != n_tgt:
-            raise DataError(f"{src} has {n_src} lines but {tgt} has {n_tgt}: "
+            raise DataError(f"{self.paths[0]} has {n_src} lines but {self.paths[1]} has {n_tgt}: "
                             "parallel files must be line-aligned")
-        return {"loader": "text", "files": files, "pairs": n_src}
 
     def side(self, which: int, size: int = CHUNK) -> Iterator[list[str]]:
         """The sentences of one side (0: source, 1: target), ``size`` at a time."""
@@ -125,7 +127,8 @@ def input_files(cfg: DataConfig) -> list[Path]:
 
 
 def check_inputs(cfg: DataConfig) -> None:
-    """Every input file exists and can be read: checked before any work."""
+    """Before any work: every input file exists and can be read, and the validation and test
+    sets (small) read without error, so that no bad line in them is found hours later."""
     for path in input_files(cfg):
         if not path.exists():
             raise DataError(f"{path}: file not found")
@@ -134,14 +137,18 @@ def check_inputs(cfg: DataConfig) -> None:
                             "the training data is read more than once")
         if not os.access(path, os.R_OK):
             raise DataError(f"{path}: permission denied; check the permissions of the file")
+    for split, which in ((cfg.valid, "validation"), (cfg.test, "test")):
+        if split:
+            load_split(cfg, split, which)
 
 
 def absolute_paths(cfg: DataConfig) -> DataConfig:
-    """``cfg`` with its file paths made absolute (relative ones: to the current directory), so
-    that a run directory's config works from any directory; hub dataset names stay as they are."""
-    absolute = lambda s: os.path.abspath(s) if s else s  # noqa: E731
-    files = cfg.loader == "text" or cfg.loader in FILE_LOADERS
-    named = cfg.loader in ("text", *FILE_LOADERS) or not Path(cfg.loader).is_dir()
+    """``cfg`` with its file paths made absolute (``~`` expanded, relative ones taken from the
+    current directory), so that a run directory's config works from any directory; hub
+    dataset names stay as they are."""
+    absolute = lambda s: os.path.abspath(os.path.expanduser(s)) if s else s  # noqa: E731
+    files = cfg.loader in ("text", *FILE_LOADERS)
+    named = files or not Path(cfg.loader).is_dir()
     loader = cfg.loader if named else absolute(cfg.loader)  # a local dataset folder
     splits = {k: absolute(getattr(cfg, k)) for k in ("train", "valid", "test")} if files else {}
     return replace(cfg, loader=loader, cache_dir=absolute(cfg.cache_dir), **splits)
@@ -153,20 +160,12 @@ def load_split(cfg: DataConfig, split: str, which: str = "split") -> tuple[list[
     ``split`` is a file prefix (loader "text"), a data file (json, csv,
     parquet) or a split name of a hub / local dataset folder.
     """
-    if cfg.loader == "text":
-        src_path = Path(f"{split}.{cfg.src_lang}")
-        tgt_path = Path(f"{split}.{cfg.tgt_lang}")
-        src, tgt = read_lines(src_path), read_lines(tgt_path)
-        if len(src) != len(tgt):
-            raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
-                            "parallel files must be line-aligned")
-        where = str(src_path)
-    else:
-        source = DatasetPairs(cfg, split)
-        src, tgt = (list(itertools.chain.from_iterable(source.side(k))) for k in (0, 1))
-        where = split
+    source = pair_source(cfg, split)
+    src, tgt = (list(itertools.chain.from_iterable(source.side(k))) for k in (0, 1))
+    if isinstance(source, TextPairs):
+        source.check_aligned(len(src), len(tgt))
     if not src:
-        raise DataError(f"{where}: the {which} corpus is empty")
+        raise DataError(f"{source.where}: the {which} corpus is empty")
     return src, tgt
 
 

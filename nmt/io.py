@@ -185,6 +185,7 @@ ADVICE = {
     errno.ENOENT: "no such file or folder (did it vanish while nmt ran?)",
     errno.EISDIR: "is a directory, expected a file",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a file is in the way, where a folder is needed",
     errno.EIO: "input/output error; check the disk",
 }
 

@@ -100,14 +100,17 @@ def test_an_interrupted_preparation_leaves_nothing_taken_for_complete(tmp_path):
               "from nmt.corpus import prepare; from nmt.config import DataConfig; "
               f"prepare(DataConfig(train={prefix!r}, src_lang='src', tgt_lang='tgt', vocab_size=300, "
               f"cache_dir={str(cache)!r}), Path({str(tmp_path / 'run')!r}), False)")
-    child = subprocess.Popen([sys.executable, "-c", script])
-    deadline = time.time() + 120
-    while not list(cache.glob(".corpus-*.tmp")) and time.time() < deadline and child.poll() is None:
-        time.sleep(0.05)
-    assert child.poll() is None, "the preparation ended before it could be killed"
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert list(cache.glob(".corpus-*.tmp")) and not folders(cache, "corpus")
+    for sent in (signal.SIGTERM, signal.SIGKILL):
+        child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not list(cache.glob(".corpus-*.tmp")) and time.time() < deadline and child.poll() is None:
+            time.sleep(0.05)
+        assert child.poll() is None, "the preparation ended before it could be stopped"
+        child.send_signal(sent)
+        assert child.wait() != 0
+        # SIGTERM (a scheduler's) stops it as Ctrl-C does: it removes its folder; kill -9 cannot
+        assert bool(list(cache.glob(".corpus-*.tmp"))) == (sent == signal.SIGKILL)
+        assert not folders(cache, "corpus")
     folder = prepare(DataConfig(train=prefix, src_lang="src", tgt_lang="tgt", vocab_size=300,
                                 cache_dir=str(cache)), tmp_path / "run2", reuse_vocab=False)
     assert folders(cache, "corpus") == [folder.name] and not list(cache.glob(".*.tmp"))
@@ -269,3 +272,74 @@ def test_resume_from_another_directory_with_a_shared_cache_is_exact(tmp_path, mo
     assert a["train_state"]["step"] == b["train_state"]["step"] == 12
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["corpus"] == b["corpus"]
+
+
+def test_bad_utf8_anywhere_is_named_by_file_and_line(tmp_path):
+    prefix = write_split(tmp_path, "train", *reversal_pairs(300, seed=2))
+    target = Path(prefix + ".tgt")
+    lines = target.read_bytes().split(b"\n")
+    lines[249] += b" \xc3"
+    target.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"train\.tgt:250: invalid UTF-8 at byte"):
+        prepare(data_config(prefix), tmp_path / "run", reuse_vocab=False)
+
+
+def test_a_corpus_of_empty_lines_is_named(tmp_path):
+    prefix = write_split(tmp_path, "train", ["", " "], ["", ""])
+    with pytest.raises(DataError, match=r"train\.src: the training corpus holds no text"):
+        prepare(data_config(prefix), tmp_path / "run", reuse_vocab=False)
+
+
+def test_leftovers_of_killed_preparations_are_swept_and_foreign_folders_refused(small, tmp_path):
+    import socket
+    cache = tmp_path / "cache"
+    data = data_config(small, cache_dir=str(cache))
+    folder = prepare(data, tmp_path / "a", reuse_vocab=False)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs
+    stale = cache / f".corpus-0123.{socket.gethostname()}-{gone.pid}.tmp"
+    live = cache / f".corpus-4567.{socket.gethostname()}-{os.getpid()}.tmp"
+    stale.mkdir()
+    live.mkdir()
+    assert prepare(data, tmp_path / "b", reuse_vocab=False) == folder  # a cache hit sweeps too
+    assert not stale.exists() and live.exists()
+    live.rmdir()
+    for name in os.listdir(folder):
+        os.unlink(folder / name)  # a folder of that name that nmt did not complete
+    with pytest.raises(DataError, match=r"incomplete \(no meta\.json\).*delete it"):
+        prepare(data, tmp_path / "c", reuse_vocab=False)
+
+
+def test_a_sample_as_large_as_the_corpus_is_the_same_vocabulary(small, tmp_path):
+    cache = tmp_path / "cache"
+    for k, sample in enumerate((0, 800, 10**9)):  # 400 pairs: 800 sentences
+        prepare(data_config(small, cache_dir=str(cache), spm_sample_sentences=sample),
+                tmp_path / f"run{k}", reuse_vocab=False)
+    assert len(folders(cache, "vocab")) == 1 and len(folders(cache, "corpus")) == 1
+
+
+def test_validation_and_test_sets_are_read_before_any_work(small, tmp_path, monkeypatch):
+    def never(self):
+        raise AssertionError("the training data was read")
+
+    monkeypatch.setattr(TextPairs, "identity", never)
+    valid = write_split(tmp_path, "valid", ["a b", "c"], ["b a"])
+    cfg = config_from_dict(reversal_config({"train": small, "valid": valid, "test": ""}))
+    with pytest.raises(DataError, match=r"valid\.src has 2 lines but .*valid\.tgt has 1"):
+        train(cfg, tmp_path / "run")
+    test = write_split(tmp_path, "test", ["a b"], ["b a"])
+    Path(test + ".tgt").write_bytes(b"b \xff a\n")
+    cfg = config_from_dict(reversal_config({"train": small, "valid": "", "test": test}))
+    with pytest.raises(DataError, match=r"test\.tgt:1: invalid UTF-8"):
+        train(cfg, tmp_path / "run2")
+
+
+def test_paths_are_recorded_absolute_with_the_home_directory_expanded(tmp_path, monkeypatch):
+    from nmt.data import absolute_paths
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    data = absolute_paths(DataConfig(train="corpus/train", valid="~/val", test="", cache_dir="~/cache"))
+    assert (data.train, data.valid, data.test) == (str(tmp_path / "corpus/train"), str(tmp_path / "val"), "")
+    assert data.cache_dir == str(tmp_path / "cache") and data.loader == "text"
+    hub = absolute_paths(DataConfig(loader="wmt16", train="train", valid="validation"))
+    assert (hub.loader, hub.train, hub.valid) == ("wmt16", "train", "validation")
