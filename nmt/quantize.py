@@ -13,10 +13,29 @@ embeddings stay float32 (a tied output layer gets its own int8 copy).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from nmt.errors import ConfigError
+
+
+@functools.cache
+def _int_mm_is_exact() -> bool:
+    """Whether ``torch._int_mm`` returns exact sums here, checked once against an int32
+    product: oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) on a CPU with VNNI returns wrong
+    ones (torch 2.13). Where it does, the int32 product is used instead (slower: fast_int8
+    declines int8 decoding there anyway)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (17, 96), dtype=torch.int8, generator=g)
+    b = torch.randint(-128, 128, (96, 40), dtype=torch.int8, generator=g)
+    return torch.equal(torch._int_mm(a, b), a.int() @ b.int())
+
+
+def _int_products(q: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """[M, K] int8 x [K, N] int8 -> [M, N] exact int32 sums."""
+    return torch._int_mm(q, weight_t) if _int_mm_is_exact() else q.int() @ weight_t.int()
 
 
 def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +60,7 @@ class Int8Linear(nn.Module):
         """x: [..., in] -> [..., out]."""
         rows = x.reshape(-1, x.size(-1))
         q, scale = _quantize_rows(rows)
-        y = (torch._int_mm(q, self.weight_t) * scale).mul_(self.weight_scale)  # int32 -> float
+        y = (_int_products(q, self.weight_t) * scale).mul_(self.weight_scale)  # int32 -> float
         if self.bias is not None:
             y.add_(self.bias)
         return y.reshape(*x.shape[:-1], y.size(-1))
