@@ -52,6 +52,11 @@ def average(paths: list[Path]) -> dict:
         if ckpt["config"]["model"] != first["config"]["model"] or ckpt["vocab"] != first["vocab"]:
             raise CheckpointError(f"{path}: another model or vocabulary than {paths[0]}; only "
                                   "checkpoints of one model can be averaged")
+    with_ema = [p for p, c in zip(paths, ckpts) if "ema" in c]
+    if with_ema and len(with_ema) < len(ckpts):  # train.ema switched on at a resume
+        without = next(p for p, c in zip(paths, ckpts) if "ema" not in c)
+        raise CheckpointError(f"{with_ema[0]} holds a moving average of the weights (train.ema) but "
+                              f"{without} does not; average checkpoints of one kind")
     weights = [decoding_weights(c) for c in ckpts]  # the moving averages of runs with train.ema
     model = {}
     for key, value in weights[0].items():

@@ -72,7 +72,8 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-length", type=int, help="no end before this many output pieces")
     group.add_argument("--no-repeat-ngram-size", type=int, metavar="N",
                        help="no output holds the same N pieces in a row twice")
-    group.add_argument("--max-length-ratio", type=float)
+    group.add_argument("--max-length-ratio", type=float, help="output at most ratio x source pieces + 5")
+    group.add_argument("--max-length", type=int, help="and at most this many output pieces (0: no cap)")
     group.add_argument("--samples", type=int, help="N > 0: N random translations per line (tab-separated) "
                        "instead of search")
     group.add_argument("--temperature", type=float, help="sampling: < 1 sharper, > 1 flatter")
@@ -92,7 +93,8 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
 
 
 DECODE_FLAGS = ("beam_size", "batch_size", "length_penalty", "length_penalty_type", "max_length_ratio",
-                "min_length", "no_repeat_ngram_size", "samples", "temperature", "top_k", "top_p", "seed")
+                "max_length", "min_length", "no_repeat_ngram_size", "samples", "temperature", "top_k",
+                "top_p", "seed")
 
 
 def _decode_overrides(args: argparse.Namespace) -> dict:
@@ -131,6 +133,9 @@ def train_main(argv: list[str] | None = None) -> int:
             if not config.is_file():
                 raise NmtError(f"{config}: not found; is {run_dir} a run directory?")
         cfg = load_config(config, args.set)
+        if cfg.data.test and not args.no_test and cfg.decode.samples:  # found now, not after training
+            raise NmtError("decode.samples: the final test scores search output; set it to 0 "
+                           "(or pass --no-test)")
         try:
             summary = train(cfg, run_dir, resume=args.resume)
         except OSError as err:  # disk full, permissions, a vanished file: say how to go on

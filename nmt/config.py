@@ -123,7 +123,8 @@ class DecodeConfig:
     # Face) or score / ((5 + length) / 6) ** length_penalty ("gnmt", Wu et al. 2016).
     length_penalty: float = 1.0
     length_penalty_type: str = "length"
-    max_length_ratio: float = 2.0  # output at most ratio x source pieces + 5
+    max_length_ratio: float = 2.0  # output at most ratio x source pieces + 5 ...
+    max_length: int = 0  # ... and at most this many pieces; 0 = no such cap
     batch_size: int = 64  # sentences per decoding batch
     n_best: int = 1
     min_length: int = 0  # no end marker before this many output pieces (the maximum length wins)
@@ -233,7 +234,7 @@ RANGES = {
     "train.label_smoothing": (0.0, 0.99), "train.valid_every": (1, BIG), "train.patience": (0, 10**9),
     "train.log_every": (1, BIG), "train.threads": (0, 1024),
     "decode.beam_size": (1, 1000), "decode.length_penalty": (0.0, 10.0),
-    "decode.max_length_ratio": ("(", 0.0, 1000.0), "decode.batch_size": (1, 10**6), "decode.n_best": (1, 1000),
+    "decode.max_length_ratio": ("(", 0.0, 1000.0), "decode.max_length": (0, 10**6), "decode.batch_size": (1, 10**6), "decode.n_best": (1, 1000),
     "decode.min_length": (0, 10**6), "decode.no_repeat_ngram_size": (0, 10**6),
     "decode.samples": (0, 1000), "decode.temperature": ("(", 0.0, 100.0), "decode.top_k": (0, 10**6),
     "decode.top_p": ("(", 0.0, 1.0), "decode.seed": (0, 2**32 - 1),

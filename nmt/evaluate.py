@@ -23,6 +23,8 @@ def test_set(cfg, split: str, src_file: str | None, ref_file: str | None
         sources, references = read_lines(src_file), read_lines(ref_file)
         if len(sources) != len(references):
             raise DataError(f"{src_file} has {len(sources)} lines but {ref_file} has {len(references)}")
+        if not sources:
+            raise DataError(f"{src_file}: the test set is empty")
         return sources, references, Path(src_file).name
     prefix = getattr(cfg.data, split, None)
     if not prefix:

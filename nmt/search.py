@@ -26,12 +26,15 @@ from nmt.vocab import END
 class Hypothesis:
     tokens: list[int]  # output piece ids, without the end marker
     score: float  # sum of log-probabilities (end marker included when emitted)
-    attention: torch.Tensor | None = None  # [len(tokens) + 1 or len(tokens), S]
+    attention: torch.Tensor | None = None  # [len(tokens) + ended, S]
+    ended: bool = True  # it emitted the end marker (else it was cut at the maximum length)
 
 
-def max_output_lengths(lengths: np.ndarray | torch.Tensor, ratio: float) -> list[int]:
-    """Most output pieces per sentence: ratio x source pieces (without the end marker) + 5."""
-    return [math.ceil(ratio * (n - 1)) + 5 for n in lengths.tolist()]
+def max_output_lengths(lengths: np.ndarray | torch.Tensor, ratio: float, cap: int = 0) -> list[int]:
+    """Most output pieces per sentence: ratio x source pieces (without the end marker) + 5,
+    and at most ``cap`` (0: no cap)."""
+    most = [math.ceil(ratio * (n - 1)) + 5 for n in lengths.tolist()]
+    return [min(m, cap) for m in most] if cap else most
 
 
 def _still_decoding(go: torch.Tensor) -> torch.Tensor:
@@ -51,20 +54,22 @@ def _hypotheses(tokens: torch.Tensor, steps: torch.Tensor, scores: torch.Tensor,
     hyps: list[list[Hypothesis]] = [[] for _ in range(len(steps) // per)]
     for n, (seq, length, score) in enumerate(zip(tokens.tolist(), steps.tolist(), scores.tolist())):
         if length:
-            seq = seq[:length - 1] if seq[length - 1] == END else seq[:length]
+            ended = seq[length - 1] == END
             att = None if attention is None else attention[n, :length].clone()
-            hyps[n // per].append(Hypothesis(seq, score, att))
+            hyps[n // per].append(Hypothesis(seq[:length - ended], score, att, ended))
     return hyps
 
 
 @dataclass(frozen=True)
 class Rules:
-    """What search may not emit, the same for every row: the end marker before ``min_length``
-    pieces, and (``no_repeat_ngram_size`` n > 0) a piece that would make an n-gram the
-    hypothesis already holds. Banned pieces get log-probability -inf before any choice;
-    the scores of the pieces chosen stay the model's."""
+    """What search may not emit, the same for every row: the pieces ``never`` (those that
+    would break the output's line format, nmt.vocab.Vocab.control_ids), the end marker
+    before ``min_length`` pieces, and (``no_repeat_ngram_size`` n > 0) a piece that would
+    make an n-gram the hypothesis already holds. Banned pieces get log-probability -inf
+    before any choice; the scores of the pieces chosen stay the model's."""
     min_length: int = 0
     no_repeat_ngram_size: int = 0
+    never: tuple[int, ...] = ()
 
     @property
     def needs_history(self) -> bool:
@@ -72,6 +77,8 @@ class Rules:
 
     def apply(self, logp: torch.Tensor, step: int, history: torch.Tensor | None) -> torch.Tensor:
         """logp: [R, V] at decoder step ``step``; history: [R, step] each row's pieces so far."""
+        if self.never:  # in place: logp is the step's own new tensor
+            logp.index_fill_(1, torch.tensor(self.never, device=logp.device), float("-inf"))
         if step < self.min_length:
             logp = logp.index_fill(1, torch.tensor([END], device=logp.device), float("-inf"))
         n = self.no_repeat_ngram_size
@@ -85,8 +92,9 @@ class Rules:
 
 def normalised_score(hyp: "Hypothesis", length_penalty: float, kind: str = "length") -> float:
     """A finished hypothesis's rank: score / length ** alpha ("length") or score /
-    ((5 + length) / 6) ** alpha ("gnmt", Wu et al. 2016); the end marker counts as a step."""
-    length = len(hyp.tokens) + 1
+    ((5 + length) / 6) ** alpha ("gnmt", Wu et al. 2016); an emitted end marker counts as a
+    step (one cut at the maximum length has none)."""
+    length = len(hyp.tokens) + hyp.ended
     return hyp.score / (length if kind == "length" else (5 + length) / 6) ** length_penalty
 
 
@@ -123,18 +131,18 @@ class Sampling:
 def greedy_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.Tensor,
                   max_length_ratio: float = 2.0, keep_attention: bool = False,
                   sampling: Sampling | None = None, seeds: list[int] | None = None,
-                  rules: Rules = Rules()) -> list[Hypothesis]:
+                  rules: Rules = Rules(), max_length: int = 0) -> list[Hypothesis]:
     """Greedy decoding of a batch (or, with ``sampling``, sampling with one seed per sentence).
     src: [B, S] ids with end marker, lengths: [B]. A hypothesis's score is the model's
     log-probability of its pieces."""
     memory, state = model.encode(src, lengths)
     (batch, source), device = src.shape, src.device
-    max_lens = max_output_lengths(lengths, max_length_ratio)
+    max_lens = max_output_lengths(lengths, max_length_ratio, max_length)
     # Per sentence: its pieces [B, T], steps run [B], score [B] (float32 terms summed in
     # float64, as Python floats would sum them) and attention [B, T, S].
     out, ran = src.new_zeros((batch, max(max_lens))), src.new_zeros(batch)
     total = torch.zeros(batch, dtype=torch.float64, device=device)
-    att = memory.values.new_zeros((batch, max(max_lens), source)) if keep_attention else None
+    att = None  # [B, T, S], made at the first step (from the weights: any model's memory)
     alive = torch.arange(batch, device=device)  # [A] sentence of each row still decoding
     limit = torch.tensor(max_lens, device=device)  # [A] its maximum output length
     prev = src.new_full((batch,), END)
@@ -149,6 +157,8 @@ def greedy_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch
         out[alive, t], ran[alive] = prev, t + 1
         total[alive] += best.double()
         if keep_attention:
+            if att is None:
+                att = weights.new_zeros((batch, max(max_lens), source))
             att[alive, t] = weights
         keep = _still_decoding((prev != END) & (limit > t + 1))
         if len(keep) < len(alive):  # finished sentences leave the batch
@@ -163,7 +173,7 @@ def greedy_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch
 def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.Tensor, beam_size: int,
                 length_penalty: float = 1.0, max_length_ratio: float = 2.0, n_best: int = 1,
                 keep_attention: bool = False, rules: Rules = Rules(),
-                length_penalty_type: str = "length") -> list[list[Hypothesis]]:
+                length_penalty_type: str = "length", max_length: int = 0) -> list[list[Hypothesis]]:
     """Beam search of a batch; returns the ``n_best`` hypotheses of each sentence, best first.
 
     Beams are ranked by their summed log-probability; finished hypotheses by
@@ -176,7 +186,7 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, lengths: np.ndarray | torch.T
     k, per = beam_size, 2 * beam_size
     memory, state = model.encode(src, lengths)
     (batch, source), device = src.shape, src.device
-    max_lens = max_output_lengths(lengths, max_length_ratio)
+    max_lens = max_output_lengths(lengths, max_length_ratio, max_length)
     # Rows a*width .. a*width+width-1 of the state are the beams of sentence alive[a]; the
     # memory keeps one row per sentence, shared by its beams (see Attention.forward). All
     # beams start identical, so the first step runs one row per sentence (width 1), then k.

@@ -2,7 +2,7 @@
 
 - ``POST /translate`` ``{"sentences": [...], "beam_size": 5, "n_best": 1, "length_penalty": 1.0,
   "max_length_ratio": 2.0, "attention": false}`` (every key but ``sentences`` optional; also
-  ``length_penalty_type``, ``min_length``, ``no_repeat_ngram_size``) ->
+  ``length_penalty_type``, ``max_length``, ``min_length``, ``no_repeat_ngram_size``) ->
   ``{"translations": [...]}``, plus ``"n_best": [[{"translation", "score"}, ...], ...]`` when
   ``n_best`` > 1 and ``"attention": [{"source", "target", "weights"}, ...]`` when asked.
 - ``GET /health`` -> ``{"status": "ok", "requests": ..., "batches": ...}``.
@@ -13,17 +13,27 @@ Dynamic batching: one task takes the first waiting request, gathers those that
 arrive within ``batch_wait_ms`` (up to ``max_batch_sentences`` sentences),
 and decodes each group with the same settings as one batch in the model's
 thread; meanwhile new requests queue for the next batch. A sentence's
-translation does not depend on its batch (``nmt.search``), so every request
-gets exactly what it would get alone. Bad requests get a 4xx with a one-line
+translation does not depend on its batch (``nmt.search``; near-ties aside, see
+docs/RELIABILITY.md), so every request gets what it would get alone. Bad requests get a 4xx with a one-line
 JSON error; nothing a client sends stops the server.
+
+What one request may cost is bounded before it is decoded: its output length
+(``max_length`` up to ``--max-output-pieces``, which is also the default, and
+``max_length_ratio`` up to ``--max-length-ratio-cap``) and, with ``"attention": true``,
+the weights kept (``--max-attention-mb``). At most ``--max-queued-sentences`` wait to
+be decoded (503 with Retry-After beyond), and a request whose client hung up while
+it waited is dropped, not decoded.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 try:
     from aiohttp import web
@@ -32,10 +42,11 @@ except ImportError:  # an optional extra: pip install 'nmt[serve]'
 
 from nmt.config import check_range
 from nmt.errors import ConfigError, NmtError
+from nmt.search import max_output_lengths
 from nmt.translate import Translator, checked_sentences
 
 OPTIONS = ("beam_size", "n_best", "length_penalty", "length_penalty_type", "max_length_ratio",
-           "min_length", "no_repeat_ngram_size")  # batch_size is the server's
+           "max_length", "min_length", "no_repeat_ngram_size")  # batch_size is the server's
 PAGE = Path(__file__).with_name("serve_page.html")
 
 
@@ -46,6 +57,10 @@ class Limits:
     max_chars: int = 2000  # characters in one sentence (413 beyond)
     max_batch_sentences: int = 256  # sentences decoded together, from all requests
     batch_wait_ms: float = 5.0  # how long a batch waits for more requests
+    max_output_pieces: int = 512  # the longest output (a request's max_length: at most this; 400 beyond)
+    max_length_ratio_cap: float = 4.0  # the largest max_length_ratio a request may ask for (400 beyond)
+    max_attention_mb: int = 256  # what "attention": true may keep for one request (413 beyond)
+    max_queued_sentences: int = 10_000  # waiting to be decoded (503 with Retry-After beyond)
 
     def __post_init__(self):
         for name, value in vars(self).items():
@@ -65,6 +80,7 @@ class Job:
     options: dict
     attention: bool
     done: asyncio.Future = field(repr=False)
+    gone: Callable[[], bool] = lambda: False  # whether the client has hung up
 
     @property
     def key(self) -> tuple:
@@ -76,7 +92,7 @@ class Server:
         self.translator, self.limits = translator, limits
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="nmt-model")  # one model user
         self.queue: asyncio.Queue[Job] | None = None
-        self.requests = self.batches = 0
+        self.requests = self.batches = self.queued = self.abandoned = 0  # queued: sentences waiting
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_body_bytes)
@@ -100,7 +116,8 @@ class Server:
         return web.Response(text=PAGE.read_text(encoding="utf-8"), content_type="text/html")
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "requests": self.requests, "batches": self.batches})
+        return web.json_response({"status": "ok", "requests": self.requests, "batches": self.batches,
+                                  "queued_sentences": self.queued, "abandoned": self.abandoned})
 
     async def info(self, request: web.Request) -> web.Response:
         run = self.translator.run
@@ -115,6 +132,12 @@ class Server:
             job = self._job(await self._json(request))
         except BadRequest as err:
             return web.json_response({"error": str(err)}, status=err.status)
+        if self.queued + len(job.sentences) > self.limits.max_queued_sentences:
+            return web.json_response({"error": f"busy: {self.queued} sentences wait to be decoded "
+                                      f"(at most {self.limits.max_queued_sentences}); try again"},
+                                     status=503, headers={"Retry-After": "1"})
+        job.gone = lambda: request.transport is None or request.transport.is_closing()
+        self.queued += len(job.sentences)
         await self.queue.put(job)
         try:
             return web.json_response(await job.done)
@@ -147,18 +170,35 @@ class Server:
             raise BadRequest(400, str(err)) from None
         if len(sentences) > limits.max_sentences:
             raise BadRequest(413, f"sentences: {len(sentences)} in one request, at most {limits.max_sentences}")
+        if len(sentences) > limits.max_queued_sentences:  # it would never fit: no use retrying
+            raise BadRequest(413, f"sentences: {len(sentences)} in one request, more than this server "
+                                  f"queues ({limits.max_queued_sentences})")
         for i, sentence in enumerate(sentences):
             if len(sentence) > limits.max_chars:
                 raise BadRequest(413, f"sentences[{i}]: {len(sentence)} characters, at most {limits.max_chars}")
         options = {k: body[k] for k in OPTIONS if body.get(k) is not None}  # null: the run's setting
+        n_best = options.get("n_best", 1)
+        if isinstance(n_best, int) and n_best > 1 and "beam_size" not in options:  # as wide as n_best
+            options["beam_size"] = max(n_best, self.translator.decode.beam_size)
         try:
-            self.translator.settings(**options)
+            decode = self.translator.settings(**options)
         except ConfigError as err:
             raise BadRequest(400, str(err)) from None
         if not isinstance(body.get("attention", False), bool):
             raise BadRequest(400, "attention: expected true or false")
-        if options.get("n_best", 1) > 1 and "beam_size" not in options:  # wide enough for the n best
-            options["beam_size"] = max(options["n_best"], self.translator.decode.beam_size)
+        if decode.max_length > limits.max_output_pieces:
+            raise BadRequest(400, f"max_length: {decode.max_length} is more than this server's "
+                                  f"--max-output-pieces ({limits.max_output_pieces})")
+        if decode.max_length_ratio > limits.max_length_ratio_cap:
+            raise BadRequest(400, f"max_length_ratio: {decode.max_length_ratio} is more than this "
+                                  f"server's --max-length-ratio-cap ({limits.max_length_ratio_cap})")
+        options["max_length"] = decode.max_length or limits.max_output_pieces
+        if body.get("attention", False):
+            megabytes = attention_megabytes(sentences, replace(decode, max_length=options["max_length"]))
+            if megabytes > limits.max_attention_mb:
+                raise BadRequest(413, f"attention: keeping it for this request would take about "
+                                      f"{megabytes:,.0f} MB, at most {limits.max_attention_mb} "
+                                      "(--max-attention-mb); send fewer or shorter sentences")
         return Job(sentences, options, body.get("attention", False), asyncio.get_running_loop().create_future())
 
     # -- batching -----------------------------------------------------------------------------
@@ -174,8 +214,13 @@ class Server:
                 except asyncio.TimeoutError:
                     break
                 count += len(jobs[-1].sentences)
+            self.queued -= count
             groups: dict[tuple, list[Job]] = {}
             for job in jobs:
+                if job.gone():  # its client hung up while it waited: nobody to answer
+                    self.abandoned += 1
+                    job.done.cancel()
+                    continue
                 groups.setdefault(job.key, []).append(job)
             for group in groups.values():
                 await self._run(loop, group)
@@ -210,6 +255,19 @@ class Server:
             results["attention"] = [translator.alignment(s, hyps[0]) if hyps else None
                                     for s, hyps in zip(sentences, found)]
         return results
+
+
+def attention_megabytes(sentences: list[str], decode) -> float:
+    """An upper bound of what keeping the attention weights costs for ``sentences``: 4 bytes
+    for each (hypothesis row, output step, source piece); a source has at most one piece
+    per UTF-8 byte, plus a word start and the end marker."""
+    rows = 1 if decode.beam_size == 1 else 2 * decode.beam_size
+    total = 0
+    for sentence in sentences:
+        source = len(sentence.encode("utf-8")) + 2
+        steps = max_output_lengths(np.array([source]), decode.max_length_ratio, decode.max_length)[0]
+        total += rows * steps * source * 4
+    return total / 2**20
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, checkpoint: str = "best",

@@ -149,7 +149,7 @@ def validate(model: Seq2Seq, corpus: Corpus, cfg: Config, device: torch.device) 
         total += loss_sum(model, batch.to(device), 0.0).item()
         tokens += batch.n_tokens
     greedy = replace(cfg.decode, beam_size=1, n_best=1, samples=0, min_length=0, no_repeat_ngram_size=0)
-    hyps = decode_corpus(model, corpus.valid_src, greedy, device)
+    hyps = decode_corpus(model, corpus.valid_src, greedy, device, never=corpus.tgt_vocab.control_ids)
     text = corpus.tgt_vocab.decode([h[0].tokens for h in hyps])
     bleu = sacrebleu.corpus_bleu(text, [corpus.valid_ref]).score
     model.train()

@@ -25,37 +25,38 @@ log = logging.getLogger("nmt")
 
 
 def decode_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig,
-                  device: torch.device | str = "cpu", keep_attention: bool = False
-                  ) -> list[list[Hypothesis]]:
+                  device: torch.device | str = "cpu", keep_attention: bool = False,
+                  never: tuple[int, ...] = ()) -> list[list[Hypothesis]]:
     """Decode sentences of piece ids; returns each sentence's n-best list, in input order.
+    ``never``: pieces search may not emit (the target vocabulary's control_ids).
 
     Sentences are sorted by length before batching (less padding, and the
     batch shrinks evenly as sentences finish) and put back in order after.
     """
+    rules = Rules(decode.min_length, decode.no_repeat_ngram_size, never)
     if decode.samples:
-        return sample_corpus(model, src_ids, decode, device, keep_attention)
+        return sample_corpus(model, src_ids, decode, device, keep_attention, rules)
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
-    rules = Rules(decode.min_length, decode.no_repeat_ngram_size)
     for start in range(0, len(order), decode.batch_size):
         index = order[start:start + decode.batch_size]
         src, lengths = source_tensor([src_ids[i] for i in index])
         src = src.to(device)
         if decode.beam_size == 1:
             found = [[h] for h in greedy_search(model, src, lengths, decode.max_length_ratio,
-                                                keep_attention, rules=rules)]
+                                                keep_attention, rules=rules, max_length=decode.max_length)]
         else:
             found = beam_search(model, src, lengths, decode.beam_size, decode.length_penalty,
                                 decode.max_length_ratio, decode.n_best, keep_attention, rules,
-                                decode.length_penalty_type)
+                                decode.length_penalty_type, decode.max_length)
         for i, hyps in zip(index, found):
             results[i] = hyps
     return results
 
 
 def sample_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig,
-                  device: torch.device | str = "cpu", keep_attention: bool = False
-                  ) -> list[list[Hypothesis]]:
+                  device: torch.device | str = "cpu", keep_attention: bool = False,
+                  rules: Rules = Rules()) -> list[list[Hypothesis]]:
     """``decode.samples`` random translations of each sentence, in input order. Sample r of a
     sentence is seeded by (decode.seed, the sentence's pieces, r): the same in any batch."""
     rows = sorted(((i, r) for i in range(len(src_ids)) for r in range(decode.samples)),
@@ -68,7 +69,7 @@ def sample_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig
         seeds = [int.from_bytes(hashlib.blake2b(f"{decode.seed}|{src_ids[i]}|{r}".encode(),
                                                 digest_size=8).digest(), "big") for i, r in batch]
         found = greedy_search(model, src.to(device), lengths, decode.max_length_ratio, keep_attention,
-                              sampling, seeds, Rules(decode.min_length, decode.no_repeat_ngram_size))
+                              sampling, seeds, rules, decode.max_length)
         for (i, r), hyp in zip(batch, found):
             results[i][r] = hyp
     return results
@@ -132,9 +133,15 @@ class Translator:
         """n-best hypotheses (piece ids and scores) of each sentence; empty lines give []."""
         sentences = checked_sentences(sentences)
         decode = self.settings(**overrides)
-        todo = [i for i, s in enumerate(sentences) if s.strip()]
-        ids = self.src_vocab.encode([sentences[i] for i in todo])
-        found = decode_corpus(self.model, ids, decode, self.device, keep_attention)
+        written = [i for i, s in enumerate(sentences) if s.strip()]
+        # Text that encodes to no piece at all (U+200B alone, say) is blank too.
+        todo, ids = [], []
+        for i, pieces in zip(written, self.src_vocab.encode([sentences[i] for i in written])):
+            if pieces:
+                todo.append(i)
+                ids.append(pieces)
+        found = decode_corpus(self.model, ids, decode, self.device, keep_attention,
+                              self.tgt_vocab.control_ids)
         results: list[list[Hypothesis]] = [[] for _ in sentences]
         for i, hyps in zip(todo, found):
             results[i] = hyps
@@ -170,6 +177,8 @@ class Translator:
         empty sentence gives empty ones. The same seed gives the same samples in any batch."""
         if isinstance(sentences, str):
             return self.sample([sentences], samples, temperature, top_k, top_p, seed, **overrides)[0]
+        if isinstance(samples, numbers.Integral) and samples < 1:  # 0 would mean search
+            raise ConfigError(f"samples: {samples!r}; sample draws at least 1 translation per sentence")
         found = self.hypotheses(sentences, samples=samples, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed, **overrides)
         return [[self.tgt_vocab.decode([h.tokens])[0] for h in hyps] if hyps else [""] * samples
@@ -189,6 +198,8 @@ class Translator:
         ``top_k`` is 50 unless given)."""
         sentences = [sentences] if isinstance(sentences, str) else sentences
         n = num_return_sequences
+        if isinstance(n, numbers.Integral) and n < 1:
+            raise ConfigError(f"generate: num_return_sequences is {n!r}; it must be at least 1")
         if do_sample and num_beams not in (None, 1):
             raise ConfigError("generate: do_sample with num_beams > 1 (beam sampling) is not supported")
         if do_sample:
@@ -206,9 +217,8 @@ class Translator:
         """A hypothesis kept with attention, as source pieces (end marker included), target
         pieces and the attention weights [target, source] between them."""
         src_ids = self.src_vocab.encode([sentence])[0] + [END]
-        ended = hyp.attention.shape[0] > len(hyp.tokens)  # a row for the end marker too
         return {"sentence": sentence, "source": self.src_vocab.pieces(src_ids),
-                "target": self.tgt_vocab.pieces(hyp.tokens + ([END] if ended else [])),
+                "target": self.tgt_vocab.pieces(hyp.tokens + ([END] if hyp.ended else [])),
                 "weights": hyp.attention[:, :len(src_ids)].tolist()}
 
 

@@ -8,8 +8,10 @@ never seen in training as bytes, so any raw text comes back as it went in.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import unicodedata
 from pathlib import Path
 from typing import Iterable
 
@@ -58,12 +60,41 @@ class Vocab:
         return self.sp.encode(sentences, out_type=int, num_threads=threads)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
-        """Piece ids (end marker and padding already stripped) -> raw sentences."""
-        return self.sp.decode(ids)
+        """Piece ids (end marker and padding already stripped) -> raw sentences, each one line
+        (``one_line``)."""
+        return [one_line(text) for text in self.sp.decode(ids)]
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
         """Readable pieces for debugging and reports; the end marker shows as ``_``."""
-        return [END_SYMBOL if i == END else self.sp.id_to_piece(int(i)) for i in ids]
+        return [END_SYMBOL if i == END else one_line(self.sp.id_to_piece(int(i))) for i in ids]
+
+    @functools.cached_property
+    def control_ids(self) -> tuple[int, ...]:
+        """Pieces that would put a control character (or a line break) into the output: the
+        byte pieces of 0x00-0x1F and 0x7F, and any piece holding one. Search never emits them."""
+        sp, banned = self.sp, []
+        for i in range(len(self)):
+            if sp.is_control(i) or sp.is_unknown(i):
+                continue
+            piece = sp.id_to_piece(i)
+            if sp.is_byte(i) and (int(piece[3:5], 16) < 0x20 or piece == "<0x7F>"):
+                banned.append(i)
+            elif not sp.is_byte(i) and one_line(piece) != piece:
+                banned.append(i)
+        return tuple(banned)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character (Unicode Cc: tab, newline, CR, ...), line and
+    paragraph separator replaced by a space: one output line per input line, one field per
+    tab-separated column. The one rule for every output (nmt-translate, the API, the server,
+    reports)."""
+    if text.isprintable() or not any(unicodedata.category(c) in LINE_BREAKING for c in text):
+        return text
+    return "".join(" " if unicodedata.category(c) in LINE_BREAKING else c for c in text)
+
+
+LINE_BREAKING = ("Cc", "Zl", "Zp")
 
 
 def train_vocab(sentences: Iterable[str], path: str | Path, vocab_size: int,

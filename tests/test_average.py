@@ -69,3 +69,14 @@ def test_averaging_refuses_what_it_cannot_do(run, reversal_data, tmp_path, capsy
     assert average_main([str(run), "--checkpoints", "step-30", "averaged", "-o",
                          str(run / "checkpoints" / "step-30.pt")]) == 2
     assert "is the same file as the input" in capsys.readouterr().err
+
+
+def test_checkpoints_with_and_without_a_moving_average_are_not_mixed(reversal_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    settings = dict(SMALL, train__max_steps=20)
+    train(config_from_dict(reversal_config(reversal_data, **settings)), run_dir)
+    train(config_from_dict(reversal_config(reversal_data, **dict(settings, train__max_steps=30,
+                                                                  train__ema=0.9))), run_dir, resume=True)
+    assert average_main([str(run_dir), "--last", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "step-30.pt holds a moving average of the weights (train.ema) but" in err and "step-20.pt" in err

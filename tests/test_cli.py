@@ -218,3 +218,16 @@ def test_translate_streams_chunk_by_chunk(cli_run, tmp_path):
     assert run("nmt-translate", run_dir, "-i", str(source), "-o", str(out), "--chunk-lines", "2").returncode == 0
     assert out.read_bytes() == whole.stdout
     one_line_error(run("nmt-translate", run_dir, "--chunk-lines", "0"), "--chunk-lines: 0 is out of range")
+
+
+def test_empty_test_files_and_samples_before_a_final_test_are_one_line(cli_run, reversal_data, tmp_path):
+    empty_src, empty_ref = tmp_path / "e.src", tmp_path / "e.tgt"
+    empty_src.write_text("")
+    empty_ref.write_text("")
+    one_line_error(run("nmt-evaluate", str(cli_run / "run"), "--src", str(empty_src), "--ref", str(empty_ref)),
+                   "e.src: the test set is empty")
+    config = tmp_path / "sampling.yaml"
+    config.write_text(yaml.safe_dump(reversal_config(reversal_data, decode__samples=2)))
+    one_line_error(run("nmt-train", str(config), "--run-dir", str(tmp_path / "never")),
+                   "decode.samples: the final test scores search output")
+    assert not (tmp_path / "never").exists()  # refused before any work

@@ -62,3 +62,13 @@ def test_the_command_takes_an_ensemble(reversal_run, tmp_path, capsys):
     assert translate_main([str(reversal_run), "-i", str(source), "--ensemble", f"{reversal_run}:last"]) == 0
     pair = Translator.load(reversal_run, ensemble=[f"{reversal_run}:last"])
     assert capsys.readouterr().out.splitlines() == pair.translate(SENTENCES)
+
+
+def test_an_ensemble_decodes_greedily_keeping_attention(reversal_run):
+    pair = Translator.load(reversal_run, ensemble=[f"{reversal_run}:last"])
+    found = pair.hypotheses(SENTENCES[:6], keep_attention=True, beam_size=1)
+    plain = pair.hypotheses(SENTENCES[:6], beam_size=1)
+    for hyps, same in zip(found, plain):
+        h = hyps[0]
+        assert h.tokens == same[0].tokens and h.attention.shape[0] == len(h.tokens) + h.ended
+        assert torch.allclose(h.attention.sum(1), torch.ones(h.attention.shape[0]), atol=1e-5)

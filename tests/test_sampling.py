@@ -66,3 +66,11 @@ def test_the_command_writes_tab_separated_samples(reversal_run, tmp_path, capsys
     lines = capsys.readouterr().out.splitlines()
     expected = translator.sample(SENTENCES, samples=2, seed=5, temperature=1.5)
     assert [line.split("\t") for line in lines] == expected
+
+
+def test_asking_for_no_sample_is_an_error_not_search_output(translator):
+    with pytest.raises(ConfigError, match="samples: 0"):
+        translator.sample(["a b c"], samples=0)
+    for do_sample in (True, False):
+        with pytest.raises(ConfigError, match="num_return_sequences is 0"):
+            translator.generate(["a b c"], do_sample=do_sample, num_return_sequences=0)

@@ -155,7 +155,7 @@ def reference_beam_search(model, src, lengths, beam_size, length_penalty=1.0, ma
     prev = src.new_full((batch,), END)
 
     def normalised(hyp):
-        return hyp.score / (len(hyp.tokens) + 1) ** length_penalty
+        return hyp.score / (len(hyp.tokens) + hyp.ended) ** length_penalty
 
     for t in range(max(max_lens)):
         logp, state, weights = model.decode_step(prev, state, memory)
@@ -174,7 +174,7 @@ def reference_beam_search(model, src, lengths, beam_size, length_penalty=1.0, ma
                 if token == END or last:
                     if j < k:
                         seq = history[row].tolist() + ([] if token == END else [token])
-                        hyp = Hypothesis(seq, score)
+                        hyp = Hypothesis(seq, score, ended=token == END)
                         if keep_attention:
                             hyp.attention = torch.cat([att_history[row], weights[row, None]]).cpu()
                         finished[i].append(hyp)

@@ -140,3 +140,17 @@ def test_a_report_decodes_with_every_setting(reversal_run):
     assert system.hypotheses == translator.translate(SENTENCES[:20], **how)
     assert system.hypotheses != translator.translate(SENTENCES[:20])  # the settings change something here
     assert system.info["decoding"]["no_repeat_ngram_size"] == 1
+
+
+def test_a_hypothesis_cut_at_the_maximum_length_is_not_normalised_as_if_it_had_ended(translator):
+    cut, ended = Hypothesis([5, 6, 7], -3.0, ended=False), Hypothesis([5, 6, 7], -3.0)
+    assert normalised_score(cut, 1.0) == -1.0 and normalised_score(ended, 1.0) == -0.75
+    assert normalised_score(cut, 1.0, "gnmt") == pytest.approx(-3.0 / (8 / 6))
+    # decode.max_length 5 cuts the longer outputs: those are marked so, with one attention row
+    # a piece (no row for an end marker that never came).
+    found = translator.hypotheses(SENTENCES[:-1], beam_size=3, n_best=3, max_length=5,
+                                  keep_attention=True)
+    hyps = [h for sentence in found for h in sentence]
+    assert any(not h.ended for h in hyps) and any(h.ended for h in hyps)
+    assert all(h.ended or len(h.tokens) == 5 for h in hyps)
+    assert all(h.attention.shape[0] == len(h.tokens) + h.ended for h in hyps)

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 import urllib.parse
 
 import aiohttp
@@ -163,3 +164,79 @@ def test_the_page_translates_and_draws_the_attention_in_chromium(served, transla
     assert f'<div id="translation">{expected}</div>' in page
     assert page.count('<table class="heatmap">') == 1 and "rgba(30, 90, 200," in page
     assert "src → tgt" in page
+
+
+async def _post(url: str, body: dict, timeout: float | None = None) -> tuple[int, dict, dict]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        async with session.post(f"{url}/translate", data=json.dumps(body).encode()) as response:
+            return response.status, await response.json(), dict(response.headers)
+
+
+@pytest.fixture(scope="module")
+def guarded(translator):
+    running = Running(translator, Limits(max_output_pieces=4, max_length_ratio_cap=3.0,
+                                         max_attention_mb=1, max_queued_sentences=6, batch_wait_ms=50))
+    yield running
+    running.stop()
+
+
+def test_what_one_request_may_cost_is_bounded_before_it_is_decoded(guarded, translator):
+    long = " ".join("abcdefghij" * 2)
+    for body, message in (({"max_length": 5}, "max_length: 5 is more than this server's --max-output-pieces (4)"),
+                          ({"max_length_ratio": 3.5}, "max_length_ratio: 3.5 is more than this server's"),
+                          ({"attention": True, "beam_size": 10, "sentences": ["ab " * 600] * 6}, "attention: keeping it for"),
+                          ({"sentences": ["a"] * 7}, "7 in one request, more than this server queues (6)")):
+        status, answer, _ = asyncio.run(_post(guarded.url, {"sentences": [long], **body}))
+        assert status in (400, 413) and message in answer["error"], answer
+    status, answer, _ = asyncio.run(_post(guarded.url, {"sentences": [long], "max_length_ratio": 3.0}))
+    assert status == 200  # no more output pieces than --max-output-pieces, also unasked
+    assert answer["translations"] == [translator.translate(long, max_length=4)]
+    assert len(translator.tgt_vocab.encode(answer["translations"])[0]) <= 4
+    # n_best widens the beam, as everywhere else (the run's beam is 3)
+    status, answer, _ = asyncio.run(_post(guarded.url, {"sentences": ["a b c"], "n_best": 5}))
+    assert status == 200 and len(answer["n_best"][0]) == 5
+
+
+def test_a_full_queue_answers_503_with_retry_after(guarded, translator):
+    src, _ = reversal_pairs(40, seed=3)
+    bodies = [{"sentences": src[i:i + 3]} for i in range(0, 36, 3)]
+
+    async def all_at_once():
+        return await asyncio.gather(*(_post(guarded.url, body) for body in bodies))
+
+    answers = asyncio.run(all_at_once())
+    busy = [a for a in answers if a[0] == 503]
+    assert busy and all(a[2].get("Retry-After") == "1" and "busy" in a[1]["error"] for a in busy)
+    for body, (status, answer, _) in zip(bodies, answers):
+        if status == 200:
+            assert answer["translations"] == translator.translate(body["sentences"], max_length=4)
+    assert {s for s, _, _ in answers} == {200, 503}
+    health = get(f"{guarded.url}/health")
+    assert health["status"] == "ok" and health["queued_sentences"] == 0
+
+
+def test_a_request_whose_client_hung_up_is_not_decoded(translator, monkeypatch):
+    running = Running(translator, Limits(batch_wait_ms=1))
+    real = translator.hypotheses
+
+    def slow(*args, **kwargs):  # the model's thread stays busy for a while with each batch
+        time.sleep(0.6)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(translator, "hypotheses", slow)
+
+    async def scenario():
+        first = asyncio.create_task(_post(running.url, {"sentences": ["a b c"]}))
+        await asyncio.sleep(0.2)  # the first request is being decoded
+        with pytest.raises(asyncio.TimeoutError):
+            await _post(running.url, {"sentences": ["c b a"]}, timeout=0.1)  # gives up, hangs up
+        return await first
+
+    try:
+        status, answer, _ = asyncio.run(scenario())
+        assert status == 200 and answer["translations"] == [translator.translate("a b c")]
+        time.sleep(1.0)  # the batcher has taken the second request from the queue
+        health = get(f"{running.url}/health")
+        assert health["abandoned"] == 1 and health["requests"] == 1
+    finally:
+        running.stop()
