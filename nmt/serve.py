@@ -61,6 +61,7 @@ class Limits:
     max_length_ratio_cap: float = 4.0  # the largest max_length_ratio a request may ask for (400 beyond)
     max_attention_mb: int = 256  # what "attention": true may keep for one request (413 beyond)
     max_queued_sentences: int = 10_000  # waiting to be decoded (503 with Retry-After beyond)
+    request_timeout_s: float = 60.0  # a request not translated by then gets a 504
 
     def __post_init__(self):
         for name, value in vars(self).items():
@@ -81,6 +82,13 @@ class Job:
     attention: bool
     done: asyncio.Future = field(repr=False)
     gone: Callable[[], bool] = lambda: False  # whether the client has hung up
+    deadline: float = float("inf")  # the event loop's time by which it must be answered
+    next: int = 0  # sentences handed to the model so far
+    parts: list[dict] = field(default_factory=list)  # the results of its slices decoded so far
+
+    @property
+    def left(self) -> int:
+        return len(self.sentences) - self.next
 
     @property
     def key(self) -> tuple:
@@ -137,10 +145,14 @@ class Server:
                                       f"(at most {self.limits.max_queued_sentences}); try again"},
                                      status=503, headers={"Retry-After": "1"})
         job.gone = lambda: request.transport is None or request.transport.is_closing()
+        job.deadline = asyncio.get_running_loop().time() + self.limits.request_timeout_s
         self.queued += len(job.sentences)
         await self.queue.put(job)
         try:
             return web.json_response(await job.done)
+        except TimeoutError:
+            return web.json_response({"error": f"not translated within --request-timeout-s "
+                                      f"({self.limits.request_timeout_s:g} s); try again"}, status=504)
         except Exception as err:  # a failure inside the model: this request fails, the server goes on
             return web.json_response({"error": f"translation failed ({type(err).__name__}: {err})"},
                                      status=500)
@@ -204,42 +216,78 @@ class Server:
     # -- batching -----------------------------------------------------------------------------
 
     async def _batcher(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Decode the requests in batches of slices: each batch shares --max-batch-sentences
+        among the waiting requests (with the options of the oldest) round-robin, so a large
+        request is decoded a slice at a time beside small ones, and between batches a
+        request whose client has gone or whose deadline has passed is dropped."""
+        loop, active = asyncio.get_running_loop(), []
         while True:
-            jobs = [await self.queue.get()]
-            count, deadline = len(jobs[0].sentences), loop.time() + self.limits.batch_wait_ms / 1000
-            while count < self.limits.max_batch_sentences:
+            if not active:  # idle: wait for a request, and a moment for others to join it
+                active.append(await self.queue.get())
+                await asyncio.sleep(self.limits.batch_wait_ms / 1000)
+            while not self.queue.empty():
+                active.append(self.queue.get_nowait())
+            active = [job for job in active if self._wanted(job, loop.time())]
+            if active:
+                batch = self._slices(active)
                 try:
-                    jobs.append(await asyncio.wait_for(self.queue.get(), max(deadline - loop.time(), 0)))
-                except asyncio.TimeoutError:
-                    break
-                count += len(jobs[-1].sentences)
-            self.queued -= count
-            groups: dict[tuple, list[Job]] = {}
-            for job in jobs:
-                if job.gone():  # its client hung up while it waited: nobody to answer
-                    self.abandoned += 1
-                    job.done.cancel()
-                    continue
-                groups.setdefault(job.key, []).append(job)
-            for group in groups.values():
-                await self._run(loop, group)
+                    await self._run(loop, batch)
+                except Exception as err:  # a bug here must not stop the server: fail this batch
+                    for job, _ in batch:
+                        self._fail(job, err)
+                served = [job for job, _ in batch]
+                active = [job for job in active if job not in served] + served  # round-robin
+                active = [job for job in active if not job.done.done()]
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, group: list[Job]) -> None:
-        sentences = [s for job in group for s in job.sentences]
+    def _wanted(self, job: Job, now: float) -> bool:
+        """False (and the job ended) for a request whose client hung up or whose time is up."""
+        if job.gone():  # nobody to answer: its remaining sentences are not decoded
+            self.abandoned += 1
+            job.done.cancel()
+        elif now > job.deadline:
+            job.done.done() or job.done.set_exception(TimeoutError())
+        else:
+            return True
+        self.queued -= job.left
+        return False
+
+    def _fail(self, job: Job, err: Exception) -> None:
+        self.queued -= job.left
+        job.next = len(job.sentences)
+        job.done.done() or job.done.set_exception(err)
+
+    def _slices(self, active: list[Job]) -> list[tuple[Job, int]]:
+        """(job, sentences) to decode now: jobs with the oldest waiting job's options, each
+        getting an equal share of the batch first, the rest in turn."""
+        same = [job for job in active if job.key == active[0].key]
+        budget, share = self.limits.max_batch_sentences, max(1, self.limits.max_batch_sentences // len(same))
+        taken = {id(job): 0 for job in same}
+        for cap in (share, budget):  # equal shares, then what is left over, in order
+            for job in same:
+                more = min(job.left - taken[id(job)], cap - taken[id(job)], budget)
+                if more > 0:
+                    taken[id(job)] += more
+                    budget -= more
+        return [(job, taken[id(job)]) for job in same if taken[id(job)] or not job.left]  # [] too
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Job, int]]) -> None:
+        sentences = [s for job, n in batch for s in job.sentences[job.next:job.next + n]]
         try:
-            results = await loop.run_in_executor(self.model_thread, self._decode, sentences, group[0])
+            results = await loop.run_in_executor(self.model_thread, self._decode, sentences, batch[0][0])
         except Exception as err:
-            for job in group:
-                job.done.done() or job.done.set_exception(err)
+            for job, n in batch:
+                self._fail(job, err)
             return
-        self.requests += len(group)
         self.batches += 1
         start = 0
-        for job in group:
-            part = {k: v[start:start + len(job.sentences)] for k, v in results.items()}
-            start += len(job.sentences)
-            job.done.done() or job.done.set_result(part)
+        for job, n in batch:
+            job.parts.append({k: v[start:start + n] for k, v in results.items()})
+            start, job.next = start + n, job.next + n
+            self.queued -= n
+            if not job.left:
+                self.requests += 1
+                merged = {k: [x for part in job.parts for x in part[k]] for k in job.parts[0]}
+                job.done.done() or job.done.set_result(merged)
 
     def _decode(self, sentences: list[str], job: Job) -> dict:
         """In the model's thread: the group's sentences in one call (the translator batches them)."""
