@@ -68,17 +68,18 @@ def on_rank0(work: Callable[[], object], rank: int, world: int):
         return work()
     import torch.distributed as dist
     group = dist.new_group(backend="gloo", timeout=timedelta(hours=12))
+    tell = lambda box: dist.broadcast_object_list(box, src=0, group=group)  # noqa: E731
+    if rank == 0:
+        try:
+            value = work()
+        except BaseException as err:  # the others get its message; rank 0 raises it as it was
+            tell([("error", str(err) if isinstance(err, NmtError) else
+                   "rank 0 failed while preparing the training data (see its error)")])
+            raise
+        tell([("ok", value)])
+        return value
     box: list = [None]
-    try:
-        if rank == 0:
-            box = [("ok", work())]
-    except NmtError as err:
-        box = [("error", str(err))]
-    except BaseException:
-        box = [("error", "rank 0 failed while preparing the training data (see its error)")]
-        dist.broadcast_object_list(box, src=0, group=group)
-        raise
-    dist.broadcast_object_list(box, src=0, group=group)
+    tell(box)
     status, value = box[0]
     if status == "error":
         raise NmtError(value)
@@ -283,7 +284,7 @@ def prepare(data: DataConfig, run_dir: Path, reuse_vocab: bool) -> Path:
             log.info(f"training data: mapped {folder} ({meta['pairs']:,} pairs prepared from "
                      f"{meta['from']} on {meta['prepared']}, in {meta['seconds']:.0f} s)")
             return folder
-        with _building(folder) as tmp, _terminate_as_interrupt():
+        with _terminate_as_interrupt(), _building(folder) as tmp:  # its fsyncs and rename too
             _write(tmp, source, identity, vocabs, data)
         return folder
     except OSError as err:  # the disk filled, or the cache folder cannot be written

@@ -75,7 +75,7 @@ class BadRequest(Exception):
         self.status = status
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: compared by identity
 class Job:
     sentences: list[str]
     options: dict
@@ -98,6 +98,11 @@ class Job:
 class Server:
     def __init__(self, translator: Translator, limits: Limits = Limits()):
         self.translator, self.limits = translator, limits
+        decode = translator.decode  # what a request that sets nothing gets must be allowed
+        if decode.max_length_ratio > limits.max_length_ratio_cap or decode.max_length > limits.max_output_pieces:
+            raise ConfigError(f"the run decodes with max_length_ratio {decode.max_length_ratio} and max_length "
+                              f"{decode.max_length}, beyond --max-length-ratio-cap "
+                              f"{limits.max_length_ratio_cap} or --max-output-pieces {limits.max_output_pieces}")
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="nmt-model")  # one model user
         self.queue: asyncio.Queue[Job] | None = None
         self.requests = self.batches = self.queued = self.abandoned = 0  # queued: sentences waiting
@@ -148,9 +153,11 @@ class Server:
         job.deadline = asyncio.get_running_loop().time() + self.limits.request_timeout_s
         self.queued += len(job.sentences)
         await self.queue.put(job)
-        try:
-            return web.json_response(await job.done)
-        except TimeoutError:
+        try:  # the deadline holds even while a batch is being decoded
+            return web.json_response(await asyncio.wait_for(asyncio.shield(job.done),
+                                                            self.limits.request_timeout_s))
+        except (TimeoutError, asyncio.TimeoutError):  # one type from Python 3.11 on
+            job.done.add_done_callback(lambda done: done.cancelled() or done.exception())  # nobody waits
             return web.json_response({"error": f"not translated within --request-timeout-s "
                                       f"({self.limits.request_timeout_s:g} s); try again"}, status=504)
         except Exception as err:  # a failure inside the model: this request fails, the server goes on
@@ -217,7 +224,7 @@ class Server:
 
     async def _batcher(self) -> None:
         """Decode the requests in batches of slices: each batch shares --max-batch-sentences
-        among the waiting requests (with the options of the oldest) round-robin, so a large
+        among the waiting requests (with the options of the one served least recently) round-robin, so a large
         request is decoded a slice at a time beside small ones, and between batches a
         request whose client has gone or whose deadline has passed is dropped."""
         loop, active = asyncio.get_running_loop(), []
@@ -237,11 +244,11 @@ class Server:
                         self._fail(job, err)
                 served = [job for job, _ in batch]
                 active = [job for job in active if job not in served] + served  # round-robin
-                active = [job for job in active if not job.done.done()]
+                active = [job for job in active if job.left]
 
     def _wanted(self, job: Job, now: float) -> bool:
         """False (and the job ended) for a request whose client hung up or whose time is up."""
-        if job.gone():  # nobody to answer: its remaining sentences are not decoded
+        if job.gone() or job.done.done():  # nobody to answer: its remaining sentences are not decoded
             self.abandoned += 1
             job.done.cancel()
         elif now > job.deadline:
@@ -257,8 +264,8 @@ class Server:
         job.done.done() or job.done.set_exception(err)
 
     def _slices(self, active: list[Job]) -> list[tuple[Job, int]]:
-        """(job, sentences) to decode now: jobs with the oldest waiting job's options, each
-        getting an equal share of the batch first, the rest in turn."""
+        """(job, sentences) to decode now: the jobs with the options of the one served least
+        recently, each getting an equal share of the batch first, the rest in turn."""
         same = [job for job in active if job.key == active[0].key]
         budget, share = self.limits.max_batch_sentences, max(1, self.limits.max_batch_sentences // len(same))
         taken = {id(job): 0 for job in same}

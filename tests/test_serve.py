@@ -240,3 +240,27 @@ def test_a_request_whose_client_hung_up_is_not_decoded(translator, monkeypatch):
         assert health["abandoned"] == 1 and health["requests"] == 1
     finally:
         running.stop()
+
+
+def test_the_deadline_holds_while_a_batch_is_decoded(translator, monkeypatch):
+    from nmt.errors import ConfigError
+    with pytest.raises(ConfigError, match="beyond --max-length-ratio-cap 1.0"):
+        Server(translator, Limits(max_length_ratio_cap=1.0))  # the run's own 2.0 would be refused
+    running = Running(translator, Limits(batch_wait_ms=1, request_timeout_s=0.5))
+    real = translator.hypotheses
+
+    def slow(*args, **kwargs):
+        time.sleep(1.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(translator, "hypotheses", slow)
+    try:
+        start = time.monotonic()
+        status, answer, _ = asyncio.run(_post(running.url, {"sentences": ["a b c"]}))
+        assert status == 504 and "--request-timeout-s (0.5 s)" in answer["error"]
+        assert time.monotonic() - start < 1.4  # answered at its deadline, not after the batch
+        time.sleep(1.5)
+        health = get(f"{running.url}/health")
+        assert health["status"] == "ok" and health["queued_sentences"] == 0
+    finally:
+        running.stop()
