@@ -49,6 +49,12 @@ def _stat(path: Path) -> tuple:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
+def _check_unchanged(paths: list[Path], stats: list[tuple]) -> None:
+    for path, before in zip(paths, stats):
+        if _stat(path) != before:
+            raise DataError(f"{path}: changed while it was read; run again")
+
+
 class TextPairs:
     """Line-aligned files ``<prefix>.<src_lang>`` and ``<prefix>.<tgt_lang>``, streamed."""
 
@@ -75,9 +81,7 @@ class TextPairs:
         return read_chunks(str(self.paths[which]), size)
 
     def check_unchanged(self) -> None:
-        for path, before in zip(self.paths, self.stats):
-            if _stat(path) != before:
-                raise DataError(f"{path}: changed while it was read; run again")
+        _check_unchanged(self.paths, self.stats)
 
 
 class DatasetPairs:
@@ -110,8 +114,7 @@ class DatasetPairs:
                    for k, value in enumerate(batch[top])]
 
     def check_unchanged(self) -> None:
-        if self.file is not None and _stat(self.file) != self.stats[0]:
-            raise DataError(f"{self.file}: changed while it was read; run again")
+        _check_unchanged([self.file] if self.file is not None else [], self.stats)
 
 
 def pair_source(cfg: DataConfig, split: str) -> TextPairs | DatasetPairs:
