@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nmt import invariant
+
 
 class Attention(nn.Module):
     """Scores a decoder query against every source position.
@@ -31,13 +33,16 @@ class Attention(nn.Module):
         else:
             raise ValueError(f"unknown attention {kind!r}")
 
-    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+    def project_keys(self, memory: torch.Tensor, batch_invariant: bool = False) -> torch.Tensor:
         """[B, S, key_size] -> keys [B, S, query_size]."""
-        return memory if self.kind == "dot" else self.key_proj(memory)
+        if self.kind == "dot":
+            return memory
+        return invariant.rows(self.key_proj, memory) if batch_invariant else self.key_proj(memory)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attend.
+                mask: torch.Tensor, batch_invariant: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attend. ``batch_invariant``: computed so that a sentence's result does not depend on
+        the rest of the batch (``nmt.invariant``; decoding), else with batched products (training).
 
         Args:
             query: [B * k, Q], k >= 1 consecutive queries per sentence (beam
@@ -50,6 +55,9 @@ class Attention(nn.Module):
         """
         rows, sentences = query.size(0), keys.size(0)
         q = query.view(sentences, rows // sentences, -1)  # [B, k, Q]
+        if batch_invariant:
+            context, weights = invariant.by_sentences(self._attend_invariant, q, keys, values, mask)
+            return context.view(rows, -1), weights.view(rows, -1)
         if self.kind == "mlp":
             hidden = torch.tanh(keys.unsqueeze(1) + self.query_proj(q).unsqueeze(2))  # [B, k, S, Q]
             scores = self.v(hidden).squeeze(3)
@@ -59,3 +67,15 @@ class Attention(nn.Module):
         weights = torch.softmax(scores, dim=-1)
         context = torch.bmm(weights, values)  # [B, k, K]
         return context.view(rows, -1), weights.view(rows, -1)
+
+    def _attend_invariant(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                          mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [B, k, Q] -> context [B, k, K], weights [B, k, S], each sentence's from its own rows."""
+        if self.kind == "mlp":
+            hidden = torch.tanh(keys.unsqueeze(1) + invariant.rows(self.query_proj, q).unsqueeze(2))
+            # A sum over Q alone (int8: an exact integer product).
+            scores = ((hidden * self.v.weight[0]).sum(-1) if isinstance(self.v, nn.Linear)
+                      else self.v(hidden).squeeze(-1))  # [B, k, S]
+        else:
+            scores = invariant.dot(q, keys)
+        return invariant.attend(scores, values, mask)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt import invariant
 from nmt.attention import Attention
 from nmt.dropout import Dropout
 from nmt.steps import StepProducts
@@ -64,24 +66,31 @@ class Decoder(nn.Module):
 
     def step(self, emb: torch.Tensor, state: DecoderState, memory: Memory
              ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """One step. emb: [B, E]. Returns attentional vector [B, H], state, weights [B, S]."""
+        """One step of decoding. emb: [B, E]. Returns attentional vector [B, H], state,
+        weights [B, S]. A row's results depend on that row alone (``nmt.invariant``)."""
         x = torch.cat([emb, state.feed], dim=-1) if self.input_feeding else emb
         hs, cs = [], []
         for k, cell in enumerate(self.cells):
             x = self.dropout(x)
-            if state.c is None:
-                h = cell(x, state.h[k])
-            else:
-                h, c = cell(x, (state.h[k], state.c[k]))
-                cs.append(c)
+            h, c = self._cell_step(cell, x, state.h[k], None if state.c is None else state.c[k])
             hs.append(h)
+            if c is not None:
+                cs.append(c)
             x = h
-        context, weights = self.attention(x, memory.keys, memory.values, memory.mask)
-        vector = torch.tanh(self.combine(torch.cat([context, x], dim=-1)))
+        context, weights = self.attention(x, memory.keys, memory.values, memory.mask, batch_invariant=True)
+        vector = torch.tanh(invariant.rows(self.combine, torch.cat([context, x], dim=-1)))
         # The fed-back vector is kept undropped: it is dropped once, as part of
         # the next step's input into layer 1.
         new = DecoderState(torch.stack(hs), torch.stack(cs) if cs else None, vector)
         return self.dropout(vector), new, weights
+
+    def _cell_step(self, cell: nn.Module, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not isinstance(cell, nn.RNNCellBase):  # nmt.quantize's int8 cells
+            return (cell(x, h), None) if c is None else cell(x, (h, c))
+        x_gates = invariant.rows(lambda rows: F.linear(rows, cell.weight_ih, cell.bias_ih), x)
+        h_gates = invariant.rows(lambda rows: F.linear(rows, cell.weight_hh, cell.bias_hh), h)
+        return cell_update(self.cell, x_gates, h_gates, h, c, invariant.sigmoid)
 
     def forward(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
         """Teacher-forced decoding. emb: [B, T, E] -> attentional vectors [B, T, H].
@@ -116,17 +125,20 @@ class Decoder(nn.Module):
 
 
 def cell_update(cell: str, x_gates: torch.Tensor, h_gates: torch.Tensor, h: torch.Tensor,
-                c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                c: torch.Tensor | None, sigmoid: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One step of an LSTM, GRU or tanh-RNN cell from its input and state products
-    (biases included), with PyTorch's gate order and equations (docs/model.md §2)."""
+    (biases included), with PyTorch's gate order and equations (docs/model.md §2).
+    Decoding passes ``nmt.invariant.sigmoid``."""
     if cell == "lstm":
-        i, f, g, o = (x_gates + h_gates).chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        gates = x_gates + h_gates
+        i, f, _, o = sigmoid(gates).chunk(4, 1)  # one call for the three gates (g's is unused)
+        c = f * c + i * torch.tanh(gates.chunk(4, 1)[2])
+        return o * torch.tanh(c), c
     if cell == "gru":
         x_r, x_z, x_n = x_gates.chunk(3, 1)
         h_r, h_z, h_n = h_gates.chunk(3, 1)
-        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
         return n + z * (h - n), None  # (1 - z) * n + z * h
     return torch.tanh(x_gates + h_gates), None

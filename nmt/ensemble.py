@@ -42,6 +42,10 @@ class Ensemble(nn.Module):
         steps = [member.decode_step(prev, s, m) for member, s, m in zip(self.members, state.parts, memory.parts)]
         if len(steps) == 1:
             return steps[0][0], Each([steps[0][1]]), steps[0][2]
-        logp = torch.stack([step[0] for step in steps]).mean(0)
-        weights = torch.stack([step[2] for step in steps]).mean(0)
+        # Summed member by member, elementwise: each row's mean is formed in one order
+        # whatever the batch (a mean over a stacked dimension need not be).
+        logp, weights = steps[0][0], steps[0][2]
+        for step in steps[1:]:
+            logp, weights = logp + step[0], weights + step[2]
+        logp, weights = logp / len(steps), weights / len(steps)
         return logp, Each([step[1] for step in steps]), weights

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from nmt.errors import ConfigError
+from nmt.invariant import sigmoid
 
 
 @functools.cache
@@ -82,16 +83,17 @@ class Int8Cell(nn.Module):
                                    cell.bias_ih + cell.bias_hh)
 
     def forward(self, x: torch.Tensor, state):
-        """The equations of torch's cells (gate order i, f, g, o and r, z, n)."""
+        """The equations of torch's cells (gate order i, f, g, o and r, z, n); the sigmoid is
+        nmt.invariant's, so a row's result depends on that row alone."""
         if self.kind == "lstm":
             h, c = state
             i, f, g, o = self.both(torch.cat([x, h], dim=1)).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            return torch.sigmoid(o) * torch.tanh(c), c
+            c = sigmoid(f) * c + sigmoid(i) * torch.tanh(g)
+            return sigmoid(o) * torch.tanh(c), c
         if self.kind == "gru":
             ir, iz, in_ = self.ih(x).chunk(3, dim=1)
             hr, hz, hn = self.hh(state).chunk(3, dim=1)
-            r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+            r, z = sigmoid(ir + hr), sigmoid(iz + hz)
             n = torch.tanh(in_ + r * hn)
             return (1 - z) * n + z * state
         return torch.tanh(self.both(torch.cat([x, state], dim=1)))

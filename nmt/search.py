@@ -3,8 +3,9 @@
 Decoding follows docs/model.md §3: the first decoder input is the end marker, each
 later input is the previous output, and a hypothesis ends when it emits the
 end marker (or reaches its maximum length). Every decision about a sentence
-depends on that sentence's rows alone, and finished sentences leave the
-batch, so a translation does not depend on the batch it is decoded in.
+depends on that sentence's rows alone, the model computes each row's numbers
+from that row alone (``nmt.invariant``), and finished sentences leave the batch,
+so a translation and its score do not depend, bit for bit, on the batch.
 
 The bookkeeping is tensor operations on the model's device: per step the host
 learns only which sentences are still decoding (one small transfer, needed to

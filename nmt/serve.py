@@ -13,8 +13,8 @@ Dynamic batching: one task takes the first waiting request, gathers those that
 arrive within ``batch_wait_ms`` (up to ``max_batch_sentences`` sentences),
 and decodes each group with the same settings as one batch in the model's
 thread; meanwhile new requests queue for the next batch. A sentence's
-translation does not depend on its batch (``nmt.search``; near-ties aside, see
-docs/RELIABILITY.md), so every request gets what it would get alone. Bad requests get a 4xx with a one-line
+translation and score do not depend on its batch, bit for bit (``nmt.invariant``),
+so every request gets exactly what it would get alone. Bad requests get a 4xx with a one-line
 JSON error; nothing a client sends stops the server.
 
 What one request may cost is bounded before it is decoded: its output length

@@ -139,8 +139,13 @@ def test_decoder_dropout_never_touches_the_carried_state():
     dec = Decoder("lstm", embedding_size=6, hidden_size=8, num_layers=2, memory_size=8,
                   attention="general", input_feeding=True, dropout=0.5).train()
     calls = []
-    for cell in dec.cells:
-        cell.register_forward_hook(lambda m, inp, out: calls.append((inp[0], inp[1])))
+    cell_step = dec._cell_step
+
+    def spy(cell, x, h, c):  # what each layer's cell is given
+        calls.append((x, (h, c)))
+        return cell_step(cell, x, h, c)
+
+    dec._cell_step = spy
     state = DecoderState(torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.randn(3, 8))
     values = torch.randn(3, 4, 8)
     memory = Memory(values, dec.attention.project_keys(values), torch.ones(3, 4, dtype=torch.bool))
