@@ -70,6 +70,7 @@ class ModelConfig:
     decoder_hidden_size: int = 256
     attention: str = "general"  # dot, general (Luong) or mlp (Bahdanau)
     input_feeding: bool = True  # feed the last attentional vector back in
+    decoder: str = "luong"  # luong (the top layer attends) or gnmt (the first does; needs input_feeding false)
     dropout: float = 0.3  # on embeddings, between layers, on the attentional vector
     tie_output: bool = True  # output layer shares the target embeddings
     share_embeddings: bool = True  # source and target share one table (needs joint_vocab)
@@ -155,6 +156,7 @@ CHOICES = {
     "data.subword_type": ("bpe", "unigram"),
     "model.cell": ("lstm", "gru", "rnn"),
     "model.attention": ("dot", "general", "mlp"),
+    "model.decoder": ("luong", "gnmt"),
     "train.batch_unit": ("tokens", "sentences"),
     "train.precision": ("auto", "fp32", "bf16"),
     "decode.length_penalty_type": ("length", "gnmt"),
@@ -284,6 +286,8 @@ def _check(cfg: Config) -> None:
     if cfg.model.attention == "dot" and enc_out != cfg.model.decoder_hidden_size:
         raise ConfigError(f"model.attention: dot needs encoder outputs ({enc_out}) of "
                           f"model.decoder_hidden_size ({cfg.model.decoder_hidden_size})")
+    if cfg.model.decoder == "gnmt" and cfg.model.input_feeding:
+        raise ConfigError("model.decoder: gnmt has no input feeding; set model.input_feeding: false")
     if not cfg.data.train:
         raise ConfigError("data.train: no training data given")
 

@@ -43,22 +43,31 @@ class DecoderState:
 
 class Decoder(nn.Module):
     """At each step: the previous output's embedding (and, with input feeding,
-    the previous attentional vector) goes through L stacked cells; the top
-    state h_t queries the source; the attentional vector is
-    tanh(W [context; h_t]), from which the output layer predicts the next piece.
+    the previous attentional vector) goes through L stacked cells; one layer's
+    state queries the source -- the top layer's (``kind`` "luong") or the first
+    layer's ("gnmt", Wu et al. 2016: the context is also concatenated to the input
+    of every layer above) -- and the attentional vector is tanh(W [context; h_t])
+    of the top state h_t, from which the output layer predicts the next piece.
     Dropout: on the input into layer 1, between layers, on the attentional
     vector -- never on the state carried between steps (docs/model.md §6).
+
+    Without input feeding no layer's input depends on an earlier step's attention,
+    so training runs each layer as one recurrent call over all target steps
+    (cuDNN on a GPU, oneDNN on a CPU) and attention for all steps as one batched
+    product (``forward``).
     """
 
     def __init__(self, cell: str, embedding_size: int, hidden_size: int, num_layers: int,
                  memory_size: int, attention: str, input_feeding: bool = True,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, kind: str = "luong"):
         super().__init__()
         self.cell = cell
         self.hidden_size = hidden_size
         self.input_feeding = input_feeding
+        self.query_layer = 0 if kind == "gnmt" else num_layers - 1  # the layer that attends
         first = embedding_size + (hidden_size if input_feeding else 0)
-        self.cells = nn.ModuleList(CELL_TYPES[cell](first if k == 0 else hidden_size, hidden_size)
+        above = hidden_size + (memory_size if kind == "gnmt" else 0)  # layers above layer 1
+        self.cells = nn.ModuleList(CELL_TYPES[cell](first if k == 0 else above, hidden_size)
                                    for k in range(num_layers))
         self.attention = Attention(attention, hidden_size, memory_size)
         self.combine = nn.Linear(memory_size + hidden_size, hidden_size, bias=False)
@@ -71,13 +80,17 @@ class Decoder(nn.Module):
         x = torch.cat([emb, state.feed], dim=-1) if self.input_feeding else emb
         hs, cs = [], []
         for k, cell in enumerate(self.cells):
+            if k > self.query_layer:  # gnmt: the context goes into every layer above
+                x = torch.cat([x, context], dim=-1)
             x = self.dropout(x)
             h, c = self._cell_step(cell, x, state.h[k], None if state.c is None else state.c[k])
             hs.append(h)
             if c is not None:
                 cs.append(c)
             x = h
-        context, weights = self.attention(x, memory.keys, memory.values, memory.mask, batch_invariant=True)
+            if k == self.query_layer:
+                context, weights = self.attention(x, memory.keys, memory.values, memory.mask,
+                                                  batch_invariant=True)
         vector = torch.tanh(invariant.rows(self.combine, torch.cat([context, x], dim=-1)))
         # The fed-back vector is kept undropped: it is dropped once, as part of
         # the next step's input into layer 1.
@@ -101,6 +114,8 @@ class Decoder(nn.Module):
         (``nmt.steps``). Layer 1's input [emb; feed] is dropped in two parts,
         each element still kept with probability 1 - p.
         """
+        if not self.input_feeding:
+            return self._forward_sequence(emb, state, memory)
         cells, size = self.cells, emb.size(2)
         emb_gates = F.linear(self.dropout(emb), cells[0].weight_ih[:, :size], cells[0].bias_ih).unbind(1)
         feed_products = StepProducts(cells[0].weight_ih[:, size:]) if self.input_feeding else None
@@ -122,6 +137,33 @@ class Decoder(nn.Module):
             feed = torch.tanh(combine(torch.cat([context, h[-1]], dim=-1)))
             vectors.append(self.dropout(feed))
         return torch.stack(vectors, dim=1)
+
+
+    def _forward_sequence(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
+        """``forward`` without input feeding: each layer one recurrent call over all T steps,
+        attention for all steps one batched product. emb: [B, T, E] -> vectors [B, T, H]."""
+        batch, steps = emb.shape[:2]
+        x = emb
+        for k, cell in enumerate(self.cells):
+            if k > self.query_layer:
+                x = torch.cat([x, context], dim=-1)
+            x = self._layer_over_steps(cell, self.dropout(x), state.h[k],
+                                       None if state.c is None else state.c[k])
+            if k == self.query_layer:
+                context, _ = self.attention(x.reshape(batch * steps, -1), memory.keys,
+                                            memory.values, memory.mask)
+                context = context.view(batch, steps, -1)
+        return self.dropout(torch.tanh(self.combine(torch.cat([context, x], dim=-1))))
+
+    def _layer_over_steps(self, cell: nn.RNNCellBase, x: torch.Tensor, h: torch.Tensor,
+                          c: torch.Tensor | None) -> torch.Tensor:
+        """One layer over all steps, with the cell's own weights: x [B, T, in] -> [B, T, H]."""
+        weights = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+        # torch.lstm / gru / rnn_tanh are the calls nn.LSTM / GRU / RNN make (batch first, 1 layer).
+        if self.cell == "lstm":
+            return torch.lstm(x, (h[None], c[None]), weights, True, 1, 0.0, self.training, False, True)[0]
+        run = torch.gru if self.cell == "gru" else torch.rnn_tanh
+        return run(x, h[None], weights, True, 1, 0.0, self.training, False, True)[0]
 
 
 def cell_update(cell: str, x_gates: torch.Tensor, h_gates: torch.Tensor, h: torch.Tensor,

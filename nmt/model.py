@@ -30,7 +30,7 @@ class Seq2Seq(nn.Module):
         self.bridge_c = nn.Linear(enc_size, cfg.decoder_hidden_size) if cfg.cell == "lstm" else None
         self.decoder = Decoder(cfg.cell, cfg.embedding_size, cfg.decoder_hidden_size,
                                cfg.decoder_layers, enc_size, cfg.attention, cfg.input_feeding,
-                               cfg.dropout)
+                               cfg.dropout, cfg.decoder)
         self.output = nn.Linear(cfg.decoder_hidden_size, tgt_vocab_size)
         self.reset_parameters()
         if cfg.tie_output:

@@ -34,6 +34,8 @@ def test_general_attention_is_bilinear():
     {"cell": "gru", "attention": "mlp", "decoder_layers": 3},
     {"cell": "rnn", "attention": "dot", "decoder_hidden_size": 32, "bidirectional": True},
     {"cell": "lstm", "bidirectional": False, "input_feeding": False, "attention": "mlp"},
+    {"cell": "lstm", "input_feeding": False, "decoder": "gnmt", "decoder_layers": 3},
+    {"cell": "gru", "input_feeding": False, "decoder": "gnmt", "attention": "mlp"},
     {"tie_output": True, "share_embeddings": True, "decoder_hidden_size": 24, "embedding_size": 24},
 ])
 def test_model_variants_train_and_decode(overrides):
@@ -56,15 +58,18 @@ def test_model_variants_train_and_decode(overrides):
     assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
 
 
-@pytest.mark.parametrize("cell, input_feeding", [("lstm", True), ("lstm", False), ("gru", True), ("rnn", True)])
-def test_teacher_forced_logits_match_step_by_step_decoding(cell, input_feeding):
+@pytest.mark.parametrize("cell, input_feeding, decoder", [
+    ("lstm", True, "luong"), ("lstm", False, "luong"), ("gru", True, "luong"), ("rnn", True, "luong"),
+    ("gru", False, "luong"), ("lstm", False, "gnmt"), ("gru", False, "gnmt"), ("rnn", False, "gnmt")])
+def test_teacher_forced_logits_match_step_by_step_decoding(cell, input_feeding, decoder):
     """Training scores only real target positions; they must be the very scores
     the step-by-step decoder (used by greedy and beam search) gives there -- also
     when the training path (batched products, nmt.steps) runs with gradients."""
     torch.manual_seed(1)
     cfg = config_from_dict({"model": {"embedding_size": 16, "encoder_hidden_size": 16,
                                       "decoder_hidden_size": 32, "decoder_layers": 2, "cell": cell,
-                                      "input_feeding": input_feeding, "tie_output": False}})
+                                      "input_feeding": input_feeding, "decoder": decoder,
+                                      "tie_output": False}})
     model = Seq2Seq(cfg.model, 40, 40).eval()
     batch = make_batch([[5, 6, 7, 8], [9, 10], [11]], [[12], [13, 14, 15, 16], [17, 18]])
     logits = model(batch.src, batch.src_lengths, batch.tgt_in, batch.positions).detach()
@@ -113,3 +118,67 @@ def test_encoder_packing_planned_on_the_host_matches_torchs(cell):
     expected, _ = pad_packed_sequence(packed, batch_first=True, total_length=8)
     assert torch.allclose(outputs, expected, atol=1e-6)
     assert torch.all(outputs[2, 1:] == 0)  # padding stays zero
+
+
+def _ops_of_a_training_step(model, target_length: int) -> int:
+    """aten ops dispatched by one forward and backward pass with targets of this length."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    batch = make_batch([[5, 6, 7], [8, 9]], [[10] * target_length, [11] * (target_length - 1)])
+    with Count():
+        model(batch.src, batch.src_lengths, batch.tgt_in, batch.positions).sum().backward()
+    return Count.ops
+
+
+@pytest.mark.parametrize("decoder", ["luong", "gnmt"])
+def test_without_input_feeding_a_training_step_does_not_grow_with_the_target(decoder):
+    """Each decoder layer is one recurrent call over all target steps and attention one
+    batched product, so the ops a step launches do not depend on the target length;
+    with input feeding they grow with it (the step loop)."""
+    torch.manual_seed(0)
+    model_cfg = {"embedding_size": 16, "encoder_hidden_size": 16, "decoder_hidden_size": 32,
+                 "decoder_layers": 3, "tie_output": False, "decoder": decoder, "dropout": 0.1}
+    sequence = Seq2Seq(config_from_dict({"model": dict(model_cfg, input_feeding=False)}).model, 40, 40)
+    assert _ops_of_a_training_step(sequence, 4) == _ops_of_a_training_step(sequence, 40)
+    if decoder == "luong":
+        feeding = Seq2Seq(config_from_dict({"model": dict(model_cfg, input_feeding=True)}).model, 40, 40)
+        assert _ops_of_a_training_step(feeding, 40) > 3 * _ops_of_a_training_step(feeding, 4)
+
+
+def test_gnmt_needs_input_feeding_off():
+    from nmt.errors import ConfigError
+    with pytest.raises(ConfigError, match="model.decoder: gnmt has no input feeding"):
+        config_from_dict({"model": {"decoder": "gnmt"}})
+
+
+def test_a_gnmt_model_decodes_with_every_search_int8_and_in_an_ensemble():
+    import copy
+    from nmt.ensemble import Ensemble
+    from nmt.quantize import quantize_int8
+    from nmt.search import Sampling
+    torch.manual_seed(3)
+    cfg = config_from_dict({"model": {"embedding_size": 16, "encoder_hidden_size": 16,
+                                      "decoder_hidden_size": 32, "decoder_layers": 2, "tie_output": False,
+                                      "input_feeding": False, "decoder": "gnmt"}})
+    model = Seq2Seq(cfg.model, 40, 40).eval()
+    batch = make_batch([[5, 6, 7, 8], [9, 10]], [[12], [13, 14]])
+    greedy = greedy_search(model, batch.src, batch.src_lengths, keep_attention=True)
+    assert all(h.attention.shape[0] == len(h.tokens) + h.ended for h in greedy)
+    assert [h.tokens for h in greedy] == [b[0].tokens for b in beam_search(model, batch.src, batch.src_lengths, 1)]
+    assert len(beam_search(model, batch.src, batch.src_lengths, 3, n_best=3)[0]) == 3
+    assert len(greedy_search(model, batch.src, batch.src_lengths, sampling=Sampling(), seeds=[1, 2])) == 2
+    int8 = quantize_int8(copy.deepcopy(model))
+    for h, q in zip(greedy, greedy_search(int8, batch.src, batch.src_lengths)):
+        assert abs(h.score - q.score) < 0.05 * abs(h.score) + 0.05
+    one = greedy_search(Ensemble([model]), batch.src, batch.src_lengths)
+    assert [(h.tokens, h.score) for h in one] == [(h.tokens, h.score) for h in greedy]
+    other = copy.deepcopy(model)
+    torch.nn.init.uniform_(other.output.weight, -0.1, 0.1)
+    assert len(beam_search(Ensemble([model, other]), batch.src, batch.src_lengths, 3)) == 2
