@@ -278,6 +278,8 @@ ROWS = [
      "ceiling_train_16k", 300_000, 89_600),
     ("... the same, train.tf32=false", "train_16k_notf32", "tgt_pieces_per_s", None, "ceiling_train_16k", None, None),
     ("... the same, bf16 autocast", "train_16k_bf16", "tgt_pieces_per_s", None, None, None, None),
+    ("... the same, the gnmt decoder (model.decoder gnmt, no input feeding)", "train_16k_gnmt",
+     "tgt_pieces_per_s", None, "ceiling_train_16k", 1_000_000, None),
     ("greedy decoding of test2016, batch 1,000, sentences/s (decoding only)", "decode_b1000", "sent_per_s", 1,
      "ceiling_greedy_b1000", 50_000, 16_600),
     ("beam 5, the same, sentences/s", "decode_b1000", "sent_per_s", 5, None, 8_000, 605),

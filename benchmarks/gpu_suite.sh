@@ -7,7 +7,8 @@
 #                                                        # (checks the plumbing; the numbers mean nothing)
 #
 # Rows (reference setting of benchmarks/train_speed.py, fp32 with nmt's default TF32 unless named):
-#   nmt training, 64 sentences per batch (train_b64) and ~16k-token batches (train_16k);
+#   nmt training, 64 sentences per batch (train_b64) and ~16k-token batches (train_16k), the
+#   latter also with the gnmt decoder (train_16k_gnmt: each decoder layer one cuDNN call);
 #   a model for decoding: the reference setting, 4k-token batches, 90 s;
 #   nmt greedy and beam-5 decoding of test2016 at batch 1,000 (decode_b1000);
 #   the ceiling's training at 64 sentences and ~16k tokens and greedy decoding at batch
@@ -87,6 +88,8 @@ nmt_train train_b64 --steps "$b64_steps"
 ceiling_pair ceiling_train_b64 --mode train --batch-sentences 64 "${ceil_train[@]}"
 nmt_train train_16k --steps "$k16_steps" --set "train.batch_size=$tokens" --set train.batch_unit=tokens
 ceiling_pair ceiling_train_16k --mode train --batch-tokens "$tokens" "${ceil_train[@]}"
+nmt_train train_16k_gnmt --steps "$k16_steps" --set "train.batch_size=$tokens" --set train.batch_unit=tokens \
+  --set model.input_feeding=false --set model.decoder=gnmt
 
 # 3. optional rows, while the time allows (each must end by the deadline, or it is cut and
 #    reported as failed): full fp32 (train.tf32=false) and bf16 autocast
