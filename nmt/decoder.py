@@ -118,7 +118,7 @@ class Decoder(nn.Module):
             return self._forward_sequence(emb, state, memory)
         cells, size = self.cells, emb.size(2)
         emb_gates = F.linear(self.dropout(emb), cells[0].weight_ih[:, :size], cells[0].bias_ih).unbind(1)
-        feed_products = StepProducts(cells[0].weight_ih[:, size:]) if self.input_feeding else None
+        feed_products = StepProducts(cells[0].weight_ih[:, size:])  # input feeding's part of layer 1
         input_products = [None] + [StepProducts(cell.weight_ih) for cell in cells[1:]]
         state_products = [StepProducts(cell.weight_hh) for cell in cells]
         combine = StepProducts(self.combine.weight)
@@ -128,7 +128,7 @@ class Decoder(nn.Module):
         for gates in emb_gates:  # [B, G] per step
             for k, cell in enumerate(cells):
                 if k == 0:
-                    x_gates = gates if feed_products is None else gates + feed_products(self.dropout(feed))
+                    x_gates = gates + feed_products(self.dropout(feed))
                 else:
                     x_gates = input_products[k](self.dropout(h[k - 1])) + cell.bias_ih
                 h_gates = state_products[k](h[k]) + cell.bias_hh
@@ -137,7 +137,6 @@ class Decoder(nn.Module):
             feed = torch.tanh(combine(torch.cat([context, h[-1]], dim=-1)))
             vectors.append(self.dropout(feed))
         return torch.stack(vectors, dim=1)
-
 
     def _forward_sequence(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
         """``forward`` without input feeding: each layer one recurrent call over all T steps,
