@@ -15,12 +15,13 @@ AVX2 and AVX-512), the leaks and how each is closed:
   (and where threads split it); ``sigmoid`` uses exp, add and divide, which agree.
 - Batched products (``torch.bmm``), used for attention in training, give results
   that depend on the number of matrices, their position and the padded source
-  length; a softmax over a padded row depends on its padded length. ``attend``
-  forms each score as a sum over the key's own width, the softmax's denominator as
+  length; a softmax over a padded row depends on its padded length. ``dot`` forms
+  each score as a sum over the key's own width; ``attend`` the softmax's denominator as
   a running sum along the source (``cumsum``: padding adds exact zeros at the end),
   and each context as a sum down the source positions, which ATen forms row by row
   from the first (padding rows add exact zeros).
 
+The encoder (``Encoder.encode_steps``) runs on these products and this sigmoid.
 Every other step of decoding is elementwise (exact), a reduction along the
 vocabulary (the same length for every row), or integer (int8 products). Training
 keeps the fast batched kernels: it makes no such promise.
