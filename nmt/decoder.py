@@ -101,8 +101,8 @@ class Decoder(nn.Module):
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not isinstance(cell, nn.RNNCellBase):  # nmt.quantize's int8 cells
             return (cell(x, h), None) if c is None else cell(x, (h, c))
-        x_gates = invariant.rows(lambda rows: F.linear(rows, cell.weight_ih, cell.bias_ih), x)
-        h_gates = invariant.rows(lambda rows: F.linear(rows, cell.weight_hh, cell.bias_hh), h)
+        x_gates = invariant.linear(x, cell.weight_ih, cell.bias_ih)
+        h_gates = invariant.linear(h, cell.weight_hh, cell.bias_hh)
         return cell_update(self.cell, x_gates, h_gates, h, c, invariant.sigmoid)
 
     def forward(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:

@@ -100,7 +100,7 @@ class Encoder(nn.Module):
         outputs [N, H] and each sentence's last h and c [B, H], longest first."""
         w_ih, w_hh, b_ih, b_hh = (getattr(layer, f"{name}_l0{suffix}")
                                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-        x_gates = invariant.rows(lambda rows: F.linear(rows, w_ih, b_ih), data)  # all steps at once
+        x_gates = invariant.linear(data, w_ih, b_ih)  # all steps at once
         # The state rows, updated in place; a multiple of ROW_BLOCK of them, so that each
         # step's product runs on whole blocks without a copy (rows past n are discarded).
         h = data.new_zeros(invariant.whole_blocks(sizes[0]), layer.hidden_size)

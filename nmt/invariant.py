@@ -52,6 +52,11 @@ def rows(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torc
     return out.reshape(*x.shape[:-1], out.size(-1))
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` on whole row blocks (``rows``)."""
+    return rows(lambda block: torch.nn.functional.linear(block, weight, bias), x)
+
+
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
     """1 / (1 + exp(-x)), elementwise in one formula wherever the element lies."""
     return torch.reciprocal(torch.exp(-x) + 1)
