@@ -168,6 +168,18 @@ def train_batch(src_lens, tgt_lens, rng, device) -> dict:
             "pieces": int(tgt_lens.sum()), "tokens": int(tgt_lens.sum() + len(tgt_lens))}
 
 
+def training_pass(run, model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[dict]) -> None:
+    """One training step per batch: ``run`` (the model, or a compiled form of it) forward,
+    summed cross-entropy per target token, backward, clipping at 1.0, Adam."""
+    for b in batches:
+        logits = run(b["src"], b["lengths"], b["tgt_in"], b["positions"])
+        loss = F.cross_entropy(logits, b["targets"], reduction="sum") / b["tokens"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+
 def timed(work, repeats: int, device: torch.device) -> list[float]:
     """Seconds of each of ``repeats`` runs of ``work``, after one untimed run of the same work."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -201,15 +213,7 @@ def measure(args) -> dict:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **fused)
         model.train()
 
-        def work():
-            for b in batches:
-                logits = model(b["src"], b["lengths"], b["tgt_in"], b["positions"])
-                loss = F.cross_entropy(logits, b["targets"], reduction="sum") / b["tokens"]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-        seconds = timed(work, args.repeats, device)
+        seconds = timed(lambda: training_pass(model, model, optimizer, batches), args.repeats, device)
         pieces = sum(b["pieces"] for b in batches)
         sentences = sum(len(b["lengths"]) for b in batches)
         median = statistics.median(seconds)
@@ -267,7 +271,8 @@ def main() -> None:
     measure(args)
 
 
-# gpu_suite.sh's table: (measure, nmt file, nmt field, beam, ceiling file stem, target, nmt before)
+# gpu_suite.sh's table: (measure, nmt file, nmt field, beam, ceiling file stem, target, nmt before);
+# a decoding row's beam may be (beam, mode): decode_speed.py's result of that mode (default fp32).
 # The ceiling compared with is the one with nmt's TF32 setting: STEM.json (off) or STEM_tf32.json (on).
 ROWS = [
     ("training, 64 sentences per batch, target pieces/s", "train_b64", "tgt_pieces_per_s", None,
@@ -283,6 +288,9 @@ ROWS = [
     ("greedy decoding of test2016, batch 1,000, sentences/s (decoding only)", "decode_b1000", "sent_per_s", 1,
      "ceiling_greedy_b1000", 50_000, 16_600),
     ("beam 5, the same, sentences/s", "decode_b1000", "sent_per_s", 5, None, 8_000, 605),
+    ("greedy, the same, decode.cuda_graphs", "decode_b1000", "sent_per_s", (1, "graphs"),
+     "ceiling_greedy_b1000", 50_000, None),
+    ("beam 5, the same, decode.cuda_graphs", "decode_b1000", "sent_per_s", (5, "graphs"), None, 8_000, None),
 ]
 
 
@@ -334,11 +342,14 @@ def summarize(out: Path) -> str:
                          + (f", {result['peak_gpu_mib']:,} MiB GPU" if "peak_gpu_mib" in result else ""))
             notes.append(steady_rate(name, result))
         elif result:
-            found = [r for r in result.get("results", []) if r.get("beam") == beam]
+            beam_size, mode = beam if isinstance(beam, tuple) else (beam, "fp32")
+            found = [r for r in result.get("results", []) if r.get("beam") == beam_size and r.get("mode") == mode]
             if found:
                 value = found[0].get(field)
                 notes.append(f"BLEU {found[0].get('bleu')} (model step {result.get('step')}), "
                              f"text to text {found[0].get('end_to_end_sent_per_s')}/s")
+                if "same_as_fp32" in found[0]:
+                    notes.append("output = eager fp32's" if found[0]["same_as_fp32"] else "OUTPUT DIFFERS from eager fp32's")
         if result and isinstance(result.get("machine"), dict):
             machines.append(result["machine"])
         nmt_cell = f"{value:,.0f}" if value is not None else missing(name)

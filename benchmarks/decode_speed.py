@@ -13,8 +13,12 @@ and chrF with sacreBLEU against the raw reference. Model loading is never
 timed. Prints one JSON object (with benchmarks/machine.py's description),
 then a one-line summary per mode and beam.
 
-    python benchmarks/decode_speed.py RUN_DIR [--threads 2] [--device cpu] [--modes fp32,int8]
+    python benchmarks/decode_speed.py RUN_DIR [--threads 2] [--device cpu] [--modes fp32,int8,onnx,onnx-int8]
         [--beams 1,5] [--batch-size 64] [--repeats 3] [--test PREFIX]
+
+Mode ``graphs`` decodes with ``decode.cuda_graphs`` (captured decoder steps on a GPU;
+the capture pass is the untimed one); listed after fp32, its result says whether its
+pieces and scores equal fp32's (``same_as_fp32``).
 """
 import argparse
 import json
@@ -43,7 +47,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", default="fp32,int8", help="fp32, int8 (CPU only; declined without "
-                        "fast int8 products) and/or int8-forced (int8 even there)")
+                        "fast int8 products), int8-forced (int8 even there) and/or graphs (fp32 with "
+                        "decode.cuda_graphs; after fp32, it reports whether its output is fp32's), onnx and onnx-int8 "
+                        "(RUN_DIR a model folder written by nmt-export --onnx: onnxruntime)")
     parser.add_argument("--beams", default="1,5")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the test set (median)")
@@ -58,22 +64,26 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    results = []
+    results, eager = [], {}  # eager: fp32's hypotheses per beam
     for mode in args.modes.split(","):
-        translator = Translator.load(args.run_dir, args.checkpoint, args.device, int8=mode == "int8")
+        onnx = mode.startswith("onnx")  # a model folder with ONNX graphs (nmt-export --onnx)
+        translator = Translator.load(args.run_dir, args.checkpoint, args.device, int8=mode in ("int8", "onnx-int8"),
+                                     backend="onnx" if onnx else "torch")
         if mode == "int8-forced":  # what int8 would cost where Translator declines it (no VNNI)
             translator.model = translator.run.model = quantize_int8(translator.model)
             translator.int8 = True
         # Translator may decline int8 (e.g. on a CPU without fast int8 kernels) and decode in float32.
         int8 = getattr(translator, "int8", None)
-        ran = mode if int8 is None else ("int8" if int8 else "fp32")
+        ran = mode if int8 is None or onnx else ("int8" if int8 else "fp32")
         cfg = translator.run.cfg
         test = args.test or cfg.data.test or str(ROOT / "data" / "multi30k" / "test2016")
         sources, references = load_split(cfg.data, test, "test")
         ids = translator.src_vocab.encode([s for s in sources if s.strip()])
+        graphs = mode == "graphs"
         for beam in map(int, args.beams.split(",")):
-            settings = translator.settings(beam_size=beam, batch_size=args.batch_size, n_best=1)
-            translator.translate(sources, beam_size=beam, batch_size=args.batch_size)  # warm-up, untimed
+            options = {"beam_size": beam, "batch_size": args.batch_size, "cuda_graphs": graphs}
+            settings = translator.settings(n_best=1, **options)
+            translator.translate(sources, **options)  # warm-up (and the graphs' capture), untimed
             seconds = []
             for _ in range(args.repeats):
                 sync()
@@ -83,13 +93,17 @@ def main() -> None:
                 seconds.append(time.perf_counter() - start)
             sync()
             start = time.perf_counter()
-            hyps = translator.translate(sources, beam_size=beam, batch_size=args.batch_size)
+            hyps = translator.translate(sources, **options)
             sync()
             end_to_end = time.perf_counter() - start
             median = statistics.median(seconds)
             pieces = sum(len(h[0].tokens) for h in found)
             timed_text = translator.tgt_vocab.decode([h[0].tokens for h in found])
             scores = corpus_scores(hyps, references)
+            found_pairs = [(h[0].tokens, h[0].score) for h in found]
+            if mode == "fp32":
+                eager[beam] = found_pairs
+            same = {"same_as_fp32": found_pairs == eager[beam]} if graphs and beam in eager else {}
             results.append({"mode": mode, "mode_run": ran, "beam": beam, "sentences": len(sources),
                             "seconds": round(median, 4), "seconds_all": [round(s, 4) for s in seconds],
                             "sent_per_s": round(len(sources) / median, 1),
@@ -99,7 +113,7 @@ def main() -> None:
                             "timed_output_is_scored_output":
                                 timed_text == [h for s, h in zip(sources, hyps) if s.strip()],
                             "bleu": scores["bleu"], "chrf": scores["chrf"],
-                            "bleu_signature": scores["bleu_signature"]})
+                            "bleu_signature": scores["bleu_signature"], **same})
     machine = describe(args.device)
     result = {"benchmark": "decode_speed", "date": time.strftime("%Y-%m-%d"), "machine": machine,
               "torch": torch.__version__, "run_dir": args.run_dir, "checkpoint": args.checkpoint,

@@ -10,7 +10,8 @@
 #   nmt training, 64 sentences per batch (train_b64) and ~16k-token batches (train_16k), the
 #   latter also with the gnmt decoder (train_16k_gnmt: each decoder layer one cuDNN call);
 #   a model for decoding: the reference setting, 4k-token batches, 90 s;
-#   nmt greedy and beam-5 decoding of test2016 at batch 1,000 (decode_b1000);
+#   nmt greedy and beam-5 decoding of test2016 at batch 1,000, eager and under CUDA graphs
+#   (decode.cuda_graphs; whether its output is the eager output) (decode_b1000);
 #   the ceiling's training at 64 sentences and ~16k tokens and greedy decoding at batch
 #   1,000 for 20 steps, each with TF32 off and on (ceiling_*.json, ceiling_*_tf32.json);
 #   if the time so far allows: nmt with train.tf32=false and with bf16 autocast (optional rows).
@@ -80,7 +81,7 @@ nmt_train train_model --run-dir "$work/model" "${model[@]}"
 spm=()
 [[ -f "$work/model/spm.model" ]] && spm=(--spm "$work/model/spm.model")
 row decode_b1000 "$py" benchmarks/decode_speed.py "$work/model" --device "$device" --threads "$threads" \
-  --modes fp32 --beams 1,5 --batch-size 1000 "${decode[@]}"
+  --modes fp32,graphs --beams 1,5 --batch-size 1000 "${decode[@]}"
 ceiling_pair ceiling_greedy_b1000 --mode greedy --batch-sentences 1000 "${ceil_greedy[@]}"
 
 # 2. training: nmt, then the ceiling with TF32 off and on

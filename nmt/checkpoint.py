@@ -77,8 +77,16 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"
              ) -> LoadedRun:
-    """Load a trained model for decoding, checking its vocabularies."""
+    """Load a trained model for decoding, checking its vocabularies: a run directory's
+    checkpoint, or a model folder (``nmt.export``: it has one model, so ``checkpoint``
+    must stay "best")."""
+    from nmt.export import is_model_folder, load_folder
     run_dir = Path(run_dir)
+    if is_model_folder(run_dir):
+        if checkpoint != "best":
+            raise CheckpointError(f"{run_dir}: a model folder holds one model; "
+                                  f"--checkpoint {checkpoint} applies to run directories only")
+        return load_folder(run_dir, device)
     path = resolve_checkpoint(run_dir, checkpoint)
     device = pick_device(str(device))
     ckpt = load_checkpoint(path, device)

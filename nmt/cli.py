@@ -80,12 +80,16 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-k", type=int, help="sampling: from the K most probable pieces (0: all)")
     group.add_argument("--top-p", type=float, help="sampling: from the fewest pieces reaching this probability")
     group.add_argument("--seed", type=int, help="sampling: the same seed gives the same samples")
+    group.add_argument("--cuda-graphs", action="store_const", const=True,
+                       help="replay each decoder step as a CUDA graph (GPU; same output, fewer launches)")
     group.add_argument("--checkpoint", default="best", help="best, last, averaged, step-N (names in "
                        "RUN_DIR/checkpoints) or a checkpoint path")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     group.add_argument("--ensemble", nargs="+", default=[], metavar="RUN[:CKPT]",
                        help="decode with these models too, their per-step log-probabilities averaged "
                        "(same vocabularies; default checkpoint: best)")
+    group.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                       help="onnx: decode a model folder's ONNX graphs (nmt-export --onnx) on onnxruntime")
     group.add_argument("--int8", action="store_true",
                        help="decode with int8 weights and row-wise int8 activations in the decoder's "
                        "cells and linear layers (CPU; torch >= 2.4); declined, with a warning, on CPUs "
@@ -94,7 +98,7 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
 
 DECODE_FLAGS = ("beam_size", "batch_size", "length_penalty", "length_penalty_type", "max_length_ratio",
                 "max_length", "min_length", "no_repeat_ngram_size", "samples", "temperature", "top_k",
-                "top_p", "seed")
+                "top_p", "seed", "cuda_graphs")
 
 
 def _decode_overrides(args: argparse.Namespace) -> dict:
@@ -185,7 +189,8 @@ def translate_main(argv: list[str] | None = None) -> int:
         refuse_output_that_is_an_input(args.output, [args.input], stdin=not args.input)
         if args.chunk_lines < 1:
             raise NmtError(f"--chunk-lines: {args.chunk_lines} is out of range; expected at least 1")
-        translator = Translator.load(args.run_dir, args.checkpoint, args.device, args.int8, args.ensemble)
+        translator = Translator.load(args.run_dir, args.checkpoint, args.device, args.int8, args.ensemble,
+                                     args.backend)
         overrides = _decode_overrides(args)
         if (args.pieces or args.n_best != 1) and args.beam_size is None:  # wide enough for the n best
             overrides["beam_size"] = max(args.n_best, translator.decode.beam_size)
@@ -247,7 +252,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         from nmt.evaluate import evaluate, format_scores
 
         report = evaluate(args.run_dirs, args.hyp, args.split, args.src, args.ref, args.checkpoint,
-                          args.out, args.device, args.int8, args.ensemble, **_decode_overrides(args))
+                          args.out, args.device, args.int8, args.ensemble, args.backend, **_decode_overrides(args))
         if args.json:
             print(json.dumps(report, indent=2, ensure_ascii=False))
         else:
@@ -313,6 +318,31 @@ def serve_main(argv: list[str] | None = None) -> int:
         return 0
 
     return _run("nmt-serve", main, p, argv)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nmt-export", description="Write a run's model as a model folder "
+                                "to share: config.json, model.safetensors, the sentencepiece model(s) and "
+                                "a model card (README.md) in the Hugging Face Hub's format.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("out", metavar="OUT", help="the model folder to write (new, or an empty folder)")
+    p.add_argument("--checkpoint", default="best", help="best, last, averaged, step-N or a checkpoint path")
+    p.add_argument("--license", default="other", help="the card's license id (the training data's terms "
+                   "apply; default: other)")
+    p.add_argument("--onnx", action="store_true", help="also the encoder and the decoder step as ONNX "
+                   "graphs, for --backend onnx (needs nmt[onnx])")
+    p.add_argument("--ensemble", nargs="+", default=[], metavar="RUN[:CKPT]", help=argparse.SUPPRESS)
+
+    def main(args):
+        from nmt.translate import Translator
+
+        if args.ensemble:
+            raise NmtError("--ensemble: a model folder holds one model; export each member's run on its own")
+        out = Translator.load(args.run_dir, args.checkpoint).save_pretrained(args.out, args.license, args.onnx)
+        print(f"model folder: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+        return 0
+
+    return _run("nmt-export", main, p, argv)
 
 
 def forecast_main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,10 @@ class DecoderState:
                             None if self.c is None else self.c.index_select(1, index),
                             self.feed.index_select(0, index))
 
+    def head(self, rows: int) -> "DecoderState":
+        """The first ``rows`` rows, as views."""
+        return DecoderState(self.h[:, :rows], None if self.c is None else self.c[:, :rows], self.feed[:rows])
+
 
 class Decoder(nn.Module):
     """At each step: the previous output's embedding (and, with input feeding,

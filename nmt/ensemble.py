@@ -26,6 +26,9 @@ class Each:
     def select(self, index: torch.Tensor) -> "Each":
         return Each([part.select(index) for part in self.parts])
 
+    def head(self, rows: int) -> "Each":
+        return Each([part.head(rows) for part in self.parts])
+
 
 class Ensemble(nn.Module):
     def __init__(self, members: list[Seq2Seq]):

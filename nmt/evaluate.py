@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from nmt.errors import ConfigError, DataError
+from nmt.export import is_model_folder
 from nmt.io import read_lines
 from nmt.report import System, build_report
 
@@ -34,12 +35,12 @@ def test_set(cfg, split: str, src_file: str | None, ref_file: str | None
 
 
 def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best", device: str = "cpu",
-               int8: bool = False, ensemble: list[str] = (), **decode_overrides) -> System:
+               int8: bool = False, ensemble: list[str] = (), backend: str = "torch", **decode_overrides) -> System:
     """Translate ``sources`` with a run; decode a few of them again, with the same settings,
     keeping the model's attention weights for the report's heatmaps."""
     from nmt.translate import Translator
 
-    translator = Translator.load(run_dir, checkpoint, device, int8, ensemble)
+    translator = Translator.load(run_dir, checkpoint, device, int8, ensemble, backend)
     decode = translator.settings(**decode_overrides)
     if decode.samples:
         raise ConfigError("decode.samples: a report scores search output; draw samples with nmt-translate")
@@ -61,7 +62,7 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
 def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "test",
              src_file: str | None = None, ref_file: str | None = None, checkpoint: str = "best",
              out_dir: str | Path | None = None, device: str = "cpu", int8: bool = False,
-             ensemble: list[str] = (), **decode_overrides) -> dict:
+             ensemble: list[str] = (), backend: str = "torch", **decode_overrides) -> dict:
     """Write a report on one or more systems: runs (translated here) and/or hypothesis files.
 
     The test set is ``src_file``/``ref_file`` or the first run's ``data.<split>``.
@@ -74,7 +75,13 @@ def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "
         raise DataError("nothing to evaluate: give a run directory or a hypothesis file")
     if ensemble and len(run_dirs) != 1:
         raise DataError("--ensemble joins one run directory's model: give exactly one RUN_DIR")
-    if run_dirs:
+    folder = bool(run_dirs) and is_model_folder(run_dirs[0])
+    if folder and not (src_file and ref_file and out_dir):
+        raise DataError(f"{run_dirs[0]} is a model folder, which names no data sets and is not written "
+                        "to: give --src, --ref and --out")
+    if folder:
+        sources, references, set_name = test_set(None, split, src_file, ref_file)
+    elif run_dirs:
         config = Path(run_dirs[0]) / "config.yaml"
         if not config.is_file():
             raise DataError(f"{config}: not found; is {run_dirs[0]} a run directory?")
@@ -88,7 +95,8 @@ def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "
         if len(sources) != len(references):
             raise DataError(f"{src_file} has {len(sources)} lines but {ref_file} has {len(references)}")
         set_name = Path(ref_file).name
-    systems = [run_system(r, sources, checkpoint, device, int8, ensemble, **decode_overrides) for r in run_dirs]
+    systems = [run_system(r, sources, checkpoint, device, int8, ensemble, backend, **decode_overrides)
+               for r in run_dirs]
     for path in hyp_files:
         hypotheses = read_lines(path)
         if len(hypotheses) != len(references):

@@ -10,11 +10,13 @@ import logging
 
 import torch
 
+from nmt import export
 from nmt.checkpoint import LoadedRun, load_run
 from nmt.device import fast_int8
 from nmt.config import DecodeConfig, decode_settings
 from nmt.ensemble import Ensemble
 from nmt.errors import CheckpointError, ConfigError
+from nmt.graphs import graphed
 from nmt.data import source_tensor
 from nmt.model import Seq2Seq
 from nmt.quantize import quantize_int8
@@ -34,6 +36,8 @@ def decode_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig
     batch shrinks evenly as sentences finish) and put back in order after.
     """
     rules = Rules(decode.min_length, decode.no_repeat_ngram_size, never)
+    if decode.cuda_graphs:
+        model = graphed(model)
     if decode.samples:
         return sample_corpus(model, src_ids, decode, device, keep_attention, rules)
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
@@ -88,8 +92,12 @@ class Translator:
 
     @classmethod
     def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
-             int8: bool = False, ensemble: Sequence[str] = ()) -> "Translator":
-        """Load a run directory's ``best`` (or ``last``, ``averaged``, or a given path) checkpoint.
+             int8: bool = False, ensemble: Sequence[str] = (), backend: str = "torch") -> "Translator":
+        """Load a run directory's ``best`` (or ``last``, ``averaged``, or a given path) checkpoint,
+        or a model folder (``nmt.export``).
+
+        ``backend="onnx"``: decode a model folder written with ``nmt-export --onnx`` through
+        its ONNX graphs on onnxruntime (``nmt.onnx_model``), with nmt's own search.
 
         ``ensemble``: more models decoded together with this one (their per-step
         log-probabilities averaged, ``nmt.ensemble``), each ``"RUN_DIR"`` (its best
@@ -112,6 +120,12 @@ class Translator:
                         raise CheckpointError(f"{member.checkpoint}: its {side[:3]} vocabulary differs from "
                                               f"{run.checkpoint}'s; an ensemble needs one vocabulary")
             run.model = Ensemble([run.model] + [member.model for member in members])
+        if backend == "onnx":  # its int8 products are onnxruntime's: they pay without VNNI too
+            translator = cls(run, device, int8)
+            translator.model = _onnx_model(run, device, ensemble, int8)
+            return translator
+        if backend != "torch":
+            raise ConfigError(f"backend: {backend!r}; choose torch or onnx")
         if int8 and str(device) != "cpu":
             raise ConfigError("int8 decoding runs on the CPU only (use --device cpu)")
         if int8 and not fast_int8(torch.device("cpu")):
@@ -121,6 +135,30 @@ class Translator:
         if int8:
             run.model = quantize_int8(run.model)
         return cls(run, device, int8)
+
+    @classmethod
+    def from_pretrained(cls, name: str | Path, device: str = "cpu", int8: bool = False) -> "Translator":
+        """Load a model folder (``nmt-export``, ``save_pretrained``): a path, or a Hugging Face
+        Hub repo id (downloaded with huggingface_hub: ``pip install 'nmt[hub]'``)."""
+        return cls.load(export.fetch(name), device=device, int8=int8)
+
+    def save_pretrained(self, out: str | Path, license_id: str = "other", onnx: bool = False) -> Path:
+        """Write this model as a model folder ``out`` (safetensors weights, config.json, the
+        sentencepiece model(s) and a model card); it loads with ``from_pretrained``.
+        ``onnx``: also the encoder and decoder step as ONNX graphs (``backend="onnx"``)."""
+        return export.save_folder(self._exportable(), out, export.card_of(self.run, license_id), onnx)
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
+                    license_id: str = "other") -> str:
+        """Upload this model as a model folder to the Hub repo ``repo_id`` (huggingface_hub)."""
+        return export.push(self._exportable(), repo_id, export.card_of(self.run, license_id), private, token)
+
+    def _exportable(self) -> LoadedRun:
+        if isinstance(self.model, Ensemble):
+            raise ConfigError("an ensemble is several models: export each member's run on its own")
+        if self.int8:
+            raise ConfigError("an int8 model is quantized for decoding only: export it without int8")
+        return self.run
 
     def settings(self, **overrides) -> DecodeConfig:
         """The run's decoding settings with the given (non-None) values replaced; a value out
@@ -220,6 +258,16 @@ class Translator:
         return {"sentence": sentence, "source": self.src_vocab.pieces(src_ids),
                 "target": self.tgt_vocab.pieces(hyp.tokens + ([END] if hyp.ended else [])),
                 "weights": hyp.attention[:, :len(src_ids)].tolist()}
+
+
+def _onnx_model(run: LoadedRun, device, ensemble, int8: bool):
+    from nmt.onnx_model import OnnxModel
+    if ensemble or str(device) != "cpu":
+        raise ConfigError("backend onnx: one model, on the CPU (drop --ensemble, --device)")
+    if run.checkpoint.name != export.WEIGHTS:
+        raise ConfigError(f"backend onnx: {run.checkpoint} is a checkpoint; export a model folder "
+                          "with 'nmt-export RUN OUT --onnx' and load that")
+    return OnnxModel(run.checkpoint.parent, run.cfg.model.cell, torch.get_num_threads(), int8)
 
 
 def _member(name: str) -> tuple[str, str]:

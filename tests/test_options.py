@@ -128,7 +128,12 @@ def test_any_training_option_trains_or_is_refused(reversal_data, key, value, cap
     config = folder / "c.yaml"
     config.write_text(yaml.safe_dump(base))
     os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"  # a random hub name fails fast
-    status = train_main([str(config), "--run-dir", str(folder / "run"), "--no-test", "--set", f"{key}={value}"])
+    here = os.getcwd()
+    os.chdir(folder)  # a relative path drawn for data.cache_dir (say) lands in the test's folder
+    try:
+        status = train_main([str(config), "--run-dir", str(folder / "run"), "--no-test", "--set", f"{key}={value}"])
+    finally:
+        os.chdir(here)
     err = capsys.readouterr().err
     event(f"exit status {status}")  # --hypothesis-show-statistics: how many trained
     assert "Traceback" not in err and status in (0, 2), err
