@@ -18,7 +18,8 @@ then a one-line summary per mode and beam.
 
 Mode ``graphs`` decodes with ``decode.cuda_graphs`` (captured decoder steps on a GPU;
 the capture pass is the untimed one); listed after fp32, its result says whether its
-pieces and scores equal fp32's (``same_as_fp32``).
+pieces and scores equal fp32's (``same_as_fp32``); so does every mode after fp32, with
+the number of sentences whose pieces differ and the largest score difference of the rest.
 """
 import argparse
 import json
@@ -103,7 +104,12 @@ def main() -> None:
             found_pairs = [(h[0].tokens, h[0].score) for h in found]
             if mode == "fp32":
                 eager[beam] = found_pairs
-            same = {"same_as_fp32": found_pairs == eager[beam]} if graphs and beam in eager else {}
+            same = {}
+            if mode != "fp32" and beam in eager:  # how far this mode's output is from PyTorch float32's
+                same = {"same_as_fp32": found_pairs == eager[beam],
+                        "sentences_differing_from_fp32": sum(a[0] != b[0] for a, b in zip(found_pairs, eager[beam])),
+                        "max_score_difference_from_fp32": round(max(
+                            (abs(a[1] - b[1]) for a, b in zip(found_pairs, eager[beam]) if a[0] == b[0]), default=0), 6)}
             results.append({"mode": mode, "mode_run": ran, "beam": beam, "sentences": len(sources),
                             "seconds": round(median, 4), "seconds_all": [round(s, 4) for s in seconds],
                             "sent_per_s": round(len(sources) / median, 1),

@@ -177,3 +177,17 @@ def test_without_huggingface_hub_the_error_names_the_extra(monkeypatch):
         Translator.from_pretrained("someone/model")
     with pytest.raises(CheckpointError, match="not a model folder"):
         Translator.from_pretrained("no/such/folder")
+
+
+def test_the_server_serves_a_model_folder(folder):
+    from nmt.serve import Limits
+    from test_serve import Running, get, post_all
+    translator = Translator.from_pretrained(folder)
+    running = Running(translator, Limits())
+    try:
+        status, answer = post_all(running.url, [{"sentences": SENTENCES[:5], "beam_size": 2}])[0]
+        info = get(f"{running.url}/info")
+    finally:
+        running.stop()
+    assert status == 200 and answer["translations"] == translator.translate(SENTENCES[:5], beam_size=2)
+    assert info["step"] == translator.run.step
