@@ -71,6 +71,9 @@ def save_folder(run: LoadedRun, out: str | Path, card: str, onnx: bool = False) 
     from safetensors.torch import save_model
 
     out = Path(out)
+    if onnx:  # a missing extra is said before anything is written
+        from nmt.onnx_model import _needs
+        _needs("onnx")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NmtError(f"{out}: already exists and is not an empty folder; choose a new one")
     data = dict(vars(run.cfg.data), cache_dir="", **{k: Path(getattr(run.cfg.data, k)).name for k in PATH_KEYS})
