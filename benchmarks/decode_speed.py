@@ -47,9 +47,10 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--modes", default="fp32,int8", help="fp32, int8 (CPU only; declined without "
-                        "fast int8 products), int8-forced (int8 even there) and/or graphs (fp32 with "
-                        "decode.cuda_graphs; after fp32, it reports whether its output is fp32's), onnx and onnx-int8 "
+    parser.add_argument("--modes", default="fp32,int8", help="fp32, int8 (CPU only; without "
+                        "fast int8 products onnxruntime's int8, or declined without the onnx extra), "
+                        "int8-forced (PyTorch's int8 even there) and/or graphs (fp32 with decode.cuda_graphs; "
+                        "after fp32, it reports whether its output is fp32's), onnx and onnx-int8 "
                         "(RUN_DIR a model folder written by nmt-export --onnx: onnxruntime)")
     parser.add_argument("--beams", default="1,5")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -73,9 +74,10 @@ def main() -> None:
         if mode == "int8-forced":  # what int8 would cost where Translator declines it (no VNNI)
             translator.model = translator.run.model = quantize_int8(translator.model)
             translator.int8 = True
-        # Translator may decline int8 (e.g. on a CPU without fast int8 kernels) and decode in float32.
-        int8 = getattr(translator, "int8", None)
-        ran = mode if int8 is None or onnx else ("int8" if int8 else "fp32")
+        # Without fast int8 kernels, Translator decodes int8 on onnxruntime (ONNX graphs made in
+        # memory) or, without the onnx extra, declines it and decodes in float32.
+        int8, on_ort = getattr(translator, "int8", None), type(translator.model).__name__ == "OnnxModel"
+        ran = mode if int8 is None or onnx else ("fp32" if not int8 else "onnx-int8" if on_ort else "int8")
         cfg = translator.run.cfg
         test = args.test or cfg.data.test or str(ROOT / "data" / "multi30k" / "test2016")
         sources, references = load_split(cfg.data, test, "test")

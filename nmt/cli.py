@@ -92,8 +92,8 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
                        help="onnx: decode a model folder's ONNX graphs (nmt-export --onnx) on onnxruntime")
     group.add_argument("--int8", action="store_true",
                        help="decode with int8 weights and row-wise int8 activations in the decoder's "
-                       "cells and linear layers (CPU; torch >= 2.4); declined, with a warning, on CPUs "
-                       "without fast int8 products (VNNI or AMX), where it would be slower than float32")
+                       "cells and linear layers (CPU; torch >= 2.4); on CPUs without fast int8 products "
+                       "(VNNI or AMX) on onnxruntime (nmt[onnx]), else declined with a warning")
 
 
 DECODE_FLAGS = ("beam_size", "batch_size", "length_penalty", "length_penalty_type", "max_length_ratio",

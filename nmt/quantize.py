@@ -26,8 +26,8 @@ from nmt.invariant import sigmoid
 def _int_mm_is_exact() -> bool:
     """Whether ``torch._int_mm`` returns exact sums here, checked once against an int32
     product: oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) on a CPU with VNNI returns wrong
-    ones (torch 2.13). Where it does, the int32 product is used instead (slower: fast_int8
-    declines int8 decoding there anyway)."""
+    ones (torch 2.13). Where it does, the int32 product is used instead (slower: without fast
+    int8 products Translator decodes int8 on onnxruntime, not here)."""
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-128, 128, (17, 96), dtype=torch.int8, generator=g)
     b = torch.randint(-128, 128, (96, 40), dtype=torch.int8, generator=g)

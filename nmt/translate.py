@@ -15,7 +15,7 @@ from nmt.checkpoint import LoadedRun, load_run
 from nmt.device import fast_int8
 from nmt.config import DecodeConfig, decode_settings
 from nmt.ensemble import Ensemble
-from nmt.errors import CheckpointError, ConfigError
+from nmt.errors import CheckpointError, ConfigError, NmtError
 from nmt.graphs import graphed
 from nmt.data import source_tensor
 from nmt.model import Seq2Seq
@@ -105,9 +105,11 @@ class Translator:
 
         ``int8``: decode with int8 weights and row-wise int8 activations in the
         decoder's linear maps and cells (CPU only; see ``nmt.quantize``). On a
-        CPU without fast int8 products (VNNI), where int8 decoding measured
-        5-12x slower than float32, it is declined with a warning and the model
-        decodes in float32; ``translator.int8`` says which ran.
+        CPU without fast int8 products (VNNI), where PyTorch's int8 measured
+        5-12x slower than float32, the same int8 arithmetic runs as ONNX graphs
+        on onnxruntime (``nmt[onnx]``; not batch-invariant bit for bit); without
+        the extra, int8 is declined with a warning and the model decodes in
+        float32. ``translator.int8`` says whether int8 ran.
         """
         run = load_run(run_dir, checkpoint, device)
         if ensemble:
@@ -129,12 +131,28 @@ class Translator:
         if int8 and str(device) != "cpu":
             raise ConfigError("int8 decoding runs on the CPU only (use --device cpu)")
         if int8 and not fast_int8(torch.device("cpu")):
-            log.warning("int8 decoding declined: this CPU has no fast int8 products (AVX512-VNNI, "
-                        "AVX-VNNI or AMX), where int8 is slower than float32; decoding in float32")
-            int8 = False
+            return cls._int8_without_vnni(run)
         if int8:
             run.model = quantize_int8(run.model)
         return cls(run, device, int8)
+
+    @classmethod
+    def _int8_without_vnni(cls, run: LoadedRun) -> "Translator":
+        """On a CPU without fast int8 products PyTorch's int8 is slower than float32, but
+        onnxruntime's int8 kernels pay: decode the model's ONNX int8 graphs (made in memory)."""
+        from nmt.onnx_model import OnnxModel
+        try:
+            onnx_model = OnnxModel.of(run.model, torch.get_num_threads(), int8=True)
+        except NmtError:  # onnx or onnxruntime is not installed
+            log.warning("int8 decoding declined: this CPU has no fast int8 products (AVX512-VNNI, AVX-VNNI "
+                        "or AMX), where PyTorch's int8 is slower than float32, and onnxruntime's int8 needs "
+                        "pip install 'nmt[onnx]'; decoding in float32")
+            return cls(run, "cpu", False)
+        log.info("int8 decoding: this CPU has no fast int8 products for PyTorch; decoding "
+                 "through onnxruntime's int8 kernels (ONNX graphs made in memory)")
+        translator = cls(run, "cpu", True)
+        translator.model = onnx_model
+        return translator
 
     @classmethod
     def from_pretrained(cls, name: str | Path, device: str = "cpu", int8: bool = False) -> "Translator":
