@@ -203,7 +203,8 @@ def measure(args) -> dict:
               "lengths": f"sentencepiece {args.spm}" if args.spm else "word counts x 1.20 (en), x 1.33 (de)"}
     if args.mode == "train":
         src_lens, tgt_lens = (piece_lengths(DATA / "train", lang, args.spm) for lang in (SRC, TGT))
-        keep = (np.maximum(src_lens, tgt_lens) <= 100) & (np.maximum(src_lens, tgt_lens) <= 3 * np.minimum(src_lens, tgt_lens))
+        longer = np.maximum(src_lens, tgt_lens)
+        keep = (longer <= 100) & (longer <= 3 * np.minimum(src_lens, tgt_lens))
         src_lens, tgt_lens = src_lens[keep], tgt_lens[keep]  # nmt's length filter (data.max_len, max_len_ratio)
         batches = cut_batches(src_lens, tgt_lens, args.batch_sentences, args.batch_tokens, rng)
         picked = rng.choice(len(batches), size=min(args.steps, len(batches)), replace=False)
@@ -349,7 +350,8 @@ def summarize(out: Path) -> str:
                 notes.append(f"BLEU {found[0].get('bleu')} (model step {result.get('step')}), "
                              f"text to text {found[0].get('end_to_end_sent_per_s')}/s")
                 if "same_as_fp32" in found[0]:
-                    notes.append("output = eager fp32's" if found[0]["same_as_fp32"] else "OUTPUT DIFFERS from eager fp32's")
+                    same = found[0]["same_as_fp32"]
+                    notes.append("output = eager fp32's" if same else "OUTPUT DIFFERS from eager fp32's")
         if result and isinstance(result.get("machine"), dict):
             machines.append(result["machine"])
         nmt_cell = f"{value:,.0f}" if value is not None else missing(name)

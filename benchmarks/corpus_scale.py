@@ -115,8 +115,8 @@ def measure_size(pairs: int, work: Path, baseline: Path | None) -> dict:
     prefix = work / f"pairs{pairs}"
     start = time.time()
     make_corpus(prefix, pairs)
-    row = {"pairs": pairs, "corpus_mb": round(sum(Path(f"{prefix}.{l}").stat().st_size
-                                                  for l in ("de", "en")) / 2**20, 1),
+    row = {"pairs": pairs, "corpus_mb": round(sum(Path(f"{prefix}.{lang}").stat().st_size
+                                                  for lang in ("de", "en")) / 2**20, 1),
            "made_in_s": round(time.time() - start, 1)}
     cache, runs = work / f"cache{pairs}", work / f"runs{pairs}"
     shutil.rmtree(cache, ignore_errors=True)
@@ -170,7 +170,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", default="100000,1000000,5000000")
-    parser.add_argument("--work", default="/tmp/corpus-scale", help="corpora, caches and runs (kept corpora are reused)")
+    parser.add_argument("--work", default="/tmp/corpus-scale",
+                        help="corpora, caches and runs (kept corpora are reused)")
     parser.add_argument("--baseline", help="a checkout of older code to compare with (first start)")
     parser.add_argument("--baseline-pairs", default="100000,1000000", help="sizes the baseline runs at")
     parser.add_argument("--repeats", type=int, default=3, help="Multi30k runs per code version")

@@ -36,7 +36,7 @@ def worker(kind: str, factor: int, run_dir: str) -> dict:
     import numpy as np
     import torch
 
-    from nmt.data import epoch_batches, load_split, make_batch
+    from nmt.data import batch_of, epoch_batches, load_split
     from nmt.model import Seq2Seq
     from nmt.train import loss_sum
     from nmt.vocab import train_vocab
@@ -73,7 +73,7 @@ def worker(kind: str, factor: int, run_dir: str) -> dict:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         times = []
         for idx in batches[:10]:
-            batch = make_batch([src_ids[i] for i in idx], [tgt_ids[i] for i in idx])
+            batch = batch_of([src_ids[i] for i in idx], [tgt_ids[i] for i in idx])
             start = time.perf_counter()
             loss = loss_sum(model, batch, 0.0) / batch.n_tokens
             optimizer.zero_grad()

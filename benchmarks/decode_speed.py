@@ -108,10 +108,11 @@ def main() -> None:
                 eager[beam] = found_pairs
             same = {}
             if mode != "fp32" and beam in eager:  # how far this mode's output is from PyTorch float32's
+                pairs = list(zip(found_pairs, eager[beam]))
                 same = {"same_as_fp32": found_pairs == eager[beam],
-                        "sentences_differing_from_fp32": sum(a[0] != b[0] for a, b in zip(found_pairs, eager[beam])),
+                        "sentences_differing_from_fp32": sum(a[0] != b[0] for a, b in pairs),
                         "max_score_difference_from_fp32": round(max(
-                            (abs(a[1] - b[1]) for a, b in zip(found_pairs, eager[beam]) if a[0] == b[0]), default=0), 6)}
+                            (abs(a[1] - b[1]) for a, b in pairs if a[0] == b[0]), default=0), 6)}
             results.append({"mode": mode, "mode_run": ran, "beam": beam, "sentences": len(sources),
                             "seconds": round(median, 4), "seconds_all": [round(s, 4) for s in seconds],
                             "sent_per_s": round(len(sources) / median, 1),

@@ -61,17 +61,17 @@ def main() -> None:
         start = time.perf_counter()
         summary = train(cfg, run_dir)
         wall = time.perf_counter() - start
-    pieces = summary["target_tokens"] - summary["sentences"]  # without end markers
+    pieces = summary.target_tokens - summary.sentences  # without end markers
     result = {
         "benchmark": "train_speed", "date": time.strftime("%Y-%m-%d"),
         "machine": machine.describe(args.device),  # after training: the settings (TF32, threads) it ran with
         "torch": torch.__version__,
         "precision": "bf16 autocast" if use_bf16(cfg.train.precision, pick_device(args.device)) else "fp32",
-        "steps": summary["steps"], "parameters": summary["parameters"],
-        "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
-        "seconds_per_step": round(summary["train_seconds"] / summary["steps"], 3),
-        "tgt_pieces_per_s": round(pieces / summary["train_seconds"], 1),
-        "sentences_per_s": round(summary["sentences"] / summary["train_seconds"], 2),
+        "steps": summary.steps, "parameters": summary.parameters,
+        "train_seconds": summary.train_seconds, "wall_seconds": round(wall, 1),
+        "seconds_per_step": round(summary.train_seconds / summary.steps, 3),
+        "tgt_pieces_per_s": round(pieces / summary.train_seconds, 1),
+        "sentences_per_s": round(summary.sentences / summary.train_seconds, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "overrides": args.set,
     }

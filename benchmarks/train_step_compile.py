@@ -85,7 +85,8 @@ def main() -> None:
     device = torch.device(args.device)
     rng = np.random.default_rng(1)
     src_lens, tgt_lens = (piece_lengths(DATA / "train", lang, args.spm) for lang in (SRC, TGT))
-    keep = (np.maximum(src_lens, tgt_lens) <= 100) & (np.maximum(src_lens, tgt_lens) <= 3 * np.minimum(src_lens, tgt_lens))
+    longer = np.maximum(src_lens, tgt_lens)
+    keep = (longer <= 100) & (longer <= 3 * np.minimum(src_lens, tgt_lens))
     src_lens, tgt_lens = src_lens[keep], tgt_lens[keep]
     cut = cut_batches(src_lens, tgt_lens, args.batch_sentences, args.batch_tokens, rng)
     picked = rng.choice(len(cut), size=min(args.steps, len(cut)), replace=False)
@@ -97,9 +98,9 @@ def main() -> None:
     for r in results:
         r["vs_eager"] = round(r["tgt_pieces_per_s"] / eager, 3) if eager else None
     machine = describe(device)
+    batch = f"{args.batch_tokens} tokens" if args.batch_tokens else f"{args.batch_sentences} sentences"
     print(json.dumps({"benchmark": "train_step_compile", "date": time.strftime("%Y-%m-%d"), "machine": machine,
-                      "torch": torch.__version__, "decoder": args.decoder, "steps": len(batches),
-                      "batch": f"{args.batch_tokens} tokens" if args.batch_tokens else f"{args.batch_sentences} sentences",
+                      "torch": torch.__version__, "decoder": args.decoder, "steps": len(batches), "batch": batch,
                       "repeats": args.repeats, "results": results}, indent=2))
     for r in results:
         print(f"train_step_compile: {args.decoder} {r['mode']}: {r['tgt_pieces_per_s']} target pieces/s "

@@ -12,58 +12,47 @@ as ``checkpoints/step-<step>.pt``, each with the validation BLEU it scored.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import torch
-
-from nmt.checkpoint import decoding_weights, load_checkpoint
+from nmt.checkpoint import Checkpoint, RunDir
 from nmt.errors import CheckpointError
-
-STEP_FILE = re.compile(r"step-(\d+)\.pt")
-
-
-def step_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's kept validation checkpoints, oldest first."""
-    found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step-*.pt")
-             if (m := STEP_FILE.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
 
 
 def choose(run_dir: Path, last: int = 0, best: int = 0) -> list[Path]:
     """The ``last`` most recent, or the ``best`` highest-BLEU, of the kept checkpoints."""
-    kept = step_checkpoints(run_dir)
+    kept = RunDir(run_dir).step_checkpoints()
     want = last or best
     if len(kept) < want:
         raise CheckpointError(f"{run_dir}/checkpoints: {len(kept)} kept checkpoints (step-*.pt), {want} "
                               "wanted; train with train.keep_checkpoints of at least that")
     if last:
         return kept[-last:]
-    scored = [(load_checkpoint(p, mmap=True).get("valid_bleu", float("-inf")), -i, p)  # no weights read
-              for i, p in enumerate(kept)]
+    bleus = [Checkpoint.load(p, mmap=True).valid_bleu for p in kept]  # no weights read
+    scored = [(float("-inf") if bleu is None else bleu, -i, p)
+              for i, (bleu, p) in enumerate(zip(bleus, kept))]
     return [p for _, _, p in sorted(scored, reverse=True)[:best]]
 
 
-def average(paths: list[Path]) -> dict:
+def average(paths: list[Path]) -> Checkpoint:
     """A decoding checkpoint whose weights are the mean of ``paths``' weights (in float64)."""
-    ckpts = [load_checkpoint(p) for p in paths]
+    ckpts = [Checkpoint.load(p) for p in paths]
     first = ckpts[0]
     for path, ckpt in zip(paths[1:], ckpts[1:]):
-        if ckpt["config"]["model"] != first["config"]["model"] or ckpt["vocab"] != first["vocab"]:
+        if not ckpt.same_model(first):
             raise CheckpointError(f"{path}: another model or vocabulary than {paths[0]}; only "
                                   "checkpoints of one model can be averaged")
-    with_ema = [p for p, c in zip(paths, ckpts) if "ema" in c]
+    with_ema = [p for p, c in zip(paths, ckpts) if c.ema is not None]
     if with_ema and len(with_ema) < len(ckpts):  # train.ema switched on at a resume
-        without = next(p for p, c in zip(paths, ckpts) if "ema" not in c)
+        without = next(p for p, c in zip(paths, ckpts) if c.ema is None)
         raise CheckpointError(f"{with_ema[0]} holds a moving average of the weights (train.ema) but "
                               f"{without} does not; average checkpoints of one kind")
-    weights = [decoding_weights(c) for c in ckpts]  # the moving averages of runs with train.ema
+    weights = [c.decoding_weights() for c in ckpts]  # the moving averages of runs with train.ema
     model = {}
     for key, value in weights[0].items():
         if value.is_floating_point():
             model[key] = (sum(w[key].double() for w in weights) / len(weights)).to(value.dtype)
         else:
             model[key] = value
-    newest = max(ckpts, key=lambda c: c["train_state"]["step"])
-    return {"model": model, "config": first["config"], "vocab": first["vocab"],
-            "train_state": newest["train_state"], "averaged_from": [str(p) for p in paths]}
+    newest = max(ckpts, key=lambda c: c.progress.step)
+    return Checkpoint(model=model, config=first.config, vocab=first.vocab, progress=newest.progress,
+                      schedule=newest.schedule, averaged_from=[str(p) for p in paths])

@@ -63,25 +63,18 @@ def _describe(err: BaseException) -> str:
 
 
 def _decode_args(parser: argparse.ArgumentParser) -> None:
+    """The decoding flags: one per decode option that declares one (nmt.config.DecodeConfig), and
+    the model's (checkpoint, device, ensemble, backend, int8)."""
+    from nmt.config import decode_fields
+
     group = parser.add_argument_group("decoding (defaults: the run's decode section)")
-    group.add_argument("--beam-size", type=int, help="1 = greedy")
-    group.add_argument("--batch-size", type=int, help="sentences per batch")
-    group.add_argument("--length-penalty", type=float, help="beams: score / length ** L")
-    group.add_argument("--length-penalty-type", choices=("length", "gnmt"),
-                       help="gnmt: score / ((5 + length) / 6) ** L instead")
-    group.add_argument("--min-length", type=int, help="no end before this many output pieces")
-    group.add_argument("--no-repeat-ngram-size", type=int, metavar="N",
-                       help="no output holds the same N pieces in a row twice")
-    group.add_argument("--max-length-ratio", type=float, help="output at most ratio x source pieces + 5")
-    group.add_argument("--max-length", type=int, help="and at most this many output pieces (0: no cap)")
-    group.add_argument("--samples", type=int, help="N > 0: N random translations per line (tab-separated) "
-                       "instead of search")
-    group.add_argument("--temperature", type=float, help="sampling: < 1 sharper, > 1 flatter")
-    group.add_argument("--top-k", type=int, help="sampling: from the K most probable pieces (0: all)")
-    group.add_argument("--top-p", type=float, help="sampling: from the fewest pieces reaching this probability")
-    group.add_argument("--seed", type=int, help="sampling: the same seed gives the same samples")
-    group.add_argument("--cuda-graphs", action="store_const", const=True,
-                       help="replay each decoder step as a CUDA graph (GPU; same output, fewer launches)")
+    for option in decode_fields("flag"):  # not given: None, the run's setting
+        flag = f"--{option.name.replace('_', '-')}"
+        if isinstance(option.default, bool):  # a switch: given, it turns the option on
+            group.add_argument(flag, action="store_const", const=True, help=option.metadata["help"])
+        else:
+            group.add_argument(flag, type=type(option.default), choices=option.metadata["choices"],
+                               help=option.metadata["help"])
     group.add_argument("--checkpoint", default="best", help="best, last, averaged, step-N (names in "
                        "RUN_DIR/checkpoints) or a checkpoint path")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
@@ -96,14 +89,11 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
                        "(VNNI or AMX) on onnxruntime (nmt[onnx]), else declined with a warning")
 
 
-DECODE_FLAGS = ("beam_size", "batch_size", "length_penalty", "length_penalty_type", "max_length_ratio",
-                "max_length", "min_length", "no_repeat_ngram_size", "samples", "temperature", "top_k",
-                "top_p", "seed", "cuda_graphs")
-
-
 def _decode_overrides(args: argparse.Namespace) -> dict:
-    """The decode section's keys given as flags (None: not given)."""
-    return {key: getattr(args, key) for key in DECODE_FLAGS}
+    """The decode options given as flags (None: not given)."""
+    from nmt.config import decode_fields
+
+    return {option.name: getattr(args, option.name) for option in decode_fields("flag")}
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -120,9 +110,10 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: list[str] | None = None) -> int:
     def main(args):
+        from nmt.checkpoint import RunDir
         from nmt.config import load_config
+        from nmt.device import pick_device
         from nmt.evaluate import evaluate, format_scores
-        from nmt.checkpoint import pick_device
         from nmt.io import describe_os_error
         from nmt.train import train
 
@@ -133,7 +124,7 @@ def train_main(argv: list[str] | None = None) -> int:
         if config is None:
             if not args.resume:
                 raise NmtError("give a config file (or --resume to continue a run)")
-            config = run_dir / "config.yaml"
+            config = RunDir(run_dir).config
             if not config.is_file():
                 raise NmtError(f"{config}: not found; is {run_dir} a run directory?")
         cfg = load_config(config, args.set)
@@ -143,16 +134,19 @@ def train_main(argv: list[str] | None = None) -> int:
         try:
             summary = train(cfg, run_dir, resume=args.resume)
         except OSError as err:  # disk full, permissions, a vanished file: say how to go on
-            if not (run_dir / "checkpoints" / "last.pt").is_file():
+            last = RunDir(run_dir).last
+            if not last.is_file():
                 raise
-            raise NmtError(f"{describe_os_error(err)}; {run_dir}/checkpoints/last.pt is intact: "
+            raise NmtError(f"{describe_os_error(err)}; {last} is intact: "
                            f"'nmt-train --resume --run-dir {run_dir}' continues from it") from None
-        if summary["rank"] != 0:  # under torchrun only rank 0 reports
+        if summary.interrupted:  # last.pt is saved; said as any interrupt is (exit status 130)
+            raise KeyboardInterrupt
+        if summary.rank != 0:  # under torchrun only rank 0 reports
             return 0
-        best = (f"best validation BLEU {summary['best_valid_bleu']} at step {summary['best_step']}"
-                if summary["best_step"] else "no validation ran: best.pt is the last model")
-        print(f"\ntrained {summary['steps']} steps in {summary['train_seconds']:.0f} s; {best}"
-              f"{' (stopped early)' if summary['stopped_early'] else ''}")
+        best = (f"best validation BLEU {summary.best_valid_bleu} at step {summary.best_step}"
+                if summary.best_step else "no validation ran: best.pt is the last model")
+        print(f"\ntrained {summary.steps} steps in {summary.train_seconds:.0f} s; {best}"
+              f"{' (stopped early)' if summary.stopped_early else ''}")
         print(f"run directory: {run_dir}")
         if cfg.data.test and not args.no_test:
             report = evaluate([run_dir], split="test", device=str(pick_device(cfg.train.device)))
@@ -192,8 +186,6 @@ def translate_main(argv: list[str] | None = None) -> int:
         translator = Translator.load(args.run_dir, args.checkpoint, args.device, args.int8, args.ensemble,
                                      args.backend)
         overrides = _decode_overrides(args)
-        if (args.pieces or args.n_best != 1) and args.beam_size is None:  # wide enough for the n best
-            overrides["beam_size"] = max(args.n_best, translator.decode.beam_size)
         translator.settings(n_best=args.n_best, **overrides)  # bad values stop here, before any output
 
         chunks = read_chunks(args.input, args.chunk_lines)
@@ -276,7 +268,7 @@ def average_main(argv: list[str] | None = None) -> int:
 
     def main(args):
         from nmt.average import average, choose
-        from nmt.checkpoint import resolve_checkpoint, save_checkpoint
+        from nmt.checkpoint import RunDir, resolve_checkpoint
         from nmt.io import refuse_output_that_is_an_input
 
         run_dir = Path(args.run_dir)
@@ -287,9 +279,9 @@ def average_main(argv: list[str] | None = None) -> int:
                 raise NmtError(f"--{'last' if args.last is not None else 'best'}: expected at least 1")
             resolve_checkpoint(run_dir, "last")  # a run directory, with a run in it
             paths = choose(run_dir, args.last or 0, args.best or 0)
-        output = Path(args.output or run_dir / "checkpoints" / "averaged.pt")
+        output = Path(args.output or RunDir(run_dir).averaged)
         refuse_output_that_is_an_input(output, paths)
-        save_checkpoint(output, average(paths))
+        average(paths).save(output)
         print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) into {output}")
         return 0
 

@@ -1,8 +1,9 @@
 """Typed configuration: YAML files, dotted command-line overrides, validation.
 
 Every key is a dataclass field below; its comment is its documentation (the
-configs in ``configs/`` repeat it). Unknown keys and values of the wrong type
-are rejected with a message that names the key.
+configs in ``configs/`` repeat it); a decode option declares its help text, range
+and flags on its field (``option``). Unknown keys and values of the wrong type are
+rejected with a message that names the key.
 """
 from __future__ import annotations
 
@@ -117,31 +118,59 @@ class TrainConfig:
     ema: float = 0.0
 
 
+def option(default: Any, doc: str, *, bounds: tuple | None = None, choices: tuple | None = None,
+           flag: bool = True, served: bool = False) -> Any:
+    """A decode option, declared once (fairseq's ``field(metadata=...)``): its default, and in the
+    metadata its help text (the command-line flag's, the configs' comment), its range (as in
+    RANGES: ``"("`` marks an open lower end) or choices, whether the decoding commands take it as
+    a flag, and whether a request to ``nmt-serve`` may set it."""
+    return field(default=default, metadata={"help": doc, "range": bounds, "choices": choices,
+                                            "flag": flag, "served": served})
+
+
 @dataclass
 class DecodeConfig:
-    beam_size: int = 5  # 1 = greedy
-    # Finished beams are ranked by score / length ** length_penalty ("length", as in Hugging
-    # Face) or score / ((5 + length) / 6) ** length_penalty ("gnmt", Wu et al. 2016).
-    length_penalty: float = 1.0
-    length_penalty_type: str = "length"
-    max_length_ratio: float = 2.0  # output at most ratio x source pieces + 5 ...
-    max_length: int = 0  # ... and at most this many pieces; 0 = no such cap
-    batch_size: int = 64  # sentences per decoding batch
-    n_best: int = 1
-    min_length: int = 0  # no end marker before this many output pieces (the maximum length wins)
-    no_repeat_ngram_size: int = 0  # n > 0: no output holds the same n pieces in a row twice
-    # samples > 0: draw this many translations per sentence at random (instead of searching),
-    # from the model's distribution at this temperature, cut to the top_k pieces (0: all) and
-    # to the fewest pieces whose probability reaches top_p (1: all). A sentence's samples
-    # depend on the seed and the sentence alone, not on its batch.
-    samples: int = 0
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    # Replay each decoder step as a CUDA graph, one per bucket of batch and source length
-    # (nmt.graphs): the same output, far fewer kernel launches. Off CUDA the same code runs eagerly.
-    cuda_graphs: bool = False
+    beam_size: int = option(5, "hypotheses kept at each step; 1 = greedy", bounds=(1, 1000), served=True)
+    length_penalty: float = option(1.0, "finished beams ranked by score / length ** L (length_penalty_type)",
+                                   bounds=(0.0, 10.0), served=True)
+    length_penalty_type: str = option("length", "length: score / length ** L; "
+                                      "gnmt: score / ((5 + length) / 6) ** L (Wu et al.)",
+                                      choices=("length", "gnmt"), served=True)
+    max_length_ratio: float = option(2.0, "output at most ratio x source pieces + 5 ...",
+                                     bounds=("(", 0.0, 1000.0), served=True)
+    max_length: int = option(0, "... and at most this many output pieces; 0 = no such cap",
+                             bounds=(0, 10**6), served=True)
+    batch_size: int = option(64, "sentences per decoding batch", bounds=(1, 10**6))
+    # No shared flag: nmt-translate's own --n-best also chooses its output format, and
+    # nmt-evaluate scores one translation per sentence.
+    n_best: int = option(1, "translations returned per sentence, best first; at most beam_size",
+                         bounds=(1, 1000), flag=False, served=True)
+    min_length: int = option(0, "no end marker before this many output pieces (the maximum length wins)",
+                             bounds=(0, 10**6), served=True)
+    no_repeat_ngram_size: int = option(0, "N > 0: no output holds the same N pieces in a row twice",
+                                       bounds=(0, 10**6), served=True)
+    samples: int = option(0, "N > 0: draw N random translations per sentence instead of searching",
+                          bounds=(0, 1000))
+    temperature: float = option(1.0, "sampling: < 1 sharper, > 1 flatter", bounds=("(", 0.0, 100.0))
+    top_k: int = option(0, "sampling: from the K most probable pieces; 0 = all", bounds=(0, 10**6))
+    top_p: float = option(1.0, "sampling: from the fewest pieces whose probability reaches P; 1 = all",
+                          bounds=("(", 0.0, 1.0))
+    seed: int = option(0, "sampling: the same seed gives the same samples, in any batch",
+                       bounds=(0, 2**32 - 1))
+    # One graph per bucket of batch and source length (nmt.graphs); off CUDA the same code runs eagerly.
+    cuda_graphs: bool = option(False, "GPU: replay each decoder step as a CUDA graph "
+                               "(same output, fewer launches)")
+
+
+def decode_fields(mark: str) -> list[dataclasses.Field]:
+    """The DecodeConfig fields whose metadata sets ``mark`` ("flag", "served")."""
+    return [spec for spec in dataclasses.fields(DecodeConfig) if spec.metadata[mark]]
+
+
+def _decode_ranges() -> dict:
+    """``{"decode.<field>": range}`` of the decode options that declare one (for RANGES)."""
+    return {f"decode.{spec.name}": spec.metadata["range"] for spec in dataclasses.fields(DecodeConfig)
+            if spec.metadata["range"] is not None}
 
 
 @dataclass
@@ -162,8 +191,7 @@ CHOICES = {
     "model.decoder": ("luong", "gnmt"),
     "train.batch_unit": ("tokens", "sentences"),
     "train.precision": ("auto", "fp32", "bf16"),
-    "decode.length_penalty_type": ("length", "gnmt"),
-}
+}  # the decode options declare theirs on their fields
 
 
 def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
@@ -215,14 +243,16 @@ def _merge(obj: Any, values: dict, prefix: str, where: str) -> None:
             continue
         kind = type(current)
         value = _coerce(key, value, kind, where)
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ConfigError(f"{where}{key}: {value!r} is not one of {', '.join(CHOICES[key])}")
+        choices = fields[name].metadata.get("choices") or CHOICES.get(key)
+        if choices and value not in choices:
+            raise ConfigError(f"{where}{key}: {value!r} is not one of {', '.join(choices)}")
         setattr(obj, name, value)
 
 
 # The range of every number: (lowest, highest), "(" for an open lower end. The upper
 # bounds stop a slip of the keyboard (a hidden size of 2560000) from asking for
-# terabytes or running for ever; they are far above any sensible setting.
+# terabytes or running for ever; they are far above any sensible setting. The decode
+# options declare theirs on their DecodeConfig fields.
 BIG = 10**12
 RANGES = {
     "data.vocab_size": (1, 1_000_000), "data.max_len": (1, 100_000), "data.max_len_ratio": (1.0, 1e6),
@@ -238,11 +268,7 @@ RANGES = {
     "train.lr_patience": (1, 10**9), "train.min_lr": (0.0, 100.0), "train.clip_grad_norm": (0.0, 1e9),
     "train.label_smoothing": (0.0, 0.99), "train.valid_every": (1, BIG), "train.patience": (0, 10**9),
     "train.log_every": (1, BIG), "train.threads": (0, 1024),
-    "decode.beam_size": (1, 1000), "decode.length_penalty": (0.0, 10.0),
-    "decode.max_length_ratio": ("(", 0.0, 1000.0), "decode.max_length": (0, 10**6), "decode.batch_size": (1, 10**6), "decode.n_best": (1, 1000),
-    "decode.min_length": (0, 10**6), "decode.no_repeat_ngram_size": (0, 10**6),
-    "decode.samples": (0, 1000), "decode.temperature": ("(", 0.0, 100.0), "decode.top_k": (0, 10**6),
-    "decode.top_p": ("(", 0.0, 1.0), "decode.seed": (0, 2**32 - 1),
+    **_decode_ranges(),
 }
 
 
@@ -258,8 +284,9 @@ def check_range(key: str, value: float, bounds: tuple | None = None) -> None:
 
 def check_decode(decode: "DecodeConfig", tgt_vocab_size: int | None = None) -> None:
     """The decode section alone, and against a model's target vocabulary when it is known."""
-    for key in (k for k in RANGES if k.startswith("decode.")):
-        check_range(key, getattr(decode, key[len("decode."):]))
+    for spec in dataclasses.fields(decode):  # each option's declared range
+        if spec.metadata["range"] is not None:
+            check_range(f"decode.{spec.name}", getattr(decode, spec.name), spec.metadata["range"])
     if decode.n_best > decode.beam_size:
         raise ConfigError(f"decode.n_best: {decode.n_best} exceeds decode.beam_size ({decode.beam_size})")
     # The first step ranks 2 x beam_size candidates among the vocabulary's pieces.
@@ -332,10 +359,23 @@ def config_from_dict(values: dict, overrides: list[str] = (), where: str = "") -
 def decode_settings(decode: DecodeConfig, overrides: dict, tgt_vocab_size: int | None = None
                     ) -> DecodeConfig:
     """``decode`` with the given (non-None) values replaced, checked like a config's decode
-    section: command-line flags and Python keyword arguments pass through here."""
+    section: command-line flags, server requests and Python keyword arguments pass through here.
+
+    The beam is at least n-best wide: an ``n_best`` wider than the beam, with no ``beam_size``
+    given, widens the beam to it.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
     decode = dataclasses.replace(decode)
-    _merge(decode, {k: v for k, v in overrides.items() if v is not None}, "decode.", "")
-    check_decode(decode, tgt_vocab_size)
+    _merge(decode, given, "decode.", "")
+    widened = "beam_size" not in given and decode.n_best > decode.beam_size
+    if widened:
+        decode.beam_size = decode.n_best
+    try:
+        check_decode(decode, tgt_vocab_size)
+    except ConfigError as err:
+        if widened:  # the beam that fails is the one n_best asked for: say so
+            raise ConfigError(f"{err}; the beam is as wide as decode.n_best") from None
+        raise
     return decode
 
 

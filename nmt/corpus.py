@@ -36,9 +36,10 @@ import numpy as np
 import sentencepiece
 from tqdm import tqdm
 
+from nmt.checkpoint import RunDir
 from nmt.config import Config, DataConfig
 from nmt.data import Batch, DatasetPairs, Pieces, TextPairs, batch_of, epoch_batches, length_filter, \
-    load_split, pair_source
+    load_split, pair_source, with_end_marker
 from nmt.errors import ConfigError, DataError, NmtError
 from nmt.io import describe_os_error, write_bytes
 from nmt.vocab import Vocab, train_vocab, vocab_paths
@@ -134,7 +135,8 @@ def _vocabularies(data: DataConfig, source, identity: dict, cache: Path, run_dir
     """The run's sentencepiece model(s): copied from the cache, or trained on a sample of the
     corpus (and kept in the cache for other runs)."""
     paths = list(dict.fromkeys(vocab_paths(run_dir, data.joint_vocab)))  # one, or source and target
-    n, limit = identity["pairs"], data.spm_sample_sentences
+    n = identity["pairs"]
+    limit = data.spm_sample_sentences
     sample = limit if limit and limit < n * (2 if data.joint_vocab else 1) else "all"
     folder = cache / ("vocab-" + _key(identity, data.vocab_size, data.subword_type, data.joint_vocab,
                                       sample, FORMAT))
@@ -148,7 +150,8 @@ def _vocabularies(data: DataConfig, source, identity: dict, cache: Path, run_dir
                        "(choose another data.cache_dir)")
     sides = [(paths[0], (0, 1))] if data.joint_vocab else list(zip(paths, ((0,), (1,))))
     for path, which in sides:
-        start, total = time.perf_counter(), n * len(which)
+        start = time.perf_counter()
+        total = n * len(which)
         log.info(f"vocabulary {path.name}: training sentencepiece on {min(total, limit or total):,} "
                  f"of {total:,} sentences")
         _train_on_sample(_sample(source, which, n, limit), path, data, source.where)
@@ -210,7 +213,8 @@ def _alive(pid: int) -> bool:
 
 def _write(tmp: Path, source, identity: dict, vocabs: tuple[Vocab, Vocab], data: DataConfig) -> dict:
     """Encode, filter and write the corpus into ``tmp``; its meta.json record."""
-    start, pairs = time.perf_counter(), identity["pairs"]
+    start = time.perf_counter()
+    pairs = identity["pairs"]
     dtypes = [np.dtype("<u2") if len(v) < 65536 else np.dtype("<i4") for v in vocabs]
     counts = dict.fromkeys(("kept", "empty", "too_long", "bad_ratio"), 0)
     lengths: tuple[list, list] = ([], [])
@@ -263,7 +267,7 @@ def prepare(data: DataConfig, run_dir: Path, reuse_vocab: bool) -> Path:
     """The prepared folder of the run's training data, made now unless it exists; the run's
     sentencepiece model(s) in ``run_dir`` (trained, or copied from the cache, unless
     ``reuse_vocab``)."""
-    cache = Path(data.cache_dir) if data.cache_dir else run_dir / "cache"
+    cache = Path(data.cache_dir) if data.cache_dir else RunDir(run_dir).cache
     source = pair_source(data, data.train)
     identity = source.identity()
     if not identity["pairs"]:
@@ -311,9 +315,11 @@ def _terminate_as_interrupt():
 def _mapped(folder: Path) -> tuple[Pieces, Pieces, dict]:
     """The two sides of a prepared folder as memory-mapped arrays (read-only)."""
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    n, sides = meta["pairs"], []
+    n = meta["pairs"]
+    sides = []
     for side in SIDES:
-        shapes = {"ids": (meta[side]["dtype"], meta[side]["pieces"]), "offsets": ("<i8", n), "lengths": ("<i4", n)}
+        shapes = {"ids": (meta[side]["dtype"], meta[side]["pieces"]), "offsets": ("<i8", n),
+                  "lengths": ("<i4", n)}
         arrays = {}
         for name, (dtype, count) in shapes.items():
             path = folder / f"{side}.{name}"
@@ -347,12 +353,13 @@ class Corpus:
         self.valid_tgt = self.tgt_vocab.encode(self.valid_ref)
 
     def batch(self, idx: np.ndarray) -> Batch:
+        """The training batch of pairs ``idx`` (``nmt.data.batch_of`` on the corpus's pieces)."""
         return batch_of(self.src, self.tgt, idx)
 
     def target_tokens(self, batches: list[np.ndarray]) -> int:
         """Real target tokens (end markers included) of ``batches``, counted on the host."""
         idx = np.concatenate(batches)
-        return int(self.tgt.lengths[idx].sum(dtype=np.int64)) + len(idx)
+        return int(with_end_marker(self.tgt.lengths[idx].astype(np.int64)).sum())
 
     def epoch(self, batch_size: int, unit: str, seed: int, epoch: int) -> list[np.ndarray]:
         return epoch_batches(self.src.lengths, self.tgt.lengths, batch_size, unit, seed, epoch)

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from nmt.vocab import END, PAD
 log = logging.getLogger("nmt")
 
 FILE_LOADERS = ("json", "csv", "parquet")
+T = TypeVar("T")
 CHUNK = 50_000  # sentences read, encoded and filtered at a time: memory stays flat for any corpus
 
 
@@ -35,7 +36,9 @@ def file_identity(path: Path) -> dict:
     corpus, a small part of a start) and sees any change, also one that keeps the size and
     modification time (``cp -p``, ``rsync -t``, an edit in place); a copied or moved corpus
     keeps its identity."""
-    digest, lines, last = hashlib.sha256(), 0, b"\n"
+    digest = hashlib.sha256()
+    lines = 0
+    last = b"\n"
     with open_input(path) as f:
         while block := f.read(1 << 20):
             digest.update(block)
@@ -88,7 +91,8 @@ class DatasetPairs:
     """A split read through Hugging Face ``datasets`` (memory-mapped Arrow), streamed in batches."""
 
     def __init__(self, cfg: DataConfig, split: str):
-        self.cfg, self.split = cfg, split
+        self.cfg = cfg
+        self.split = split
         self.data, self.where = _load_dataset(cfg, split)
         self.fields = (cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang)
         self.file = Path(split) if cfg.loader in FILE_LOADERS else None
@@ -212,7 +216,8 @@ def length_filter(src_lens: np.ndarray, tgt_lens: np.ndarray, max_len: int,
     """The mask of the pairs to train on, and counts of what was dropped and why."""
     empty = (src_lens == 0) | (tgt_lens == 0)
     too_long = ~empty & ((src_lens > max_len) | (tgt_lens > max_len))
-    bad_ratio = ~empty & ~too_long & (np.maximum(src_lens, tgt_lens) > max_ratio * np.minimum(src_lens, tgt_lens))
+    lopsided = np.maximum(src_lens, tgt_lens) > max_ratio * np.minimum(src_lens, tgt_lens)
+    bad_ratio = ~empty & ~too_long & lopsided
     keep = ~(empty | too_long | bad_ratio)
     return keep, {"kept": int(keep.sum()), "empty": int(empty.sum()), "too_long": int(too_long.sum()),
                   "bad_ratio": int(bad_ratio.sum())}
@@ -224,7 +229,9 @@ class Pieces:
     The arrays may be memory-mapped files (nmt.corpus)."""
 
     def __init__(self, flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
-        self.flat, self.offsets, self.lengths = flat, offsets, lengths
+        self.flat = flat
+        self.offsets = offsets
+        self.lengths = lengths
 
     @classmethod
     def of(cls, seqs: list[list[int]]) -> "Pieces":
@@ -237,7 +244,8 @@ class Pieces:
         """Sentences ``idx`` as a [B, longest + 1] array with the end marker first
         (``_ x y``) or last (``x y _``), padded with PAD."""
         lengths = self.lengths[idx]
-        cols = np.arange(int(lengths.max()) + 1)[None, :] - int(end_first)  # position in the sentence
+        width = int(with_end_marker(lengths.max()))
+        cols = np.arange(width)[None, :] - int(end_first)  # position in the sentence
         real = (cols >= 0) & (cols < lengths[:, None])
         out = np.full(real.shape, PAD, dtype=np.int64)
         out[real] = self.flat[(self.offsets[idx][:, None] + cols)[real]]
@@ -247,40 +255,70 @@ class Pieces:
 
 @dataclass
 class Batch:
+    """Sentences as padded tensors: the source, and for training their targets (None when
+    decoding)."""
     src: torch.Tensor  # [B, S] source ids + end marker, padded
     src_lengths: np.ndarray  # [B] source lengths with the end marker, on the host (packing is planned there)
-    tgt_in: torch.Tensor  # [B, T] end marker + target ids, padded
-    tgt_out: torch.Tensor  # [B, T] target ids + end marker, padded
-    positions: torch.Tensor  # [N] indices into tgt_out.view(-1) of the real target tokens, in order
-    n_tokens: int  # real target tokens (end markers included), known on the host
+    tgt_in: torch.Tensor | None = None  # [B, T] end marker + target ids, padded
+    tgt_out: torch.Tensor | None = None  # [B, T] target ids + end marker, padded
+    positions: torch.Tensor | None = None  # [N] indices into tgt_out.view(-1) of the real target tokens
+    n_tokens: int = 0  # real target tokens (end markers included), known on the host
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device | str) -> "Batch":
         """The batch on ``device``. To a GPU the copies come from pinned memory and
         do not wait: the host goes on preparing work while they run."""
+        device = torch.device(device)
         if device.type != "cuda":
             return self
-        move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.src), self.src_lengths, move(self.tgt_in), move(self.tgt_out),
-                     move(self.positions), self.n_tokens)
+        move = lambda t: None if t is None else t.pin_memory().to(device, non_blocking=True)  # noqa: E731
+        return Batch(src=move(self.src), src_lengths=self.src_lengths, tgt_in=move(self.tgt_in),
+                     tgt_out=move(self.tgt_out), positions=move(self.positions), n_tokens=self.n_tokens)
 
 
-def batch_of(src: Pieces, tgt: Pieces, idx: np.ndarray) -> Batch:
-    """The batch of sentence pairs ``idx`` (docs/model.md §3: ``A B C _`` -> ``_ x y`` / ``x y _``)."""
+def with_end_marker(lengths: np.ndarray) -> np.ndarray:
+    """[B] sentence lengths in pieces -> with the one end marker each sentence is read or
+    predicted with (docs/model.md §3)."""
+    return lengths + 1
+
+
+def without_end_marker(lengths: np.ndarray) -> np.ndarray:
+    """The inverse of ``with_end_marker``: [B] lengths with the end marker -> pieces."""
+    return lengths - 1
+
+
+def batch_of(src: Pieces | list[list[int]], tgt: Pieces | list[list[int]] | None = None,
+             idx: np.ndarray | None = None) -> Batch:
+    """The batch of sentences ``idx`` (default: all) of ``src`` and, for training, their
+    targets ``tgt`` (docs/model.md §3: ``A B C _`` -> ``_ x y`` / ``x y _``)."""
+    src = src if isinstance(src, Pieces) else Pieces.of(src)
+    idx = np.arange(len(src.lengths)) if idx is None else idx
+    source = torch.from_numpy(src.padded(idx, end_first=False))
+    src_lengths = with_end_marker(src.lengths[idx].astype(np.int64))
+    if tgt is None:
+        return Batch(source, src_lengths)
+    tgt = tgt if isinstance(tgt, Pieces) else Pieces.of(tgt)
     tgt_out = tgt.padded(idx, end_first=False)
     positions = np.flatnonzero(tgt_out != PAD)
-    return Batch(torch.from_numpy(src.padded(idx, end_first=False)),
-                 src.lengths[idx].astype(np.int64) + 1, torch.from_numpy(tgt.padded(idx, end_first=True)),
-                 torch.from_numpy(tgt_out), torch.from_numpy(positions), len(positions))
+    return Batch(src=source, src_lengths=src_lengths,
+                 tgt_in=torch.from_numpy(tgt.padded(idx, end_first=True)), tgt_out=torch.from_numpy(tgt_out),
+                 positions=torch.from_numpy(positions), n_tokens=len(positions))
 
 
-def source_tensor(src: list[list[int]]) -> tuple[torch.Tensor, np.ndarray]:
-    """Source ids -> ([B, S] padded ids with the end marker, [B] lengths on the host)."""
-    pieces, idx = Pieces.of(src), np.arange(len(src))
-    return torch.from_numpy(pieces.padded(idx, end_first=False)), pieces.lengths + 1
+def length_batches(sizes: list[int], batch_size: int) -> list[list[int]]:
+    """Positions 0 .. len(sizes) - 1 sorted by size (stable), cut into batches of
+    ``batch_size``: less padding, and a decoding batch shrinks evenly as sentences finish."""
+    order = sorted(range(len(sizes)), key=sizes.__getitem__)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def make_batch(src: list[list[int]], tgt: list[list[int]]) -> Batch:
-    return batch_of(Pieces.of(src), Pieces.of(tgt), np.arange(len(src)))
+def by_length(sizes: list[int], batch_size: int, work: Callable[[list[int]], Iterable[T]]) -> list[T]:
+    """``work`` on the ``length_batches`` of ``sizes`` (it returns one result per position
+    it is given), the results put back in input order."""
+    results: list = [None] * len(sizes)
+    for index in length_batches(sizes, batch_size):
+        for position, result in zip(index, work(index)):
+            results[position] = result
+    return results
 
 
 def epoch_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, batch_size: int, unit: str,
@@ -299,8 +337,9 @@ def epoch_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, batch_size: int, u
     """
     rng = np.random.default_rng([seed, epoch])
     order = np.lexsort((rng.random(len(src_lens)), tgt_lens, src_lens))
-    longest = np.maximum(src_lens, tgt_lens)[order].astype(np.int64) + 1
-    starts, start = [], 0
+    longest = with_end_marker(np.maximum(src_lens, tgt_lens)[order].astype(np.int64))
+    starts = []
+    start = 0
     while True:
         starts.append(start)
         # No batch holds more than this many: even at its first example's length it would be over.

@@ -82,7 +82,9 @@ class Decoder(nn.Module):
         """One step of decoding. emb: [B, E]. Returns attentional vector [B, H], state,
         weights [B, S]. A row's results depend on that row alone (``nmt.invariant``)."""
         x = torch.cat([emb, state.feed], dim=-1) if self.input_feeding else emb
-        hs, cs = [], []
+        hs = []
+        cs = []
+        context = None  # the attending layer's, read by the layers above it (gnmt)
         for k, cell in enumerate(self.cells):
             if k > self.query_layer:  # gnmt: the context goes into every layer above
                 x = torch.cat([x, context], dim=-1)
@@ -120,7 +122,8 @@ class Decoder(nn.Module):
         """
         if not self.input_feeding:
             return self._forward_sequence(emb, state, memory)
-        cells, size = self.cells, emb.size(2)
+        cells = self.cells
+        size = emb.size(2)
         emb_gates = F.linear(self.dropout(emb), cells[0].weight_ih[:, :size], cells[0].bias_ih).unbind(1)
         feed_products = StepProducts(cells[0].weight_ih[:, size:])  # input feeding's part of layer 1
         input_products = [None] + [StepProducts(cell.weight_ih) for cell in cells[1:]]
@@ -128,7 +131,8 @@ class Decoder(nn.Module):
         combine = StepProducts(self.combine.weight)
         h = list(state.h)
         c = [None] * len(cells) if state.c is None else list(state.c)
-        feed, vectors = state.feed, []
+        feed = state.feed
+        vectors = []
         for gates in emb_gates:  # [B, G] per step
             for k, cell in enumerate(cells):
                 if k == 0:
@@ -147,6 +151,7 @@ class Decoder(nn.Module):
         attention for all steps one batched product. emb: [B, T, E] -> vectors [B, T, H]."""
         batch, steps = emb.shape[:2]
         x = emb
+        context = None  # the attending layer's, read by the layers above it (gnmt)
         for k, cell in enumerate(self.cells):
             if k > self.query_layer:
                 x = torch.cat([x, context], dim=-1)
@@ -183,7 +188,8 @@ def cell_update(cell: str, x_gates: torch.Tensor, h_gates: torch.Tensor, h: torc
     if cell == "gru":
         x_r, x_z, x_n = x_gates.chunk(3, 1)
         h_r, h_z, h_n = h_gates.chunk(3, 1)
-        r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
+        r = sigmoid(x_r + h_r)
+        z = sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
         return n + z * (h - n), None  # (1 - z) * n + z * h
     return torch.tanh(x_gates + h_gates), None

@@ -2,10 +2,9 @@
 
 At each step every member reads the same previous output and the ensemble's
 log-probabilities are the mean of the members' (each member keeps its own
-encoding and decoder state). ``Ensemble`` offers what search needs of a model
-(``encode``, ``decode_step``), so greedy and beam search run it unchanged: a
-sentence's translation still does not depend on its batch, and an ensemble
-of one model is exactly that model.
+encoding and decoder state). ``Ensemble`` is a ``nmt.search.DecodableModel``, so greedy
+and beam search run it unchanged: a sentence's translation still does not depend on its
+batch, and an ensemble of one model is exactly that model.
 """
 from __future__ import annotations
 
@@ -19,15 +18,15 @@ from nmt.model import Seq2Seq
 
 
 @dataclass
-class Each:
+class PerMember:
     """One value per member (their memories or decoder states), selected together."""
     parts: list
 
-    def select(self, index: torch.Tensor) -> "Each":
-        return Each([part.select(index) for part in self.parts])
+    def select(self, index: torch.Tensor) -> PerMember:
+        return PerMember([part.select(index) for part in self.parts])
 
-    def head(self, rows: int) -> "Each":
-        return Each([part.head(rows) for part in self.parts])
+    def head(self, rows: int) -> PerMember:
+        return PerMember([part.head(rows) for part in self.parts])
 
 
 class Ensemble(nn.Module):
@@ -35,20 +34,24 @@ class Ensemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
 
-    def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor) -> tuple[Each, Each]:
+    def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor) -> tuple[PerMember, PerMember]:
+        """src: [B, S], lengths: [B] -> the members' memories and initial states."""
         encoded = [member.encode(src, lengths) for member in self.members]
-        return Each([memory for memory, _ in encoded]), Each([state for _, state in encoded])
+        return PerMember([memory for memory, _ in encoded]), PerMember([state for _, state in encoded])
 
-    def decode_step(self, prev: torch.Tensor, state: Each, memory: Each
-                    ) -> tuple[torch.Tensor, Each, torch.Tensor]:
+    def decode_step(self, prev: torch.Tensor, state: PerMember, memory: PerMember
+                    ) -> tuple[torch.Tensor, PerMember, torch.Tensor]:
         """prev: [B] -> mean log-probabilities [B, V], the members' states, mean attention [B, S]."""
-        steps = [member.decode_step(prev, s, m) for member, s, m in zip(self.members, state.parts, memory.parts)]
+        steps = [member.decode_step(prev, member_state, member_memory)
+                 for member, member_state, member_memory in zip(self.members, state.parts, memory.parts)]
         if len(steps) == 1:
-            return steps[0][0], Each([steps[0][1]]), steps[0][2]
+            logp, member_state, weights = steps[0]
+            return logp, PerMember([member_state]), weights
         # Summed member by member, elementwise: each row's mean is formed in one order
         # whatever the batch (a mean over a stacked dimension need not be).
-        logp, weights = steps[0][0], steps[0][2]
-        for step in steps[1:]:
-            logp, weights = logp + step[0], weights + step[2]
-        logp, weights = logp / len(steps), weights / len(steps)
-        return logp, Each([step[1] for step in steps]), weights
+        logp = steps[0][0]
+        weights = steps[0][2]
+        for step_logp, _, step_weights in steps[1:]:
+            logp = logp + step_logp
+            weights = weights + step_weights
+        return logp / len(steps), PerMember([step[1] for step in steps]), weights / len(steps)

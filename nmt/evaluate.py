@@ -5,6 +5,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from nmt.checkpoint import RunDir
 from nmt.errors import ConfigError, DataError
 from nmt.export import is_model_folder
 from nmt.io import read_lines
@@ -21,7 +22,8 @@ def test_set(cfg, split: str, src_file: str | None, ref_file: str | None
     if src_file or ref_file:
         if not (src_file and ref_file):
             raise DataError("give both a source file and a reference file")
-        sources, references = read_lines(src_file), read_lines(ref_file)
+        sources = read_lines(src_file)
+        references = read_lines(ref_file)
         if len(sources) != len(references):
             raise DataError(f"{src_file} has {len(sources)} lines but {ref_file} has {len(references)}")
         if not sources:
@@ -82,7 +84,7 @@ def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "
     if folder:
         sources, references, set_name = test_set(None, split, src_file, ref_file)
     elif run_dirs:
-        config = Path(run_dirs[0]) / "config.yaml"
+        config = RunDir(run_dirs[0]).config
         if not config.is_file():
             raise DataError(f"{config}: not found; is {run_dirs[0]} a run directory?")
         cfg = load_config(config)
@@ -108,7 +110,7 @@ def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "
         if len(systems) > 1:
             raise DataError("several systems: say where the report goes (--out)")
         decoding = systems[0].info["decoding"]
-        out_dir = (Path(run_dirs[0]) / "reports" /
+        out_dir = (RunDir(run_dirs[0]).reports /
                    f"{set_name}-{Path(systems[0].info['checkpoint']).stem}-beam{decoding['beam_size']}"
                    f"{'-int8' if int8 else ''}{f'-ensemble{len(ensemble) + 1}' if ensemble else ''}")
     title = f"Evaluation on {set_name}: " + ", ".join(s.name for s in systems)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from nmt.checkpoint import LoadedRun, check_vocab, load_checkpoint, vocab_record
+from nmt.checkpoint import Checkpoint, LoadedRun, RunDir, check_vocab, vocab_records
 from nmt.config import config_from_dict
 from nmt.device import pick_device
 from nmt.errors import CheckpointError, ConfigError, NmtError
@@ -56,12 +56,13 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Loade
         raise CheckpointError(f"{path}: missing or malformed field {err}") from None
     src_vocab, tgt_vocab = (Vocab(p) for p in vocab_paths(folder, cfg.data.joint_vocab))
     for side, vocab in (("src", src_vocab), ("tgt", tgt_vocab)):
-        check_vocab(record, side, vocab, path)
+        check_vocab(record["vocab"], side, vocab, path)
     model = Seq2Seq(cfg.model, len(src_vocab), len(tgt_vocab))
     try:
         load_model(model, folder / WEIGHTS, strict=True)
     except Exception as err:  # safetensors raises its own errors, RuntimeError for wrong keys or shapes
-        raise CheckpointError(f"{folder / WEIGHTS}: not this model's weights ({str(err).splitlines()[0][:200]})") from None
+        reason = str(err).splitlines()[0][:200]
+        raise CheckpointError(f"{folder / WEIGHTS}: not this model's weights ({reason})") from None
     return LoadedRun(cfg, model.to(device).eval(), src_vocab, tgt_vocab, folder / WEIGHTS, step)
 
 
@@ -80,7 +81,7 @@ def save_folder(run: LoadedRun, out: str | Path, card: str, onnx: bool = False) 
     cfg = dict(run.cfg.to_dict(), data=data)
     cfg.pop("train")
     record = {"format": FORMAT, "version": VERSION, "config": cfg, "step": run.step,
-              "vocab": {"src": vocab_record(run.src_vocab), "tgt": vocab_record(run.tgt_vocab)}}
+              "vocab": vocab_records(run.src_vocab, run.tgt_vocab)}
     part = out.with_name(f".{out.name}.part-{os.getpid()}")
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(parents=True)
@@ -131,15 +132,10 @@ def push(run: LoadedRun, repo_id: str, card: str, private: bool = False, token: 
         return str(api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="nmt model folder"))
 
 
-def _run_dir_of(run: LoadedRun) -> Path | None:
-    parent = run.checkpoint.parent
-    return parent.parent if parent.name == "checkpoints" else None
-
-
-def _test_report(run_dir: Path, run: LoadedRun) -> dict | None:
+def _test_report(run_dir: RunDir, run: LoadedRun) -> dict | None:
     """The newest test report of this checkpoint at this step in the run directory."""
     found = []
-    for path in (run_dir / "reports").glob(f"test-{run.checkpoint.stem}-beam*/report.json"):
+    for path in run_dir.reports.glob(f"test-{run.checkpoint.stem}-beam*/report.json"):
         try:
             system = json.loads(path.read_text(encoding="utf-8"))["systems"][0]
         except (OSError, ValueError, KeyError, IndexError):
@@ -149,19 +145,24 @@ def _test_report(run_dir: Path, run: LoadedRun) -> dict | None:
     return max(found, key=lambda item: item[0])[1] if found else None
 
 
+def _run_facts(run: LoadedRun) -> tuple[dict | None, float | None, str | None]:
+    """(test report, training seconds, hardware) from the run directory the checkpoint lies in."""
+    run_dir = RunDir.of_checkpoint(run.checkpoint)
+    if run_dir is None:
+        return None, None, None
+    seconds = Checkpoint.load(run.checkpoint, mmap=True).progress.train_seconds
+    log = run_dir.train_log
+    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+    lines = re.findall(r"parameters on (.+?); run directory", text)
+    return _test_report(run_dir, run), seconds, lines[-1] if lines else None
+
+
 def model_card(run: LoadedRun, license_id: str = "other") -> str:
     """README.md in the Hub's model-card format: YAML metadata, then what the model is,
     how it was trained and scored, the two lines that use it, and its limits."""
-    cfg, run_dir = run.cfg, _run_dir_of(run)
+    cfg = run.cfg
     src, tgt = cfg.data.src_lang, cfg.data.tgt_lang
-    system = _test_report(run_dir, run) if run_dir else None
-    seconds = hardware = None
-    if run_dir:
-        seconds = load_checkpoint(run.checkpoint, mmap=True)["train_state"].get("train_seconds")
-        log = run_dir / "train.log"
-        lines = re.findall(r"parameters on (.+?); run directory", log.read_text(encoding="utf-8", errors="replace")) \
-            if log.is_file() else []
-        hardware = lines[-1] if lines else None
+    system, seconds, hardware = _run_facts(run)
     meta = {"language": [src, tgt], "license": license_id, "library_name": "nmt", "pipeline_tag": "translation",
             "tags": ["translation", "lstm", "attention", "nmt"]}
     rows = []

@@ -2,8 +2,8 @@
 
 A decoder step is a few hundred small kernels (each layer's products and gates,
 attention, the output layer); at decoding's batch sizes a GPU spends the step
-launching them. ``GraphedSteps`` wraps a model (``Seq2Seq`` or ``Ensemble``) for
-search: it captures the step once per bucket of (sentences, beams per sentence,
+launching them. ``GraphedSteps`` wraps a model (a ``nmt.search.DecodableModel``) for
+search, and is one itself: it captures the step once per bucket of (sentences, beams per sentence,
 source length) as a CUDA graph and replays it, one launch a step. Rows and the
 source are padded up to their bucket -- extra sentences copy sentence 0, extra
 source positions are masked -- and since a sentence's results do not depend on the
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from nmt.invariant import ROW_BLOCK
+from nmt.search import DecodableModel
 
 SOURCE_BLOCK = 8  # source lengths are padded to a multiple of 8 at least
 
@@ -33,7 +34,7 @@ def bucket(n: int, least: int) -> int:
 
 def _map(fn, obj):
     """``obj`` (a tensor, None, a list or a dataclass of these: Memory, DecoderState,
-    ensemble.Each) rebuilt with ``fn`` applied to each tensor."""
+    ensemble.PerMember) rebuilt with ``fn`` applied to each tensor."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if obj is None:
@@ -56,7 +57,8 @@ class _Rows:
 
     def __init__(self, prev: torch.Tensor, state, rows: int):
         index = torch.arange(rows, device=prev.device) % len(prev)
-        self.prev, self.state = prev[index], state.select(index)
+        self.prev = prev[index]
+        self.state = state.select(index)
 
 
 class _Source:
@@ -66,8 +68,11 @@ class _Source:
     def __init__(self, memory, sentences: int, source: int):
         memory = memory.select(torch.arange(sentences, device=_leaves(memory)[0].device)
                                % _leaves(memory)[0].size(0))
-        self.memory = _map(lambda t: torch.cat([t, t.new_zeros(t.size(0), source - t.size(1), *t.shape[2:])], 1),
-                           memory)
+
+        def padded(t: torch.Tensor) -> torch.Tensor:  # [A, S', ...] -> [A, source, ...]
+            return torch.cat([t, t.new_zeros(t.size(0), source - t.size(1), *t.shape[2:])], 1)
+
+        self.memory = _map(padded, memory)
         self.memory_of = lambda: None  # the caller's memory last copied in (it changes as sentences finish)
 
     def load(self, memory) -> None:
@@ -83,8 +88,10 @@ class _Step:
     (off CUDA) run eagerly on the same views."""
 
     def __init__(self, model, rows: _Rows, source: _Source, size: tuple[int, int], pool):
-        self.rows, self.source = rows, source  # kept alive while this step is
-        self.args = (rows.prev[:size[0]], rows.state.head(size[0]), _map(lambda t: t[:size[1]], source.memory))
+        self.rows = rows  # kept alive while this step is
+        self.source = source
+        self.args = (rows.prev[:size[0]], rows.state.head(size[0]),
+                     _map(lambda t: t[:size[1]], source.memory))
         self.graph = None
         if rows.prev.is_cuda:
             side = torch.cuda.Stream()  # warm-up off the main stream, as capture requires
@@ -116,7 +123,7 @@ class GraphedSteps:
     overwrites it); search reads each step's results before the next step.
     """
 
-    def __init__(self, model):
+    def __init__(self, model: DecodableModel):
         self._model = weakref.ref(model)  # the graphs are kept with the model (``graphed``)
         self.rows: _Rows | None = None  # the newest buffers (older ones live on in their steps)
         self.sources: dict[int, _Source] = {}  # per padded source length
@@ -130,7 +137,8 @@ class GraphedSteps:
         """prev: [R] -> log-probabilities [R, V], new state, attention [R, S], as the model's."""
         model = self._model()
         first = _leaves(memory)[0]  # [A, S, K]: A sentences, R = A x beams rows
-        sentences, source, rows = first.size(0), first.size(1), len(prev)
+        sentences, source = first.shape[:2]
+        rows = len(prev)
         width = rows // sentences
         key = (bucket(sentences, ROW_BLOCK), width, bucket(source, SOURCE_BLOCK), model.training)
         step = self.steps.get(key)
@@ -149,7 +157,7 @@ class GraphedSteps:
 _graphed: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def graphed(model) -> GraphedSteps:
+def graphed(model: DecodableModel) -> GraphedSteps:
     """The model's ``GraphedSteps``, made once and kept while the model lives (captures are
     reused by every later batch, request and call)."""
     if model not in _graphed:

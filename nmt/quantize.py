@@ -93,7 +93,8 @@ class Int8Cell(nn.Module):
         if self.kind == "gru":
             ir, iz, in_ = self.ih(x).chunk(3, dim=1)
             hr, hz, hn = self.hh(state).chunk(3, dim=1)
-            r, z = sigmoid(ir + hr), sigmoid(iz + hz)
+            r = sigmoid(ir + hr)
+            z = sigmoid(iz + hz)
             n = torch.tanh(in_ + r * hn)
             return (1 - z) * n + z * state
         return torch.tanh(self.both(torch.cat([x, state], dim=1)))

@@ -19,6 +19,7 @@ from pathlib import Path
 import sacrebleu
 from sacrebleu.metrics import BLEU, CHRF, TER
 
+from nmt.checkpoint import Metric, RunDir
 from nmt.errors import DataError
 from nmt.io import write_bytes, write_text
 
@@ -33,7 +34,8 @@ class System:
     hypotheses: list[str]
     info: dict = field(default_factory=dict)  # checkpoint, step, decoding settings, timing
     run_dir: Path | None = None  # for learning curves
-    attention: list[dict] = field(default_factory=list)  # {"source": [...], "target": [...], "weights": [[...]]}
+    # {"source": [...], "target": [...], "weights": [[...]]} per heatmap
+    attention: list[dict] = field(default_factory=list)
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
@@ -60,7 +62,8 @@ def length_buckets(sources: list[str], hypotheses: list[str], references: list[s
                  if len(s.split()) >= lower and (upper is None or len(s.split()) <= upper)]
         label = f"{lower}-{upper}" if upper else f"{lower}+"
         if index:
-            hyps, refs = [hypotheses[i] for i in index], [references[i] for i in index]
+            hyps = [hypotheses[i] for i in index]
+            refs = [references[i] for i in index]
             rows.append({"bucket": label, "sentences": len(index),
                          "bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
                          "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)})
@@ -82,19 +85,7 @@ def example_sets(sources: list[str], hypotheses: list[str], references: list[str
 
 def learning_curves(run_dir: Path) -> dict:
     """Training loss, learning rate, validation loss and BLEU by step, from metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
-    curves: dict[str, dict[int, float]] = {}
-    if not path.is_file():
-        return {}
-    for line in path.read_text(encoding="utf-8").split("\n"):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # an empty or cut-off line (a killed run)
-            continue
-        for key, value in row.items():
-            if key != "step":
-                curves.setdefault(key, {})[row["step"]] = value  # a resumed run overwrites
-    return {key: sorted(values.items()) for key, values in curves.items()}
+    return RunDir(run_dir).metrics.curves()
 
 
 def significance(systems: list[System], references: list[str], samples: int = 1000) -> dict:
@@ -135,19 +126,19 @@ def _png(figure) -> bytes:
 def plot_curves(curves: dict, title: str) -> bytes:
     import matplotlib.pyplot as plt
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, label in (("train_loss", "training loss"), ("valid_loss", "validation loss")):
+    for key, label in ((Metric.TRAIN_LOSS, "training loss"), (Metric.VALID_LOSS, "validation loss")):
         if key in curves:
-            left.plot(*zip(*curves[key]), label=label, marker="o" if key == "valid_loss" else None)
+            left.plot(*zip(*curves[key]), label=label, marker="o" if key == Metric.VALID_LOSS else None)
     left.set_xlabel("step")
     left.set_ylabel("loss (nats/token)")
     left.legend()
     left.grid(alpha=0.3)
-    if "valid_bleu" in curves:
-        right.plot(*zip(*curves["valid_bleu"]), color="tab:green", marker="o", label="validation BLEU")
+    if Metric.VALID_BLEU in curves:
+        right.plot(*zip(*curves[Metric.VALID_BLEU]), color="tab:green", marker="o", label="validation BLEU")
         right.set_ylabel("validation BLEU (greedy)")
-    if "train_lr" in curves:
+    if Metric.TRAIN_LR in curves:
         twin = right.twinx()
-        twin.plot(*zip(*curves["train_lr"]), color="tab:gray", linestyle="--", label="learning rate")
+        twin.plot(*zip(*curves[Metric.TRAIN_LR]), color="tab:gray", linestyle="--", label="learning rate")
         twin.set_ylabel("learning rate")
     right.set_xlabel("step")
     right.grid(alpha=0.3)
@@ -176,7 +167,8 @@ def plot_buckets(buckets: dict[str, list[dict]]) -> bytes:
 
 def plot_attention(example: dict) -> bytes:
     import matplotlib.pyplot as plt
-    source, target = example["source"], example["target"]
+    source = example["source"]
+    target = example["target"]
     figure, axis = plt.subplots(figsize=(max(4, 0.42 * len(source) + 1.5), max(3, 0.36 * len(target) + 1)))
     axis.imshow(example["weights"], cmap="Blues", vmin=0, vmax=1, aspect="auto")
     axis.set_xticks(range(len(source)), source, rotation=60, ha="right", fontsize=8)
@@ -233,6 +225,79 @@ def build_report(systems: list[System], sources: list[str], references: list[str
     return report
 
 
+# ----------------------------------------------------------------------------- rendering
+# The report is one list of blocks (``report_blocks``), each rendered to Markdown and to HTML.
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+    def markdown(self) -> list[str]:
+        return ["#" * self.level + " " + self.text, ""]
+
+    def html(self, images: dict[str, bytes]) -> str:
+        return f"<h{self.level}>{html.escape(self.text)}</h{self.level}>"
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+    bold: str = ""  # written after ``text``, in bold, followed by ``after``
+    after: str = ""
+
+    def markdown(self) -> list[str]:
+        bold = f"**{self.bold}**" if self.bold else ""
+        return [self.text + bold + self.after, ""]
+
+    def html(self, images: dict[str, bytes]) -> str:
+        bold = f"<b>{html.escape(self.bold)}</b>" if self.bold else ""
+        return f"<p>{html.escape(self.text)}{bold}{html.escape(self.after)}</p>"
+
+
+@dataclass(frozen=True)
+class Table:
+    rows: list[list[str]]  # the first is the header
+
+    def markdown(self) -> list[str]:
+        clean = [[c.replace("|", "\\|") for c in row] for row in self.rows]
+        return ["| " + " | ".join(clean[0]) + " |", "|" + " --- |" * len(clean[0])] + \
+               ["| " + " | ".join(row) + " |" for row in clean[1:]] + [""]
+
+    def html(self, images: dict[str, bytes]) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.rows[0])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                       for row in self.rows[1:])
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+@dataclass(frozen=True)
+class CodeList:
+    items: list[tuple[str, str]]  # (label, code)
+
+    def markdown(self) -> list[str]:
+        return [f"- {label} `{code}`" for label, code in self.items] + [""]
+
+    def html(self, images: dict[str, bytes]) -> str:
+        return "<ul>" + "".join(f"<li>{label} <code>{html.escape(code)}</code></li>"
+                                for label, code in self.items) + "</ul>"
+
+
+@dataclass(frozen=True)
+class Images:
+    items: list[tuple[str, str]]  # (file name, alt text)
+    row: bool = False  # side by side in HTML
+
+    def markdown(self) -> list[str]:
+        return [f"![{alt}]({name})" for name, alt in self.items] + [""]
+
+    def html(self, images: dict[str, bytes]) -> str:
+        """Inlined as data URIs: the page opens from disk, alone."""
+        tags = [f'<img alt="{html.escape(alt)}" src="data:image/png;base64,'
+                f'{base64.b64encode(images[name]).decode("ascii")}">' for name, alt in self.items]
+        return "\n".join(["<div class=row>", *tags, "</div>"] if self.row else tags)
+
+
 def _score_rows(report: dict) -> list[list[str]]:
     rows = [["system", "BLEU", "chrF", "TER", "length ratio", "checkpoint", "decoding"]]
     for s in report["systems"]:
@@ -244,9 +309,8 @@ def _score_rows(report: dict) -> list[list[str]]:
 
 
 def _significance_rows(report: dict) -> list[list[str]]:
-    sig = report["significance"]
     rows = [["system", "BLEU (95% CI)", "p", "chrF (95% CI)", "p"]]
-    for r in sig["rows"]:
+    for r in report["significance"]["rows"]:
         cells = [r["system"]]
         for m in ("bleu", "chrf"):
             cells.append(f"{r[f'{m}_mean']:.2f} ± {r[f'{m}_ci95']:.2f}")
@@ -256,86 +320,68 @@ def _significance_rows(report: dict) -> list[list[str]]:
     return rows
 
 
-def _md_table(rows: list[list[str]]) -> list[str]:
-    clean = [[c.replace("|", "\\|") for c in row] for row in rows]
-    return ["| " + " | ".join(clean[0]) + " |", "|" + " --- |" * len(clean[0])] + \
-           ["| " + " | ".join(row) + " |" for row in clean[1:]] + [""]
+def _bucket_rows(report: dict) -> list[list[str]]:
+    systems = report["systems"]
+    rows = [["words", "sentences"] + [f"{s['name']} {m}" for s in systems for m in ("BLEU", "chrF")]]
+    for i, bucket in enumerate(systems[0]["buckets"]):
+        rows.append([bucket["bucket"], str(bucket["sentences"])] +
+                    [f"{s['buckets'][i][m]:.2f}" for s in systems for m in ("bleu", "chrf")])
+    return rows
+
+
+def _system_blocks(s: dict) -> list:
+    """A system's attention heatmaps and its example sentences."""
+    blocks = []
+    if s["attention"]:
+        blocks += [Heading(f"Attention: {s['name']}"),
+                   Images([(a["image"], f"attention {j + 1}") for j, a in enumerate(s["attention"])],
+                          row=True)]
+    for kind in ("best", "worst", "random"):
+        blocks += [Heading(f"{kind.capitalize()} sentences by chrF: {s['name']}"),
+                   Table([["line", "chrF", "source", "reference", "hypothesis"]] +
+                         [[str(e["line"]), f"{e['chrf']:.1f}", e["source"], e["reference"], e["hypothesis"]]
+                          for e in s["examples"][kind]])]
+    return blocks
+
+
+def report_blocks(report: dict) -> list:
+    """The report's sections in order, as blocks (``Heading``, ``Paragraph``, ``Table``, ...)."""
+    first = report["systems"][0]["scores"]
+    blocks = [Heading(report["title"], level=1), Paragraph(f"{report['sentences']} sentences."),
+              Heading("Scores"), Table(_score_rows(report)),
+              CodeList([(m, first[f"{k}_signature"]) for m, k in (("BLEU", "bleu"), ("chrF", "chrf"),
+                                                                  ("TER", "ter"))])]
+    if "significance" in report:
+        sig = report["significance"]
+        blocks += [Heading("Significance"),
+                   Paragraph(f"Paired bootstrap resampling ({sig['samples']} samples, sacreBLEU) against ",
+                             bold=sig["baseline"], after="; * = p < 0.05."),
+                   Table(_significance_rows(report))]
+    for s in report["systems"]:
+        if s.get("curves_image"):
+            blocks += [Heading(f"Learning curves: {s['name']}"),
+                       Images([(s["curves_image"], "learning curves")])]
+    blocks += [Heading("By source length"),
+               Images([(report["buckets_image"], "BLEU and chrF by source length")]),
+               Table(_bucket_rows(report))]
+    for s in report["systems"]:
+        blocks += _system_blocks(s)
+    return blocks
 
 
 def render_markdown(report: dict) -> str:
-    lines = [f"# {report['title']}", "", f"{report['sentences']} sentences.", "", "## Scores", ""]
-    lines += _md_table(_score_rows(report))
-    first = report["systems"][0]["scores"]
-    lines += [f"- BLEU `{first['bleu_signature']}`", f"- chrF `{first['chrf_signature']}`",
-              f"- TER `{first['ter_signature']}`", ""]
-    if "significance" in report:
-        sig = report["significance"]
-        lines += ["## Significance", "",
-                  f"Paired bootstrap resampling ({sig['samples']} samples, sacreBLEU) against "
-                  f"**{sig['baseline']}**; * = p < 0.05.", ""]
-        lines += _md_table(_significance_rows(report))
-    for s in report["systems"]:
-        if s.get("curves_image"):
-            lines += [f"## Learning curves: {s['name']}", "", f"![learning curves]({s['curves_image']})", ""]
-    lines += ["## By source length", "", f"![BLEU and chrF by source length]({report['buckets_image']})", ""]
-    rows = [["words", "sentences"] + [f"{s['name']} {m}" for s in report["systems"] for m in ("BLEU", "chrF")]]
-    for i, bucket in enumerate(report["systems"][0]["buckets"]):
-        rows.append([bucket["bucket"], str(bucket["sentences"])] +
-                    [f"{s['buckets'][i][m]:.2f}" for s in report["systems"] for m in ("bleu", "chrf")])
-    lines += _md_table(rows)
-    for s in report["systems"]:
-        if s["attention"]:
-            lines += [f"## Attention: {s['name']}", ""]
-            lines += [f"![attention {j + 1}]({a['image']})" for j, a in enumerate(s["attention"])] + [""]
-        for kind in ("best", "worst", "random"):
-            lines += [f"## {kind.capitalize()} sentences by chrF: {s['name']}", ""]
-            lines += _md_table([["line", "chrF", "source", "reference", "hypothesis"]] +
-                               [[str(e["line"]), f"{e['chrf']:.1f}", e["source"], e["reference"],
-                                 e["hypothesis"]] for e in s["examples"][kind]])
-    return "\n".join(lines)
+    return "\n".join(line for block in report_blocks(report) for line in block.markdown())
 
 
-def _html_table(rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+         "th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}.row img{max-width:48%;margin-right:1%}"
+         "code{font-size:12px}")
 
 
 def render_html(report: dict, images: dict[str, bytes]) -> str:
     """One page with every image inlined as a data URI: it opens from disk, alone."""
-    def img(name: str, alt: str) -> str:
-        data = base64.b64encode(images[name]).decode("ascii")
-        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-    first = report["systems"][0]["scores"]
-    parts = [f"<h1>{html.escape(report['title'])}</h1>", f"<p>{report['sentences']} sentences.</p>",
-             "<h2>Scores</h2>", _html_table(_score_rows(report)),
-             "<ul>" + "".join(f"<li>{m} <code>{html.escape(first[f'{k}_signature'])}</code></li>"
-                              for m, k in (("BLEU", "bleu"), ("chrF", "chrf"), ("TER", "ter"))) + "</ul>"]
-    if "significance" in report:
-        sig = report["significance"]
-        parts += ["<h2>Significance</h2>",
-                  f"<p>Paired bootstrap resampling ({sig['samples']} samples, sacreBLEU) against "
-                  f"<b>{html.escape(sig['baseline'])}</b>; * = p &lt; 0.05.</p>",
-                  _html_table(_significance_rows(report))]
-    for s in report["systems"]:
-        if s.get("curves_image"):
-            parts += [f"<h2>Learning curves: {html.escape(s['name'])}</h2>", img(s["curves_image"], "learning curves")]
-    parts += ["<h2>By source length</h2>", img(report["buckets_image"], "BLEU and chrF by source length")]
-    for s in report["systems"]:
-        if s["attention"]:
-            parts += [f"<h2>Attention: {html.escape(s['name'])}</h2>", "<div class=row>"]
-            parts += [img(a["image"], "attention heatmap") for a in s["attention"]] + ["</div>"]
-        for kind in ("best", "worst", "random"):
-            parts += [f"<h2>{kind.capitalize()} sentences by chrF: {html.escape(s['name'])}</h2>",
-                      _html_table([["line", "chrF", "source", "reference", "hypothesis"]] +
-                                  [[str(e["line"]), f"{e['chrf']:.1f}", e["source"], e["reference"],
-                                    e["hypothesis"]] for e in s["examples"][kind]])]
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-             "th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}.row img{max-width:48%;margin-right:1%}"
-             "code{font-size:12px}")
     return ("<!DOCTYPE html><html><head><meta charset=utf-8>"
-            f"<title>{html.escape(report['title'])}</title><style>{style}</style></head><body>"
-            + "\n".join(parts) + "</body></html>\n")
+            f"<title>{html.escape(report['title'])}</title><style>{STYLE}</style></head><body>"
+            + "\n".join(block.html(images) for block in report_blocks(report)) + "</body></html>\n")

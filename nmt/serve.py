@@ -1,8 +1,8 @@
 """``nmt-serve``: translations over HTTP (aiohttp), with requests batched together.
 
-- ``POST /translate`` ``{"sentences": [...], "beam_size": 5, "n_best": 1, "length_penalty": 1.0,
-  "max_length_ratio": 2.0, "attention": false}`` (every key but ``sentences`` optional; also
-  ``length_penalty_type``, ``max_length``, ``min_length``, ``no_repeat_ngram_size``) ->
+- ``POST /translate`` ``{"sentences": [...], "beam_size": 5, "n_best": 1, "attention": false}``
+  (every key but ``sentences`` optional: ``attention`` and the decode options in ``OPTIONS``,
+  the DecodeConfig fields marked ``served`` in ``nmt.config``; null or absent: the run's setting) ->
   ``{"translations": [...]}``, plus ``"n_best": [[{"translation", "score"}, ...], ...]`` when
   ``n_best`` > 1 and ``"attention": [{"source", "target", "weights"}, ...]`` when asked.
 - ``GET /health`` -> ``{"status": "ok", "requests": ..., "batches": ...}``.
@@ -40,13 +40,13 @@ try:
 except ImportError:  # an optional extra: pip install 'nmt[serve]'
     web = None
 
-from nmt.config import check_range
+from nmt.config import check_range, decode_fields
+from nmt.data import with_end_marker
 from nmt.errors import ConfigError, NmtError
 from nmt.search import max_output_lengths
 from nmt.translate import Translator, checked_sentences
 
-OPTIONS = ("beam_size", "n_best", "length_penalty", "length_penalty_type", "max_length_ratio",
-           "max_length", "min_length", "no_repeat_ngram_size")  # batch_size is the server's
+OPTIONS = tuple(option.name for option in decode_fields("served"))  # batch_size is the server's
 PAGE = Path(__file__).with_name("serve_page.html")
 
 
@@ -196,10 +196,7 @@ class Server:
             if len(sentence) > limits.max_chars:
                 raise BadRequest(413, f"sentences[{i}]: {len(sentence)} characters, at most {limits.max_chars}")
         options = {k: body[k] for k in OPTIONS if body.get(k) is not None}  # null: the run's setting
-        n_best = options.get("n_best", 1)
-        if isinstance(n_best, int) and n_best > 1 and "beam_size" not in options:  # as wide as n_best
-            options["beam_size"] = max(n_best, self.translator.decode.beam_size)
-        try:
+        try:  # an n_best wider than the beam widens it here, as everywhere
             decode = self.translator.settings(**options)
         except ConfigError as err:
             raise BadRequest(400, str(err)) from None
@@ -319,7 +316,8 @@ def attention_megabytes(sentences: list[str], decode) -> float:
     rows = 1 if decode.beam_size == 1 else 2 * decode.beam_size
     total = 0
     for sentence in sentences:
-        source = len(sentence.encode("utf-8")) + 2
+        word_start = 1
+        source = with_end_marker(len(sentence.encode("utf-8")) + word_start)
         steps = max_output_lengths(np.array([source]), decode.max_length_ratio, decode.max_length)[0]
         total += rows * steps * source * 4
     return total / 2**20

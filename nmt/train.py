@@ -1,10 +1,10 @@
-"""Training: a ``Trainer`` whose step, validation, checkpoint and stopping rule
-are separate pieces, and ``train()``, the loop that runs them.
+"""Training: a ``Trainer`` that takes steps, and ``train()``, the loop that runs them.
 
 Resuming from ``checkpoints/last.pt`` restores the model, the optimizer, the
 step, the learning-rate state, the RNG state and the position in the data
 (epoch and batch), so a resumed run computes exactly what an uninterrupted
-one would have.
+one would have. The schedule (``nmt.schedule``) decides the learning rate and
+early stopping; ``nmt.checkpoint`` saves, checks and restores.
 
 A step never waits for the device: batches are padded on the host (their
 token counts are known there) and copied from pinned memory without
@@ -17,12 +17,12 @@ gloo on CPUs). One step consumes ``world_size x train.accumulate``
 consecutive batches of the epoch's list: rank r trains on batches r, r + W,
 ... of them, and the loss is normalised by the tokens of all of them, so the
 update equals a single process's with ``train.accumulate = W x accumulate``.
-Only rank 0 validates and writes checkpoints, logs and reports.
+Only rank 0 validates and writes checkpoints, logs and reports. The methods
+named ``all_ranks_...`` are collective: every rank calls them, in the same order.
 """
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -30,8 +30,9 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -42,35 +43,45 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nmt.average import step_checkpoints
-from nmt.checkpoint import check_vocab, load_checkpoint, save_checkpoint, vocab_record
-from nmt.config import Config, check_decode, save_config
+from nmt.checkpoint import Metric, RunDir, TrainState, load_for_resume, restore_training, save_training
+from nmt.config import Config, TrainConfig, check_decode, save_config
 from nmt.corpus import Corpus
-from nmt.data import Batch, absolute_paths, check_inputs, make_batch
+from nmt.data import Batch, absolute_paths, batch_of, check_inputs, length_batches
 from nmt.device import check_fits, describe, fused_adam, pick_device, set_tf32, use_bf16
 from nmt.errors import CheckpointError, ConfigError, NmtError
-from nmt.io import write_text
 from nmt.model import Seq2Seq
+from nmt.schedule import Schedule, ScheduleState
 from nmt.translate import decode_corpus
 
 log = logging.getLogger("nmt")
-INTERRUPTED = "interrupted"
+INTERRUPTED = "interrupted"  # the stop reason of a Ctrl-C
 
 
-@dataclass
-class TrainState:
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0  # batches of this epoch already trained on
-    best_bleu: float = -1.0
-    best_step: int = 0
-    bad_validations: int = 0  # since the best BLEU (early stopping)
-    lr_bad_validations: int = 0  # since the last improvement or decay (plateau schedule)
-    lr_scale: float = 1.0  # product of the decays so far
-    stopped_early: bool = False
-    train_seconds: float = 0.0
-    target_tokens: int = 0  # trained on so far (end markers included), all ranks together
-    sentences: int = 0
+@dataclass(frozen=True)
+class TrainSummary:
+    """What ``train()`` returns."""
+    run_dir: str
+    steps: int
+    best_step: int  # 0: no validation ran
+    best_valid_bleu: float
+    stopped_early: bool
+    train_seconds: float
+    parameters: int
+    target_tokens: int  # end markers included, all ranks together
+    sentences: int
+    filter: dict  # the training pairs the length filter dropped and kept
+    rank: int  # under torchrun only rank 0 reports
+    interrupted: bool = False  # by Ctrl-C: last.pt holds the run, --resume continues it
+
+
+@dataclass(frozen=True)
+class Validation:
+    loss: float  # per target token, no label smoothing
+    ppl: float
+    bleu: float  # greedy
+
+    def metrics(self) -> dict[str, float]:
+        return {Metric.VALID_LOSS: self.loss, Metric.VALID_PPL: self.ppl, Metric.VALID_BLEU: self.bleu}
 
 
 def start_distributed(device: torch.device) -> tuple[int, int]:
@@ -83,13 +94,46 @@ def start_distributed(device: torch.device) -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def broadcast(value, world: int):
-    """Rank 0's ``value`` on every rank (a no-op in a single process)."""
+def stop_distributed(world: int) -> None:
+    """Leave the process group, once every rank is done. Collective."""
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def start_process(tc: TrainConfig, run: RunDir) -> tuple[torch.device, bool, int, int]:
+    """(device, bf16, rank, world): this process made ready to train (logging, threads, seed)."""
+    device = pick_device(tc.device)
+    bf16 = use_bf16(tc.precision, device)  # refuses bf16 without hardware support, before any work
+    set_tf32(device, tc.tf32)
+    rank, world = start_distributed(device)
+    run.root.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # only rank 0 writes anything
+        setup_logging(run.train_log)
+    log.disabled = rank != 0
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed + rank)  # DDP copies rank 0's initial weights to all ranks
+    return device, bf16, rank, world
+
+
+def broadcast_from_rank0(value, world: int):
+    """Rank 0's ``value`` on every rank (a no-op in a single process). Collective: every
+    rank calls it, in the same order."""
     if world == 1:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_from_all_ranks(value, world: int) -> list:
+    """Every rank's ``value``, in rank order, on every rank. Collective, like the above."""
+    if world == 1:
+        return [value]
+    values = [None] * world
+    dist.all_gather_object(values, value)
+    return values
 
 
 def setup_logging(path: Path) -> None:
@@ -107,28 +151,26 @@ def setup_logging(path: Path) -> None:
     log.addHandler(TqdmHandler())
 
 
+def open_tensorboard(folder: Path, step: int):
+    """A SummaryWriter whose points start after ``step`` (purge_step: TensorBoard drops the
+    points of the steps a resumed run trains again)."""
+    from torch.utils.tensorboard import SummaryWriter  # imported late: slow to import
+
+    # TensorBoard reads a run's event files in name order, and a name starts with the second
+    # it was made in: a file made in the same second as the previous one (a quick resume) could
+    # sort before it, and its points would be taken for older ones and dropped.
+    seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)
+    return SummaryWriter(str(folder), purge_step=step + 1)
+
+
 def loss_sum(model: Seq2Seq, batch: Batch, label_smoothing: float) -> torch.Tensor:
     """Summed cross-entropy over the batch's real target tokens (a device scalar)."""
     logits = model(batch.src, batch.src_lengths, batch.tgt_in, batch.positions)  # [N, V]
     targets = batch.tgt_out.view(-1).index_select(0, batch.positions)
     return F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="sum")
-
-
-def _metric_step(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None  # a line cut short by a kill
-
-
-def _wait_for_a_new_second(folder: Path) -> None:
-    """TensorBoard reads a run's event files in name order, and a name starts with the second
-    it was made in: a file made in the same second as the previous one (a quick resume) could
-    sort before it, and its points would be taken for older ones and dropped."""
-    seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
-               if p.name.split(".")[3].isdigit()]
-    while seconds and time.time() < max(seconds) + 1:
-        time.sleep(0.05)
 
 
 def _check_finite(loss: float, step: int) -> None:
@@ -138,14 +180,13 @@ def _check_finite(loss: float, step: int) -> None:
 
 
 @torch.no_grad()
-def validate(model: Seq2Seq, corpus: Corpus, cfg: Config, device: torch.device) -> dict:
+def validate(model: Seq2Seq, corpus: Corpus, cfg: Config, device: torch.device) -> Validation:
     """Validation loss (per token, no smoothing) and greedy BLEU on the dev set."""
     model.eval()
-    total, tokens = 0.0, 0
-    order = sorted(range(len(corpus.valid_src)), key=lambda i: len(corpus.valid_src[i]))
-    for start in range(0, len(order), cfg.decode.batch_size):
-        idx = order[start:start + cfg.decode.batch_size]
-        batch = make_batch([corpus.valid_src[i] for i in idx], [corpus.valid_tgt[i] for i in idx])
+    total = 0.0  # summed loss
+    tokens = 0
+    for idx in length_batches([len(ids) for ids in corpus.valid_src], cfg.decode.batch_size):
+        batch = batch_of([corpus.valid_src[i] for i in idx], [corpus.valid_tgt[i] for i in idx])
         total += loss_sum(model, batch.to(device), 0.0).item()
         tokens += batch.n_tokens
     greedy = replace(cfg.decode, beam_size=1, n_best=1, samples=0, min_length=0, no_repeat_ngram_size=0)
@@ -153,361 +194,327 @@ def validate(model: Seq2Seq, corpus: Corpus, cfg: Config, device: torch.device) 
     text = corpus.tgt_vocab.decode([h[0].tokens for h in hyps])
     bleu = sacrebleu.corpus_bleu(text, [corpus.valid_ref]).score
     model.train()
-    return {"loss": total / tokens, "ppl": math.exp(min(total / tokens, 50)), "bleu": bleu}
+    return Validation(loss=total / tokens, ppl=math.exp(min(total / tokens, 50)), bleu=bleu)
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
-    """Train a model in ``run_dir``; return a summary (best step, BLEU, wall time)."""
+def rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This process's (CPU, CUDA) RNG state."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+@contextmanager
+def ctrl_c_stops_between_steps(world: int) -> Iterator[threading.Event]:
+    """Ctrl-C only sets the event: the loop stops between steps, where the state (model,
+    optimizer, RNG, data position) is consistent and can be resumed exactly. A second
+    Ctrl-C, or one under torchrun (the ranks would part ways), stops at once."""
+    interrupt = threading.Event()
+
+    def on_interrupt(signum, frame):
+        if interrupt.is_set() or world > 1:
+            raise KeyboardInterrupt
+        interrupt.set()
+        log.info("interrupted: stopping after this step (press Ctrl-C again to stop at once)")
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield interrupt
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> TrainSummary:
+    """Train a model in ``run_dir``; return a summary (best step, BLEU, wall time). Ctrl-C
+    stops it after the current step: the summary then says ``interrupted``."""
     trainer = Trainer(cfg, Path(run_dir), resume)
-    with trainer.ctrl_c_stops_between_steps():
-        while (reason := trainer.stop_reason()) is None:
+    with ctrl_c_stops_between_steps(trainer.world) as interrupt, closing(trainer.progress):
+        while (reason := trainer.all_ranks_agree_stop_reason(interrupt.is_set())) is None:
             trainer.step(trainer.next_step_batches())
             if trainer.state.step % cfg.train.log_every == 0:
                 trainer.log_progress()
             if trainer.state.step % cfg.train.valid_every == 0 and trainer.corpus.valid_src:
                 trainer.validate()
-            elif trainer.checkpoint_due():
-                trainer.save([trainer.last_path])
+            elif trainer.all_ranks_agree_checkpoint_due():
+                trainer.save([trainer.run.last])
     return trainer.finish(reason)
 
 
+def _open_run(cfg: Config, run: RunDir, resume: bool) -> None:
+    """Refuse a resume without a run, or a new run over one, or missing data files."""
+    if resume and not run.last.is_file():
+        raise CheckpointError(f"{run.last}: no checkpoint to resume from")
+    if not resume and run.last.exists():
+        raise CheckpointError(f"{run.root}: already holds a run; pass --resume to continue it "
+                              "or choose another run directory")
+    check_inputs(cfg.data)  # a missing validation or test file, before the training data is read
+
+
+class EpochBatches:
+    """The epoch's batch list (cached), cut to whole steps, and the position in it."""
+
+    def __init__(self, corpus: Corpus, settings: TrainConfig, batches_per_step: int):
+        self.corpus = corpus
+        self.settings = settings
+        self.batches_per_step = batches_per_step  # world x train.accumulate
+        self.cached: tuple[int, list[np.ndarray]] | None = None  # (epoch, its batches)
+
+    def of_epoch(self, epoch: int) -> list[np.ndarray]:
+        if self.cached is None or self.cached[0] != epoch:
+            tc = self.settings
+            batches = self.corpus.epoch(tc.batch_size, tc.batch_unit, tc.seed, epoch)
+            if len(batches) < self.batches_per_step:
+                raise ConfigError(f"train.accumulate: a step needs {self.batches_per_step} batches "
+                                  f"(processes x accumulate) but an epoch has {len(batches)}")
+            self.cached = (epoch, batches[:len(batches) - len(batches) % self.batches_per_step])
+        return self.cached[1]
+
+    def epoch_done(self, state: TrainState) -> bool:
+        return state.batch_in_epoch >= len(self.of_epoch(state.epoch))
+
+    def next_step(self, state: TrainState) -> list[np.ndarray]:
+        """The next step's batches, moving ``state`` on (to the next epoch when this one is
+        used up: an incomplete last step is skipped)."""
+        if self.epoch_done(state):
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        first = state.batch_in_epoch
+        state.batch_in_epoch += self.batches_per_step
+        return self.of_epoch(state.epoch)[first:first + self.batches_per_step]
+
+
+class LossWindow:
+    """The training loss and target tokens since the last log line; the loss stays on the
+    device until ``loss_per_token`` reads it."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.my_tokens = 0  # this rank's target tokens
+        self.tokens = 0  # all ranks'
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, my_tokens: int) -> None:
+        self.loss += loss.float()
+        self.my_tokens += my_tokens
+
+    def loss_per_token(self) -> float:
+        return self.loss.item() / max(self.my_tokens, 1)
+
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.start, 1e-9)
+
+
+class Curves:
+    """The learning curves: TensorBoard and metrics.jsonl (which the report plots), written
+    by rank 0 only (``enabled``), from after ``step`` on."""
+
+    def __init__(self, run: RunDir, step: int, enabled: bool):
+        self.metrics = run.metrics
+        self.writer = None
+        if enabled:
+            self.metrics.forget_after(step)
+            self.writer = open_tensorboard(run.tensorboard, step)
+
+    def record(self, step: int, values: dict[str, float]) -> None:
+        """``values``: by ``Metric`` name."""
+        if self.writer is None:
+            return
+        for name, value in values.items():
+            self.writer.add_scalar(Metric.tag(name), value, step)
+        self.metrics.append(step, values)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@torch.no_grad()
+def update_ema(average: torch.nn.Module, model: torch.nn.Module, ema: float, step: int) -> None:
+    """average += (1 - decay) * (weights - average), with a decay that starts low (the first
+    steps' weights are soon forgotten) and grows to train.ema: min(ema, (1 + t) / (10 + t))
+    after t = ``step`` steps. The step count is the host's: no device value is read."""
+    weight = 1.0 - min(ema, (1 + step) / (10 + step))
+    for averaged, param in zip(average.parameters(), model.parameters()):
+        averaged.lerp_(param, weight)
+
+
+def for_all_ranks(model: Seq2Seq, world: int, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in DDP under torchrun (which copies rank 0's weights to all ranks)."""
+    if world == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def build_model(cfg: Config, corpus: Corpus, device: torch.device
+                ) -> tuple[Seq2Seq, torch.optim.Optimizer, Seq2Seq | None]:
+    """A new model (checked to fit the device first), its optimizer and its moving average
+    (train.ema; None without)."""
+    make_model = partial(Seq2Seq, cfg.model, len(corpus.src_vocab), len(corpus.tgt_vocab))
+    check_fits(make_model, device)
+    model = make_model().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=fused_adam(device))
+    return model, optimizer, copy.deepcopy(model).requires_grad_(False) if cfg.train.ema else None
+
+
 class Trainer:
-    """One run: model, optimizer, data and state, and the pieces of the loop."""
+    """One run: model, optimizer, data and state; the step, and the pieces of the loop."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool):
         # The run's config.yaml names its files by absolute paths: --resume works from anywhere.
-        cfg = replace(cfg, data=absolute_paths(cfg.data))
-        self.cfg, self.run_dir, tc = cfg, run_dir, cfg.train
-        self.last_path, self.best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-        if resume and not self.last_path.is_file():
-            raise CheckpointError(f"{self.last_path}: no checkpoint to resume from")
-        if not resume and self.last_path.exists():
-            raise CheckpointError(f"{run_dir}: already holds a run; pass --resume to continue it "
-                                  "or choose another run directory")
-        check_inputs(cfg.data)  # a missing validation or test file, before the training data is read
-        self.device = device = pick_device(tc.device)
-        self.bf16 = use_bf16(tc.precision, device)  # refuses bf16 without hardware support, before any work
-        set_tf32(device, tc.tf32)
-        self.rank, self.world = start_distributed(device)
-        self.main = self.rank == 0  # only rank 0 writes anything
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if self.main:
-            setup_logging(run_dir / "train.log")
-        log.disabled = not self.main
-        if tc.threads > 0:
-            torch.set_num_threads(tc.threads)
-        torch.manual_seed(tc.seed + self.rank)  # DDP copies rank 0's initial weights to all ranks
-        ckpt = self._resume_checkpoint() if resume else None
-        if self.main:
-            save_config(cfg, run_dir / "config.yaml")
+        self.cfg = cfg = replace(cfg, data=absolute_paths(cfg.data))
+        self.run = run = RunDir(run_dir)
+        _open_run(cfg, run, resume)
+        self.device, self.bf16, self.rank, self.world = start_process(cfg.train, run)
+        self.is_rank0 = self.rank == 0  # only rank 0 writes anything
+        ckpt = load_for_resume(run.last, cfg, self.device) if resume else None
+        if self.is_rank0:
+            save_config(cfg, run.config)
         self.corpus = Corpus(cfg, run_dir, reuse_vocab=resume, rank=self.rank, world=self.world)
         check_decode(cfg.decode, len(self.corpus.tgt_vocab))  # the final test's beam, before any work
-        make_model = partial(Seq2Seq, cfg.model, len(self.corpus.src_vocab), len(self.corpus.tgt_vocab))
-        check_fits(make_model, device)
-        self.model = make_model().to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=fused_adam(device))
-        self.state = TrainState()
+        self.model, self.optimizer, self.ema = build_model(cfg, self.corpus, self.device)
+        self.state = ckpt.progress if ckpt is not None else TrainState()
+        self.schedule = Schedule(cfg.train, ckpt.schedule if ckpt is not None else ScheduleState())
         if ckpt is not None:
-            self._restore(ckpt)
-        self.ema = None  # train.ema: the moving average of the weights, a model of its own
-        if tc.ema:
-            self.ema = copy.deepcopy(self.model).requires_grad_(False)
-            if ckpt is not None and "ema" in ckpt:
-                self.ema.load_state_dict(ckpt["ema"])
-            elif ckpt is not None:
-                log.warning("train.ema is new on this resume: the average starts from the current weights")
+            restore_training(ckpt, path=run.last, corpus=self.corpus, bf16=self.bf16, model=self.model,
+                             optimizer=self.optimizer, ema=self.ema, rank=self.rank, device=self.device)
         self.n_params = sum(p.numel() for p in self.model.parameters())
-        log.info(f"model: {self.n_params:,} parameters on {describe(device, self.bf16)}"
+        log.info(f"model: {self.n_params:,} parameters on {describe(self.device, self.bf16)}"
                  f"{f' x {self.world} processes' if self.world > 1 else ''}; run directory {run_dir}")
-        self.trained = self.model
-        if self.world > 1:
-            self.trained = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.writer = None
-        if self.main:
-            self._forget_metrics_after(self.state.step)
-            _wait_for_a_new_second(run_dir / "tensorboard")
-            from torch.utils.tensorboard import SummaryWriter  # imported late: slow to import
-            # purge_step: TensorBoard drops the points of steps a resumed run trains again.
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=self.state.step + 1)
-        self.per_step = self.world * tc.accumulate  # batches of the epoch's list consumed by one step
-        self.epoch_list: tuple[int, list[np.ndarray]] | None = None
-        self.interrupted = False
-        self.progress = tqdm(total=tc.max_steps, initial=self.state.step, desc="train", unit="step",
-                             dynamic_ncols=True, mininterval=1.0, disable=None if self.main else True)
+        self.ddp_model = for_all_ranks(self.model, self.world, self.device)  # what the steps run
+        self.curves = Curves(run, self.state.step, enabled=self.is_rank0)
+        self.batches = EpochBatches(self.corpus, cfg.train, self.world * cfg.train.accumulate)
+        self.progress = tqdm(total=cfg.train.max_steps, initial=self.state.step, desc="train", unit="step",
+                             dynamic_ncols=True, mininterval=1.0, disable=None if self.is_rank0 else True)
         self.segment_start = self.saved_at = time.perf_counter()
-        self._reset_window()
-
-    def _forget_metrics_after(self, step: int) -> None:
-        """metrics.jsonl keeps the points up to the checkpoint's step: those after it are
-        trained (and logged) again, and each step must appear once."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if (at := _metric_step(line)) is not None and at <= step]
-        if len(kept) != len(lines):
-            write_text(path, "".join(kept))
-
-    def _resume_checkpoint(self) -> dict:
-        """last.pt, after checking that nothing that shapes the run has changed."""
-        ckpt = load_checkpoint(self.last_path, self.device)
-        # These shape the model, the vocabulary and the epoch's batch list. (The vocabulary is
-        # the run's own on a resume: the sample it was trained on no longer matters.)
-        loose = ("valid", "test", "cache_dir", "spm_sample_sentences")
-        fixed = [("data", k) for k in ckpt["config"]["data"] if k not in loose] + \
-                [("model", k) for k in ckpt["config"]["model"]] + \
-                [("train", k) for k in ("seed", "batch_size", "batch_unit")]
-        for section, key in fixed:
-            value, now = ckpt["config"][section][key], getattr(getattr(self.cfg, section), key)
-            if key in ("train", "loader") and isinstance(value, str) and os.path.abspath(value) == now:
-                continue  # a run from before paths were recorded as absolute
-            if now != value:
-                raise CheckpointError(f"{self.last_path}: {section}.{key} was {value!r} in this run; "
-                                      "it cannot change on --resume")
-        return ckpt
-
-    def _restore(self, ckpt: dict) -> None:
-        check_vocab(ckpt, "src", self.corpus.src_vocab, self.last_path)
-        check_vocab(ckpt, "tgt", self.corpus.tgt_vocab, self.last_path)
-        if ckpt.get("corpus", self.corpus.fingerprint) != self.corpus.fingerprint:
-            log.warning(f"the training data changed since {self.last_path} was written (now "
-                        f"{self.corpus.folder}): the run will not match an uninterrupted one")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.state = TrainState(**ckpt["train_state"])
-        tc = self.cfg.train
-        self.state.stopped_early = bool(tc.patience) and self.state.bad_validations >= tc.patience
-        rng = ckpt["rng"]
-        if self.rank < len(rng["cpu"]):  # the same world size: each rank continues its own stream
-            torch.set_rng_state(rng["cpu"][self.rank])
-            if self.device.type == "cuda" and rng["cuda"][self.rank] is not None:
-                torch.cuda.set_rng_state(rng["cuda"][self.rank], self.device)
-        log.info(f"resumed from {self.last_path} at step {self.state.step} (epoch {self.state.epoch}, "
-                 f"batch {self.state.batch_in_epoch})")
-        if ckpt.get("bf16", self.bf16) != self.bf16:  # e.g. precision auto on a CPU without bf16
-            log.warning(f"the run trained {'in bf16' if ckpt['bf16'] else 'in fp32'} and goes on "
-                        f"{'in bf16' if self.bf16 else 'in fp32'}: it will not match an uninterrupted run")
-
-    # -- the data --------------------------------------------------------------------------
-
-    def _epoch_batches(self) -> list[np.ndarray]:
-        """This epoch's batch list (cached), cut to whole steps."""
-        tc, epoch = self.cfg.train, self.state.epoch
-        if self.epoch_list is None or self.epoch_list[0] != epoch:
-            batches = self.corpus.epoch(tc.batch_size, tc.batch_unit, tc.seed, epoch)
-            if len(batches) < self.per_step:
-                raise ConfigError(f"train.accumulate: a step needs {self.per_step} batches "
-                                  f"(processes x accumulate) but an epoch has {len(batches)}")
-            self.epoch_list = (epoch, batches[:len(batches) - len(batches) % self.per_step])
-        return self.epoch_list[1]
-
-    def _epoch_done(self) -> bool:
-        return self.state.batch_in_epoch >= len(self._epoch_batches())
+        self.window = LossWindow(self.device)
 
     def next_step_batches(self) -> list[np.ndarray]:
-        """The next ``world x accumulate`` batches of the epoch's list, moving to the next
-        epoch when this one is used up (an incomplete last step is skipped)."""
-        if self._epoch_done():
-            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
-        first = self.state.batch_in_epoch
-        self.state.batch_in_epoch += self.per_step
-        return self._epoch_batches()[first:first + self.per_step]
-
-    # -- the step --------------------------------------------------------------------------
-
-    def learning_rate(self, step: int) -> float:
-        tc = self.cfg.train
-        warmup = min(1.0, step / tc.warmup_steps) if tc.warmup_steps else 1.0
-        return max(tc.lr * self.state.lr_scale, tc.min_lr) * warmup
+        """The next ``world x accumulate`` batches of the epoch's list."""
+        return self.batches.next_step(self.state)
 
     def step(self, group: list[np.ndarray]) -> None:
         """One optimizer update on ``group`` (this rank trains on its share of it)."""
-        tc, state = self.cfg.train, self.state
+        tc = self.cfg.train
         step_tokens = self.corpus.target_tokens(group)
-        lr = self.learning_rate(state.step + 1)
         for param_group in self.optimizer.param_groups:
-            param_group["lr"] = lr
+            param_group["lr"] = self.schedule.learning_rate(self.state.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        mine = group[self.rank::self.world]
-        for k, idx in enumerate(mine):
+        this_ranks_batches = group[self.rank::self.world]
+        for k, idx in enumerate(this_ranks_batches):
             batch = self.corpus.batch(idx).to(self.device)
             # DDP averages gradients over ranks: scale so the sum is per token of the step.
-            sync = k == len(mine) - 1 or self.world == 1
-            with nullcontext() if sync else self.trained.no_sync():
+            sync = k == len(this_ranks_batches) - 1 or self.world == 1
+            with nullcontext() if sync else self.ddp_model.no_sync():
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
-                    loss = loss_sum(self.trained, batch, tc.label_smoothing)
+                    loss = loss_sum(self.ddp_model, batch, tc.label_smoothing)
                 (loss * (self.world / step_tokens)).backward()
-            self.window_loss += loss.detach().float()
-            self.window_my_tokens += batch.n_tokens
+            self.window.add(loss.detach(), batch.n_tokens)
         if tc.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm)
         self.optimizer.step()
         if self.ema is not None:
-            self._update_ema()
-        state.step += 1
-        state.target_tokens += step_tokens
-        state.sentences += sum(len(idx) for idx in group)
-        self.window_tokens += step_tokens
+            update_ema(self.ema, self.model, tc.ema, self.state.step)
+        self.state.step += 1
+        self.state.target_tokens += step_tokens
+        self.state.sentences += sum(len(idx) for idx in group)
+        self.window.tokens += step_tokens
         self.progress.update(1)
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        """average += (1 - decay) * (weights - average), with a decay that starts low (the
-        first steps' weights are soon forgotten) and grows to train.ema: min(ema, (1 + t) /
-        (10 + t)) after t steps. The step count is the host's: no device value is read."""
-        t = self.state.step
-        weight = 1.0 - min(self.cfg.train.ema, (1 + t) / (10 + t))
-        for average, param in zip(self.ema.parameters(), self.model.parameters()):
-            average.lerp_(param, weight)
-
-    def _reset_window(self) -> None:
-        self.window_loss = torch.zeros((), device=self.device)
-        self.window_my_tokens, self.window_tokens, self.window_start = 0, 0, time.perf_counter()
 
     def log_progress(self) -> None:
         """Training loss per token since the last log line (this rank's batches), learning
         rate and speed. The one place a training value is read back from the device."""
         step = self.state.step
-        value = self.window_loss.item() / max(self.window_my_tokens, 1)
+        value = self.window.loss_per_token()
         _check_finite(value, step)
-        speed = self.window_tokens / max(time.perf_counter() - self.window_start, 1e-9)
-        lr = self.learning_rate(step)
+        speed = self.window.tokens_per_second()
+        lr = self.schedule.learning_rate(step)
         self.progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:.0f}")
-        self.record(train_loss=value, train_lr=lr, train_target_tokens_per_s=speed)
+        self.curves.record(step, {Metric.TRAIN_LOSS: value, Metric.TRAIN_LR: lr, Metric.TRAIN_SPEED: speed})
         log.info(f"step {step} epoch {self.state.epoch}: loss {value:.3f} lr {lr:.2e} "
                  f"{speed:.0f} target tokens/s")
-        self._reset_window()
-
-    # -- validation, checkpoints, stopping -------------------------------------------------
-
-    def record(self, **values) -> None:
-        """The curves, to TensorBoard and to metrics.jsonl (which the evaluation report plots)."""
-        if not self.main:
-            return
-        for key, value in values.items():
-            self.writer.add_scalar(key.replace("_", "/", 1), value, self.state.step)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": self.state.step, **values}) + "\n")
+        self.window = LossWindow(self.device)
 
     def validate(self) -> None:
-        """Validate (rank 0), update the learning-rate schedule and early stopping, checkpoint."""
-        tc, state = self.cfg.train, self.state
+        """Validate (rank 0), update the schedule, checkpoint. Every rank calls it."""
+        step = self.state.step
         model = self.model if self.ema is None else self.ema
-        result = broadcast(validate(model, self.corpus, self.cfg, self.device) if self.main else None,
-                           self.world)
-        _check_finite(result["loss"], state.step)  # before it could be saved
-        self.record(**{f"valid_{key}": value for key, value in result.items()})
-        improved = result["bleu"] > state.best_bleu
-        if improved:
-            state.best_bleu, state.best_step = result["bleu"], state.step
-            state.bad_validations = state.lr_bad_validations = 0
-        else:
-            state.bad_validations += 1
-            state.lr_bad_validations += 1
-            if state.lr_bad_validations >= tc.lr_patience:
-                state.lr_scale *= tc.lr_decay
-                state.lr_bad_validations = 0
-        state.stopped_early = bool(tc.patience) and state.bad_validations >= tc.patience
-        log.info(f"step {state.step}: valid loss {result['loss']:.3f} ppl {result['ppl']:.2f} "
-                 f"BLEU {result['bleu']:.2f}{' (best)' if improved else ''}; "
-                 f"lr {self.learning_rate(state.step + 1):.2e}")
-        paths = [self.last_path, self.best_path] if improved else [self.last_path]
-        if tc.keep_checkpoints:  # for averaging (nmt.average)
-            paths.append(self.run_dir / "checkpoints" / f"step-{state.step}.pt")
-        self.save(paths, valid_bleu=result["bleu"])
-        if tc.keep_checkpoints and self.main:
-            for old in step_checkpoints(self.run_dir)[:-tc.keep_checkpoints]:
-                old.unlink()
-        self._reset_window()  # validation time is not training speed
+        result = broadcast_from_rank0(
+            validate(model, self.corpus, self.cfg, self.device) if self.is_rank0 else None, self.world)
+        _check_finite(result.loss, step)  # before it could be saved
+        self.curves.record(step, result.metrics())
+        improved = self.schedule.validated(result.bleu, step)
+        log.info(f"step {step}: valid loss {result.loss:.3f} ppl {result.ppl:.2f} "
+                 f"BLEU {result.bleu:.2f}{' (best)' if improved else ''}; "
+                 f"lr {self.schedule.learning_rate(step + 1):.2e}")
+        keep = self.cfg.train.keep_checkpoints  # for averaging (nmt.average)
+        paths = [self.run.last, self.run.best] if improved else [self.run.last]
+        self.save(paths + ([self.run.step_checkpoint(step)] if keep else []), valid_bleu=result.bleu)
+        if keep and self.is_rank0:
+            self.run.drop_step_checkpoints_before_the_last(keep)
+        self.window = LossWindow(self.device)  # validation time is not training speed
 
     def save(self, paths: list[Path], valid_bleu: float | None = None) -> None:
-        """Every rank calls this (to share its RNG state); rank 0 writes ``paths``."""
-        device = self.device
-        rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-        states = [rng]
-        if self.world > 1:
-            states = [None] * self.world
-            dist.all_gather_object(states, rng)
-        _check_finite(self.window_loss.item(), self.state.step)  # never save a diverged model
+        """Rank 0 writes ``paths``. Every rank calls this (it gathers their RNG states)."""
+        rng_states = gather_from_all_ranks(rng_state(self.device), self.world)
+        _check_finite(self.window.loss.item(), self.state.step)  # never save a diverged model
         self.saved_at = time.perf_counter()
-        if not self.main:
+        if not self.is_rank0:
             return
-        train_state = asdict(self.state)
-        train_state["train_seconds"] += self.saved_at - self.segment_start
-        payload = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "train_state": train_state, "config": self.cfg.to_dict(), "bf16": self.bf16,
-            "rng": {"cpu": [s[0] for s in states], "cuda": [s[1] for s in states]},
-            "vocab": {"src": vocab_record(self.corpus.src_vocab), "tgt": vocab_record(self.corpus.tgt_vocab)},
-            "valid_bleu": valid_bleu, "corpus": self.corpus.fingerprint}
-        if self.ema is not None:
-            payload["ema"] = self.ema.state_dict()
-        for path in paths:
-            save_checkpoint(path, payload)
+        seconds = self.state.train_seconds + self.saved_at - self.segment_start
+        save_training(paths, model=self.model, optimizer=self.optimizer, ema=self.ema, cfg=self.cfg,
+                      corpus=self.corpus, progress=replace(self.state, train_seconds=seconds),
+                      schedule=self.schedule.state, rng_states=rng_states, bf16=self.bf16,
+                      valid_bleu=valid_bleu)
 
-    def checkpoint_due(self) -> bool:
-        """Whether train.checkpoint_every_minutes have passed since the last checkpoint (rank
-        0's clock decides for all). Saving reads the state and changes nothing: a run
-        checkpointed more often computes exactly the same."""
+    def all_ranks_agree_checkpoint_due(self) -> bool:
+        """Whether train.checkpoint_every_minutes have passed since the last checkpoint, by rank 0's
+        clock. Saving changes nothing: a run checkpointed more often computes exactly the same."""
         minutes = self.cfg.train.checkpoint_every_minutes
-        return bool(minutes) and broadcast(time.perf_counter() - self.saved_at >= 60 * minutes, self.world)
+        due = time.perf_counter() - self.saved_at >= 60 * minutes
+        return bool(minutes) and broadcast_from_rank0(due, self.world)
 
-    def stop_reason(self) -> str | None:
-        """Why training stops before the next step, or None to go on. The only stopping rule."""
-        tc, state = self.cfg.train, self.state
-        if self.interrupted:
+    def all_ranks_agree_stop_reason(self, interrupted: bool) -> str | None:
+        """Why training stops before the next step, or None to go on: the only stopping rule.
+        The clock for train.max_minutes is rank 0's."""
+        tc = self.cfg.train
+        out_of_time = time.perf_counter() - self.segment_start >= 60 * tc.max_minutes
+        if interrupted:
             return INTERRUPTED
-        if state.stopped_early:
+        if self.schedule.state.stopped_early:
             return f"early stop: no better BLEU in {tc.patience} validations"
-        if state.step >= tc.max_steps:
+        if self.state.step >= tc.max_steps:
             return f"train.max_steps ({tc.max_steps}) reached"
-        if tc.max_epochs and state.epoch + self._epoch_done() >= tc.max_epochs:
+        if tc.max_epochs and self.state.epoch + self.batches.epoch_done(self.state) >= tc.max_epochs:
             return f"train.max_epochs ({tc.max_epochs}) reached"
-        if tc.max_minutes and broadcast(time.perf_counter() - self.segment_start >= 60 * tc.max_minutes,
-                                        self.world):
+        if tc.max_minutes and broadcast_from_rank0(out_of_time, self.world):
             return f"time budget of {tc.max_minutes} minutes reached"
         return None
 
-    @contextmanager
-    def ctrl_c_stops_between_steps(self):
-        """Ctrl-C only raises a flag: the loop stops between steps, where the state (model,
-        optimizer, RNG, data position) is consistent and can be resumed exactly."""
-        def on_interrupt(signum, frame):
-            if self.interrupted or self.world > 1:
-                raise KeyboardInterrupt
-            self.interrupted = True
-            log.info("interrupted: stopping after this step (press Ctrl-C again to stop at once)")
-
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, on_interrupt)
-        try:
-            yield
-        finally:
-            self.progress.close()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-
-    def finish(self, reason: str) -> dict:
+    def finish(self, reason: str) -> TrainSummary:
         """Write the final checkpoint (no extra validation: it would change the schedule's
         state, and a run resumed from it would no longer match an uninterrupted one)."""
-        state, now = self.state, time.perf_counter()
-        state.train_seconds += now - self.segment_start
+        now = time.perf_counter()
+        self.state.train_seconds += now - self.segment_start
         self.segment_start = now
         if reason == INTERRUPTED:
-            self.save([self.last_path])
-            log.info(f"interrupted at step {state.step}; saved {self.last_path}: --resume continues here")
-            raise KeyboardInterrupt
-        log.info(reason)
-        self.save([self.last_path] if self.best_path.exists() else [self.last_path, self.best_path])
-        if self.writer:
-            self.writer.close()
-        if self.world > 1:
-            dist.barrier()
-            dist.destroy_process_group()
-        return {"run_dir": str(self.run_dir), "steps": state.step, "best_step": state.best_step,
-                "best_valid_bleu": round(state.best_bleu, 2), "stopped_early": state.stopped_early,
-                "train_seconds": round(state.train_seconds, 1), "parameters": self.n_params,
-                "target_tokens": state.target_tokens, "sentences": state.sentences,
-                "filter": self.corpus.filter_counts, "rank": self.rank}
+            self.save([self.run.last])
+            log.info(f"interrupted at step {self.state.step}; saved {self.run.last}: --resume continues here")
+        else:
+            log.info(reason)
+            self.save([self.run.last] if self.run.best.exists() else [self.run.last, self.run.best])
+        self.curves.close()
+        stop_distributed(self.world)
+        return summarize(self, interrupted=reason == INTERRUPTED)
+
+
+def summarize(trainer: Trainer, interrupted: bool) -> TrainSummary:
+    state = trainer.state
+    best = trainer.schedule.state
+    return TrainSummary(
+        run_dir=str(trainer.run.root), steps=state.step, best_step=best.best_step,
+        best_valid_bleu=round(best.best_bleu, 2), stopped_early=best.stopped_early,
+        train_seconds=round(state.train_seconds, 1), parameters=trainer.n_params,
+        target_tokens=state.target_tokens, sentences=state.sentences,
+        filter=trainer.corpus.filter_counts, rank=trainer.rank, interrupted=interrupted)

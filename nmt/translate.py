@@ -17,66 +17,52 @@ from nmt.config import DecodeConfig, decode_settings
 from nmt.ensemble import Ensemble
 from nmt.errors import CheckpointError, ConfigError, NmtError
 from nmt.graphs import graphed
-from nmt.data import source_tensor
-from nmt.model import Seq2Seq
+from nmt.data import batch_of, by_length
 from nmt.quantize import quantize_int8
-from nmt.search import Hypothesis, Rules, Sampling, beam_search, greedy_search
+from nmt.search import DecodableModel, Hypothesis, beam_search, greedy_search, sample_search
 from nmt.vocab import END
 
 log = logging.getLogger("nmt")
 
 
-def decode_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig,
+def decode_corpus(model: DecodableModel, src_ids: list[list[int]], decode: DecodeConfig,
                   device: torch.device | str = "cpu", keep_attention: bool = False,
                   never: tuple[int, ...] = ()) -> list[list[Hypothesis]]:
     """Decode sentences of piece ids; returns each sentence's n-best list, in input order.
     ``never``: pieces search may not emit (the target vocabulary's control_ids).
 
-    Sentences are sorted by length before batching (less padding, and the
-    batch shrinks evenly as sentences finish) and put back in order after.
+    Sentences are decoded in batches of similar length (``nmt.data.by_length``).
     """
-    rules = Rules(decode.min_length, decode.no_repeat_ngram_size, never)
     if decode.cuda_graphs:
         model = graphed(model)
     if decode.samples:
-        return sample_corpus(model, src_ids, decode, device, keep_attention, rules)
-    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
-    results: list[list[Hypothesis]] = [[] for _ in src_ids]
-    for start in range(0, len(order), decode.batch_size):
-        index = order[start:start + decode.batch_size]
-        src, lengths = source_tensor([src_ids[i] for i in index])
-        src = src.to(device)
+        return sample_corpus(model, src_ids, decode, device, keep_attention, never)
+
+    def search(index: list[int]) -> list[list[Hypothesis]]:
+        batch = batch_of([src_ids[i] for i in index]).to(device)
         if decode.beam_size == 1:
-            found = [[h] for h in greedy_search(model, src, lengths, decode.max_length_ratio,
-                                                keep_attention, rules=rules, max_length=decode.max_length)]
-        else:
-            found = beam_search(model, src, lengths, decode.beam_size, decode.length_penalty,
-                                decode.max_length_ratio, decode.n_best, keep_attention, rules,
-                                decode.length_penalty_type, decode.max_length)
-        for i, hyps in zip(index, found):
-            results[i] = hyps
-    return results
+            return [[hyp] for hyp in greedy_search(model, batch, decode, never, keep_attention)]
+        return beam_search(model, batch, decode, never, keep_attention)
+
+    return by_length([len(ids) for ids in src_ids], decode.batch_size, search)
 
 
-def sample_corpus(model: Seq2Seq, src_ids: list[list[int]], decode: DecodeConfig,
+def sample_corpus(model: DecodableModel, src_ids: list[list[int]], decode: DecodeConfig,
                   device: torch.device | str = "cpu", keep_attention: bool = False,
-                  rules: Rules = Rules()) -> list[list[Hypothesis]]:
+                  never: tuple[int, ...] = ()) -> list[list[Hypothesis]]:
     """``decode.samples`` random translations of each sentence, in input order. Sample r of a
     sentence is seeded by (decode.seed, the sentence's pieces, r): the same in any batch."""
-    rows = sorted(((i, r) for i in range(len(src_ids)) for r in range(decode.samples)),
-                  key=lambda row: len(src_ids[row[0]]))
-    sampling = Sampling(decode.temperature, decode.top_k, decode.top_p)
-    results: list[list[Hypothesis | None]] = [[None] * decode.samples for _ in src_ids]
-    for start in range(0, len(rows), decode.batch_size):
-        batch = rows[start:start + decode.batch_size]
-        src, lengths = source_tensor([src_ids[i] for i, _ in batch])
+    draws = [(i, r) for i in range(len(src_ids)) for r in range(decode.samples)]  # sentence, sample
+
+    def sample(index: list[int]) -> list[Hypothesis]:
+        batch = batch_of([src_ids[draws[d][0]] for d in index]).to(device)
         seeds = [int.from_bytes(hashlib.blake2b(f"{decode.seed}|{src_ids[i]}|{r}".encode(),
-                                                digest_size=8).digest(), "big") for i, r in batch]
-        found = greedy_search(model, src.to(device), lengths, decode.max_length_ratio, keep_attention,
-                              sampling, seeds, rules, decode.max_length)
-        for (i, r), hyp in zip(batch, found):
-            results[i][r] = hyp
-    return results
+                                                digest_size=8).digest(), "big")
+                 for i, r in (draws[d] for d in index)]
+        return sample_search(model, batch, decode, seeds, never, keep_attention)
+
+    found = by_length([len(src_ids[i]) for i, _ in draws], decode.batch_size, sample)
+    return [found[i * decode.samples:(i + 1) * decode.samples] for i in range(len(src_ids))]
 
 
 class Translator:
@@ -178,17 +164,19 @@ class Translator:
             raise ConfigError("an int8 model is quantized for decoding only: export it without int8")
         return self.run
 
-    def settings(self, **overrides) -> DecodeConfig:
-        """The run's decoding settings with the given (non-None) values replaced; a value out
-        of range or too large for the model (a beam wider than half the vocabulary) raises
-        ConfigError."""
-        return decode_settings(self.decode, overrides, len(self.tgt_vocab))
+    def settings(self, **options) -> DecodeConfig:
+        """The run's decoding settings with the given (non-None) decode options replaced
+        (``nmt.config.DecodeConfig``; with no beam_size given, a wider n_best widens the beam). An
+        unknown option, a value out of range or too large for the model (a beam wider than half
+        the vocabulary) raises ConfigError naming it."""
+        return decode_settings(self.decode, options, len(self.tgt_vocab))
 
     def hypotheses(self, sentences: list[str], keep_attention: bool = False,
-                   **overrides) -> list[list[Hypothesis]]:
-        """n-best hypotheses (piece ids and scores) of each sentence; empty lines give []."""
+                   **options) -> list[list[Hypothesis]]:
+        """n-best hypotheses (piece ids and scores) of each sentence; empty lines give [].
+        ``options``: decode options (``settings``), here and in the methods below."""
         sentences = checked_sentences(sentences)
-        decode = self.settings(**overrides)
+        decode = self.settings(**options)
         written = [i for i, s in enumerate(sentences) if s.strip()]
         # Text that encodes to no piece at all (U+200B alone, say) is blank too.
         todo, ids = [], []
@@ -203,51 +191,42 @@ class Translator:
             results[i] = hyps
         return results
 
-    def translate(self, sentences: list[str] | str, beam_size: int | None = None,
-                  batch_size: int | None = None, length_penalty: float | None = None,
-                  max_length_ratio: float | None = None, **overrides) -> list[str] | str:
+    def translate(self, sentences: list[str] | str, **options) -> list[str] | str:
         """One translation per sentence, in order; an empty sentence gives "".
-        A single string gives a single string. ``overrides``: other decode settings."""
+        A single string gives a single string."""
         if isinstance(sentences, str):
-            return self.translate([sentences], beam_size, batch_size, length_penalty, max_length_ratio,
-                                  **overrides)[0]
-        found = self.hypotheses(sentences, beam_size=beam_size, batch_size=batch_size, n_best=1,
-                                length_penalty=length_penalty, max_length_ratio=max_length_ratio, **overrides)
+            return self.translate([sentences], **options)[0]
+        found = self.hypotheses(sentences, n_best=1, **options)
         return [self.tgt_vocab.decode([hyps[0].tokens])[0] if hyps else "" for hyps in found]
 
-    def translate_nbest(self, sentences: list[str] | str, n_best: int, beam_size: int | None = None,
-                        **overrides) -> list[list[tuple[str, float]]] | list[tuple[str, float]]:
+    def translate_nbest(self, sentences: list[str] | str, n_best: int,
+                        **options) -> list[list[tuple[str, float]]] | list[tuple[str, float]]:
         """The ``n_best`` translations of each sentence with their scores, best first (of a
         single string: its list)."""
         if isinstance(sentences, str):
-            return self.translate_nbest([sentences], n_best, beam_size, **overrides)[0]
-        if beam_size is None and isinstance(n_best, numbers.Integral):  # wide enough for n_best
-            beam_size = max(self.decode.beam_size, n_best)
-        found = self.hypotheses(sentences, beam_size=beam_size, n_best=n_best, **overrides)
+            return self.translate_nbest([sentences], n_best, **options)[0]
+        found = self.hypotheses(sentences, n_best=n_best, **options)
         return [[(self.tgt_vocab.decode([h.tokens])[0], h.score) for h in hyps] for hyps in found]
 
-    def sample(self, sentences: list[str] | str, samples: int = 1, temperature: float | None = None,
-               top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-               **overrides) -> list[list[str]] | list[str]:
+    def sample(self, sentences: list[str] | str, samples: int = 1, **options) -> list[list[str]] | list[str]:
         """``samples`` random translations of each sentence (e.g. for back-translation); an
         empty sentence gives empty ones. The same seed gives the same samples in any batch."""
         if isinstance(sentences, str):
-            return self.sample([sentences], samples, temperature, top_k, top_p, seed, **overrides)[0]
+            return self.sample([sentences], samples, **options)[0]
         if isinstance(samples, numbers.Integral) and samples < 1:  # 0 would mean search
             raise ConfigError(f"samples: {samples!r}; sample draws at least 1 translation per sentence")
-        found = self.hypotheses(sentences, samples=samples, temperature=temperature, top_k=top_k,
-                                top_p=top_p, seed=seed, **overrides)
+        found = self.hypotheses(sentences, samples=samples, **options)
         return [[self.tgt_vocab.decode([h.tokens])[0] for h in hyps] if hyps else [""] * samples
                 for hyps in found]
 
     def generate(self, sentences: list[str] | str, num_beams: int | None = None, num_return_sequences: int = 1,
                  do_sample: bool = False, temperature: float | None = None, top_k: int | None = None,
-                 top_p: float | None = None, length_penalty: float | None = None,
-                 no_repeat_ngram_size: int | None = None, min_new_tokens: int | None = None,
-                 seed: int | None = None, **overrides) -> list[str]:
+                 top_p: float | None = None, seed: int | None = None, min_new_tokens: int | None = None,
+                 **options) -> list[str]:
         """Translation under the names of Hugging Face ``generate``: ``num_beams`` beams (1:
         greedy), or with ``do_sample`` random samples (``temperature``, ``top_k``, ``top_p``,
-        ``seed``). Returns ``num_return_sequences`` translations per sentence, flat, as
+        ``seed``: as in ``generate``, they apply to sampling only). Returns
+        ``num_return_sequences`` translations per sentence, flat, as
         ``batch_decode(model.generate(...))`` would: sentence i's at i*n .. i*n + n - 1.
         ``min_new_tokens``: output pieces before the end may come (decode.min_length). A
         setting left None takes the run's decode section (unlike ``generate``, whose
@@ -261,11 +240,8 @@ class Translator:
         if do_sample:
             how = dict(samples=n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         else:
-            if num_beams is None and isinstance(n, int):  # the run's beam, wide enough for n
-                num_beams = max(self.decode.beam_size, n)
             how = dict(samples=0, n_best=n, beam_size=num_beams)
-        found = self.hypotheses(sentences, length_penalty=length_penalty, min_length=min_new_tokens,
-                                no_repeat_ngram_size=no_repeat_ngram_size, **how, **overrides)
+        found = self.hypotheses(sentences, min_length=min_new_tokens, **how, **options)
         return [text for hyps in found
                 for text in (self.tgt_vocab.decode([h.tokens for h in hyps]) if hyps else [""] * n)]
 

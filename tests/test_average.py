@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from nmt.average import step_checkpoints
-from nmt.checkpoint import load_checkpoint
+from nmt.checkpoint import RunDir, load_checkpoint
 from nmt.cli import average_main
 from nmt.config import config_from_dict
 from nmt.train import train
@@ -24,7 +23,7 @@ def run(reversal_data, tmp_path_factory):
 
 
 def test_a_run_keeps_its_last_validation_checkpoints_with_their_bleu(run):
-    kept = step_checkpoints(run)
+    kept = RunDir(run).step_checkpoints()
     assert [p.name for p in kept] == ["step-20.pt", "step-30.pt", "step-40.pt"]
     assert all(isinstance(load_checkpoint(p)["valid_bleu"], float) for p in kept)
     last = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
@@ -46,7 +45,7 @@ def test_averaging_equals_the_mean_by_hand(run, capsys):
 
 
 def test_best_n_and_named_checkpoints(run, tmp_path):
-    bleus = {p.name: load_checkpoint(p)["valid_bleu"] for p in step_checkpoints(run)}
+    bleus = {p.name: load_checkpoint(p)["valid_bleu"] for p in RunDir(run).step_checkpoints()}
     best = max(bleus, key=lambda name: (bleus[name], -int(name[5:-3])))
     out = tmp_path / "best1.pt"
     assert average_main([str(run), "--best", "1", "-o", str(out)]) == 0

@@ -103,7 +103,8 @@ def test_bad_input_gives_one_line_errors(cli_run, reversal_data, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  hidden: 3\n")
     one_line_error(run("nmt-train", str(bad)), "bad.yaml", "unknown key 'model.hidden'")
-    one_line_error(run("nmt-train", "configs/demo.yaml", "--set", "train.lr=fast"), "--set train.lr=fast: train.lr: expected float")
+    one_line_error(run("nmt-train", "configs/demo.yaml", "--set", "train.lr=fast"),
+                   "--set train.lr=fast: train.lr: expected float")
     one_line_error(run("nmt-translate", str(tmp_path / "missing")), "run directory not found")
     one_line_error(run("nmt-translate", run_dir, "--checkpoint", "nope.pt"), "nope.pt: checkpoint not found")
 

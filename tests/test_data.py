@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nmt.config import DataConfig
-from nmt.data import epoch_batches, length_filter, load_split, make_batch
+from nmt.data import batch_of, epoch_batches, length_filter, load_split
 from nmt.errors import DataError
 from nmt.io import read_lines
 from nmt.vocab import END, PAD
@@ -99,7 +99,7 @@ def test_filter_counts():
 
 
 def test_batch_follows_the_end_marker_protocol():
-    batch = make_batch([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]])
+    batch = batch_of([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]])
     assert batch.src.tolist() == [[5, 6, 7, END], [8, END, PAD, PAD]]
     assert batch.src_lengths.tolist() == [4, 2]
     assert batch.tgt_in.tolist() == [[END, 9, 10, PAD], [END, 11, 12, 13]]

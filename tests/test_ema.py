@@ -55,7 +55,7 @@ def test_ema_resumes_exactly_and_decoding_uses_the_average(reversal_data, tmp_pa
     assert all(torch.equal(loaded[k], averaged[k]) for k in loaded)
     assert any(not torch.equal(averaged[k], best["model"][k]) for k in averaged)  # not the raw weights
     # nmt-average averages what each checkpoint decodes with: here the moving averages
-    mean = average([straight / "checkpoints" / "best.pt", resumed / "checkpoints" / "last.pt"])["model"]
+    mean = average([straight / "checkpoints" / "best.pt", resumed / "checkpoints" / "last.pt"]).model
     other = decoding_weights(b)
     for k, value in mean.items():
         torch.testing.assert_close(value, ((averaged[k].double() + other[k].double()) / 2).float())

@@ -65,7 +65,8 @@ def test_the_commands_take_a_model_folder(folder, tmp_path, capsys):
     source = tmp_path / "in.txt"
     source.write_text("\n".join(SENTENCES[:20]) + "\n", encoding="utf-8")
     assert translate_main([str(folder), "-i", str(source), "-o", str(tmp_path / "out.txt")]) == 0
-    assert (tmp_path / "out.txt").read_text().splitlines() == Translator.from_pretrained(folder).translate(SENTENCES[:20])
+    expected = Translator.from_pretrained(folder).translate(SENTENCES[:20])
+    assert (tmp_path / "out.txt").read_text().splitlines() == expected
     reference = tmp_path / "ref.txt"
     reference.write_text("\n".join(" ".join(reversed(s.split())) for s in SENTENCES[:20]) + "\n")
     assert evaluate_main([str(folder), "--src", str(source), "--ref", str(reference),

@@ -54,4 +54,5 @@ def test_script_writes_a_plot_and_numbers(tmp_path):
         img.verify()
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "forecast_sine.py"), "--set", "cell=cnn"],
                          capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip() == "forecast_sine: error: cell: 'cnn' is not one of lstm, gru, rnn"
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "forecast_sine: error: cell: 'cnn' is not one of lstm, gru, rnn"

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from nmt.attention import Attention
-from nmt.config import config_from_dict
-from nmt.data import make_batch
+from nmt.config import DecodeConfig, config_from_dict
+from nmt.data import batch_of
 from nmt.model import Seq2Seq
-from nmt.search import beam_search, greedy_search
+from nmt.search import beam_search, greedy_search, sample_search
 
 
 @pytest.mark.parametrize("kind", ["dot", "general", "mlp"])
@@ -45,7 +45,7 @@ def test_model_variants_train_and_decode(overrides):
                                            "decoder_layers": 2, "tie_output": False,
                                            "share_embeddings": False}, **overrides)})
     model = Seq2Seq(cfg.model, 40, 40)
-    batch = make_batch([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]])
+    batch = batch_of([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]])
     logits = model(batch.src, batch.src_lengths, batch.tgt_in)
     assert logits.shape == (2 + 1 + 3 + 1, 40)  # real target positions only, end markers included
     logits.sum().backward()
@@ -53,8 +53,8 @@ def test_model_variants_train_and_decode(overrides):
     if cfg.model.tie_output:
         assert model.output.weight is model.tgt_embed.weight is model.src_embed.weight
     model.eval()
-    greedy = greedy_search(model, batch.src, batch.src_lengths)
-    beam = beam_search(model, batch.src, batch.src_lengths, beam_size=1)
+    greedy = greedy_search(model, batch)
+    beam = beam_search(model, batch, DecodeConfig(beam_size=1))
     assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
 
 
@@ -71,7 +71,7 @@ def test_teacher_forced_logits_match_step_by_step_decoding(cell, input_feeding, 
                                       "input_feeding": input_feeding, "decoder": decoder,
                                       "tie_output": False}})
     model = Seq2Seq(cfg.model, 40, 40).eval()
-    batch = make_batch([[5, 6, 7, 8], [9, 10], [11]], [[12], [13, 14, 15, 16], [17, 18]])
+    batch = batch_of([[5, 6, 7, 8], [9, 10], [11]], [[12], [13, 14, 15, 16], [17, 18]])
     logits = model(batch.src, batch.src_lengths, batch.tgt_in, batch.positions).detach()
     with torch.no_grad():
         assert torch.allclose(model(batch.src, batch.src_lengths, batch.tgt_in), logits, atol=1e-6)
@@ -131,7 +131,7 @@ def _ops_of_a_training_step(model, target_length: int) -> int:
             Count.ops += 1
             return func(*args, **(kwargs or {}))
 
-    batch = make_batch([[5, 6, 7], [8, 9]], [[10] * target_length, [11] * (target_length - 1)])
+    batch = batch_of([[5, 6, 7], [8, 9]], [[10] * target_length, [11] * (target_length - 1)])
     with Count():
         model(batch.src, batch.src_lengths, batch.tgt_in, batch.positions).sum().backward()
     return Count.ops
@@ -162,23 +162,22 @@ def test_a_gnmt_model_decodes_with_every_search_int8_and_in_an_ensemble():
     import copy
     from nmt.ensemble import Ensemble
     from nmt.quantize import quantize_int8
-    from nmt.search import Sampling
     torch.manual_seed(3)
     cfg = config_from_dict({"model": {"embedding_size": 16, "encoder_hidden_size": 16,
                                       "decoder_hidden_size": 32, "decoder_layers": 2, "tie_output": False,
                                       "input_feeding": False, "decoder": "gnmt"}})
     model = Seq2Seq(cfg.model, 40, 40).eval()
-    batch = make_batch([[5, 6, 7, 8], [9, 10]], [[12], [13, 14]])
-    greedy = greedy_search(model, batch.src, batch.src_lengths, keep_attention=True)
+    batch = batch_of([[5, 6, 7, 8], [9, 10]], [[12], [13, 14]])
+    greedy = greedy_search(model, batch, keep_attention=True)
     assert all(h.attention.shape[0] == len(h.tokens) + h.ended for h in greedy)
-    assert [h.tokens for h in greedy] == [b[0].tokens for b in beam_search(model, batch.src, batch.src_lengths, 1)]
-    assert len(beam_search(model, batch.src, batch.src_lengths, 3, n_best=3)[0]) == 3
-    assert len(greedy_search(model, batch.src, batch.src_lengths, sampling=Sampling(), seeds=[1, 2])) == 2
+    assert [h.tokens for h in greedy] == [b[0].tokens for b in beam_search(model, batch, DecodeConfig(beam_size=1))]
+    assert len(beam_search(model, batch, DecodeConfig(beam_size=3, n_best=3))[0]) == 3
+    assert len(sample_search(model, batch, DecodeConfig(samples=1), seeds=[1, 2])) == 2
     int8 = quantize_int8(copy.deepcopy(model))
-    for h, q in zip(greedy, greedy_search(int8, batch.src, batch.src_lengths)):
+    for h, q in zip(greedy, greedy_search(int8, batch)):
         assert abs(h.score - q.score) < 0.05 * abs(h.score) + 0.05
-    one = greedy_search(Ensemble([model]), batch.src, batch.src_lengths)
+    one = greedy_search(Ensemble([model]), batch)
     assert [(h.tokens, h.score) for h in one] == [(h.tokens, h.score) for h in greedy]
     other = copy.deepcopy(model)
     torch.nn.init.uniform_(other.output.weight, -0.1, 0.1)
-    assert len(beam_search(Ensemble([model, other]), batch.src, batch.src_lengths, 3)) == 2
+    assert len(beam_search(Ensemble([model, other]), batch, DecodeConfig(beam_size=3))) == 2

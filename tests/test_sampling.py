@@ -6,7 +6,8 @@ import torch
 
 from nmt.cli import translate_main
 from nmt.errors import ConfigError
-from nmt.search import Sampling
+from nmt.config import DecodeConfig
+from nmt.search import sample_pieces
 from nmt.translate import Translator
 
 from conftest import reversal_pairs
@@ -38,13 +39,13 @@ def test_cuts_that_leave_one_piece_give_greedy_output(translator):
 
 def test_draws_follow_the_cut_distribution():
     logp = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
-    for sampling, allowed, first in ((Sampling(top_k=2), {0, 1}, 0.4 / 0.7),
-                                     (Sampling(top_p=0.5), {0, 1}, 0.4 / 0.7),
-                                     (Sampling(), {0, 1, 2, 3}, 0.4)):
-        picks = [sampling.pick(logp, [seed], 0).item() for seed in range(2000)]
+    for decode, allowed, first in ((DecodeConfig(top_k=2), {0, 1}, 0.4 / 0.7),
+                                   (DecodeConfig(top_p=0.5), {0, 1}, 0.4 / 0.7),
+                                   (DecodeConfig(), {0, 1, 2, 3}, 0.4)):
+        picks = [sample_pieces(logp, decode, [seed], 0).item() for seed in range(2000)]
         assert set(picks) == allowed
         assert abs(picks.count(0) / len(picks) - first) < 0.05
-    cold = [Sampling(temperature=0.05).pick(logp, [seed], 0).item() for seed in range(200)]
+    cold = [sample_pieces(logp, DecodeConfig(temperature=0.05), [seed], 0).item() for seed in range(200)]
     assert cold.count(0) > 190  # a low temperature sharpens towards the most probable piece
     assert math.isclose(torch.log_softmax(logp, 1).exp().sum().item(), 1.0, rel_tol=1e-6)
 

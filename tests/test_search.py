@@ -6,7 +6,7 @@ import torch
 from conftest import HostTransfers
 from nmt.checkpoint import load_run
 from nmt.config import DecodeConfig, config_from_dict
-from nmt.data import source_tensor
+from nmt.data import Batch, batch_of
 from nmt.io import read_lines
 from nmt.model import Seq2Seq
 from nmt.search import Hypothesis, beam_search, greedy_search, max_output_lengths
@@ -32,9 +32,11 @@ def test_decoder_starts_from_the_end_marker_and_stops_on_it(loaded):
 
     run.model.decode_step = spy
     try:
-        src, lengths = source_tensor(ids[:8])
+        batch = batch_of(ids[:8])
+        src = batch.src
+        lengths = batch.src_lengths
         assert (src[torch.arange(8), lengths - 1] == END).all()  # the encoder reads "... _"
-        hyps = greedy_search(run.model, src, lengths)
+        hyps = greedy_search(run.model, batch)
     finally:
         del run.model.decode_step
     assert (seen[0] == END).all()
@@ -49,9 +51,9 @@ def test_decoder_starts_from_the_end_marker_and_stops_on_it(loaded):
 
 def test_beam_size_one_is_exactly_greedy(loaded):
     run, ids = loaded
-    src, lengths = source_tensor(ids)
-    greedy = greedy_search(run.model, src, lengths)
-    beam = beam_search(run.model, src, lengths, beam_size=1)
+    batch = batch_of(ids)
+    greedy = greedy_search(run.model, batch)
+    beam = beam_search(run.model, batch, DecodeConfig(beam_size=1))
     assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
     assert [h.score for h in greedy] == pytest.approx([b[0].score for b in beam], abs=1e-4)
 
@@ -68,8 +70,8 @@ def test_translation_does_not_depend_on_the_batch(loaded, beam_size):
 
 def test_n_best_is_ordered_and_distinct(loaded):
     run, ids = loaded
-    src, lengths = source_tensor(ids[:10])
-    for hyps in beam_search(run.model, src, lengths, beam_size=5, n_best=5, length_penalty=1.0):
+    batch = batch_of(ids[:10])
+    for hyps in beam_search(run.model, batch, DecodeConfig(beam_size=5, n_best=5, length_penalty=1.0)):
         assert len(hyps) == 5
         norm = [h.score / (len(h.tokens) + 1) for h in hyps]
         assert norm == sorted(norm, reverse=True)
@@ -78,18 +80,19 @@ def test_n_best_is_ordered_and_distinct(loaded):
 
 def test_maximum_length_is_a_ratio_of_the_source(loaded):
     run, ids = loaded
-    src, lengths = source_tensor(ids[:10])
+    batch = batch_of(ids[:10])
+    lengths = batch.src_lengths
     limits = max_output_lengths(lengths, 0.5)
     assert limits == [math.ceil(0.5 * (n - 1)) + 5 for n in lengths.tolist()]
-    for hyps in (greedy_search(run.model, src, lengths, 0.5),
-                 [b[0] for b in beam_search(run.model, src, lengths, 3, max_length_ratio=0.5)]):
+    for hyps in (greedy_search(run.model, batch, DecodeConfig(max_length_ratio=0.5)),
+                 [b[0] for b in beam_search(run.model, batch, DecodeConfig(beam_size=3, max_length_ratio=0.5))]):
         assert all(len(h.tokens) <= m for h, m in zip(hyps, limits))
 
 
 def test_attention_weights_are_kept_per_output_step(loaded):
     run, ids = loaded
-    src, lengths = source_tensor(ids[:4])
-    for hyp, n in zip(greedy_search(run.model, src, lengths, keep_attention=True), lengths.tolist()):
+    batch = batch_of(ids[:4])
+    for hyp, n in zip(greedy_search(run.model, batch, keep_attention=True), batch.src_lengths.tolist()):
         assert hyp.attention.shape[0] == len(hyp.tokens) + 1
         assert torch.allclose(hyp.attention.sum(-1), torch.ones(hyp.attention.shape[0]), atol=1e-5)
         assert (hyp.attention[:, n:] == 0).all()
@@ -235,15 +238,15 @@ def random_model(vocab: int, cell: str = "lstm", tie: str = "") -> Seq2Seq:
     return model
 
 
-def mixed_batch(vocab: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mixed_batch(vocab: int, n: int, seed: int) -> Batch:
     rng = torch.Generator().manual_seed(seed)
     sizes = torch.randint(0, 9, (n,), generator=rng).tolist()
-    return source_tensor([torch.randint(3, vocab, (s,), generator=rng).tolist() for s in sizes])
+    return batch_of([torch.randint(3, vocab, (s,), generator=rng).tolist() for s in sizes])
 
 
 def search_cases(loaded):
     run, ids = loaded
-    yield "reversal", run.model, source_tensor(ids[:40])
+    yield "reversal", run.model, batch_of(ids[:40])
     for vocab, cell, tie in ((12, "lstm", ""), (11, "gru", ""), (12, "lstm", "uniform"),
                              (10, "lstm", "end")):
         yield (f"random-{cell}-{vocab}-{tie}", random_model(vocab, cell, tie),
@@ -252,14 +255,18 @@ def search_cases(loaded):
 
 @pytest.mark.parametrize("beam_size", [1, 2, 3, 5])
 def test_beam_search_matches_the_reference_exactly(loaded, beam_size):
-    for name, model, (src, lengths) in search_cases(loaded):
+    for name, model, batch in search_cases(loaded):
+        src = batch.src
+        lengths = batch.src_lengths
         for penalty in (0.0, 1.0, 2.0):
             for ratio in (0.0, 0.5, 2.0):
                 keep = penalty == 1.0
                 # n-best lists: shorter than the beam, the beam, and all finished hypotheses
                 n_best = {0.0: max(1, beam_size - 1), 1.0: beam_size, 2.0: 2 * beam_size}[penalty]
-                args = (model, src, lengths, beam_size, penalty, ratio, n_best, keep)
-                got, want = beam_search(*args), reference_beam_search(*args)
+                decode = DecodeConfig(beam_size=beam_size, length_penalty=penalty, max_length_ratio=ratio,
+                                      n_best=n_best)
+                got = beam_search(model, batch, decode, keep_attention=keep)
+                want = reference_beam_search(model, src, lengths, beam_size, penalty, ratio, n_best, keep)
                 assert len(got) == len(want) == src.size(0), name
                 for g, w in zip(got, want):
                     assert len(g) == len(w) <= n_best
@@ -267,20 +274,20 @@ def test_beam_search_matches_the_reference_exactly(loaded, beam_size):
 
 
 def test_greedy_search_matches_the_reference_exactly(loaded):
-    for name, model, (src, lengths) in search_cases(loaded):
+    for name, model, batch in search_cases(loaded):
         for ratio in (0.0, 0.5, 2.0):
             for keep in (False, True):
-                assert_same(greedy_search(model, src, lengths, ratio, keep),
-                            reference_greedy_search(model, src, lengths, ratio, keep))
+                assert_same(greedy_search(model, batch, DecodeConfig(max_length_ratio=ratio), keep_attention=keep),
+                            reference_greedy_search(model, batch.src, batch.src_lengths, ratio, keep))
 
 
 def test_the_cases_end_both_ways(loaded):
     """The cases above exercise both ways of finishing (an end marker, the maximum length),
     and sentences that end more than beam_size hypotheses in their last step."""
     at_limit, counts = [], []
-    for _, model, (src, lengths) in search_cases(loaded):
-        limits = max_output_lengths(lengths, 0.0)
-        hyps = reference_beam_search(model, src, lengths, 3, max_length_ratio=0.0, n_best=6)
+    for _, model, batch in search_cases(loaded):
+        limits = max_output_lengths(batch.src_lengths, 0.0)
+        hyps = reference_beam_search(model, batch.src, batch.src_lengths, 3, max_length_ratio=0.0, n_best=6)
         at_limit += [len(h.tokens) == m for hs, m in zip(hyps, limits) for h in hs]
         counts += [len(hs) for hs in hyps]
     assert any(at_limit) and not all(at_limit)
@@ -291,7 +298,7 @@ def test_search_makes_at_most_one_host_transfer_per_step(loaded, monkeypatch, be
     """From the first decoder step on (so leaving out encoding): one transfer per step, and a
     few to read the results at the end -- not one per sentence per step."""
     run, ids = loaded
-    src, lengths = source_tensor(ids[:50])
+    batch = batch_of(ids[:50])
     counter, before = None, []
     original = run.model.decode_step
 
@@ -299,20 +306,22 @@ def test_search_makes_at_most_one_host_transfer_per_step(loaded, monkeypatch, be
         before.append(counter.count)
         return original(*args)
 
-    def transfers(search, *args):
+    def transfers(search, *args, **options):
         nonlocal counter
         run.model.decode_step = counted
         before.clear()
         try:
             with monkeypatch.context() as patch, HostTransfers(patch) as counter:
-                search(run.model, src, lengths, *args)
+                search(run.model, *args, **options)
         finally:
             del run.model.decode_step
         return counter.count - before[0], len(before)
 
+    beam = DecodeConfig(beam_size=beam_size, length_penalty=1.0, max_length_ratio=2.0, n_best=2)
     for new, old, args in ((greedy_search, reference_greedy_search, (2.0, True)),
                            (beam_search, reference_beam_search, (beam_size, 1.0, 2.0, 2, True))):
-        count, steps = transfers(new, *args)
+        count, steps = transfers(new, batch, beam if new is beam_search else DecodeConfig(max_length_ratio=2.0),
+                                 keep_attention=True)
         assert steps > 5 and count <= steps + 5, new.__name__
-        count, steps = transfers(old, *args)
+        count, steps = transfers(old, batch.src, batch.src_lengths, *args)
         assert count > 2 * steps + 5  # the bound has teeth: the old search copied per sentence

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from nmt.cli import translate_main
+from nmt.config import DecodeConfig
 from nmt.errors import ConfigError
 from nmt.search import Hypothesis, Rules, normalised_score
-from nmt.data import source_tensor
+from nmt.data import batch_of
 from nmt.translate import Translator
 from nmt.vocab import END
 
@@ -39,13 +40,13 @@ def test_no_output_repeats_an_ngram(translator, n, how):
 def test_rules_ban_exactly_the_repeating_pieces_and_the_early_end():
     logp = torch.zeros(2, 6)
     history = torch.tensor([[2, 3, 4, 2, 3], [1, 1, 1, 1, 1]])
-    out = Rules(no_repeat_ngram_size=3).apply(logp, 5, history)
+    out = Rules(DecodeConfig(no_repeat_ngram_size=3)).apply(logp, 5, history)
     assert torch.isinf(out[0]).nonzero().flatten().tolist() == [4]  # "2 3" was followed by 4
     assert torch.isinf(out[1]).nonzero().flatten().tolist() == [1]
-    assert Rules(no_repeat_ngram_size=6).apply(logp, 5, history).isfinite().all()  # no 6-gram yet
-    early = Rules(min_length=3).apply(logp, 2, None)
+    assert Rules(DecodeConfig(no_repeat_ngram_size=6)).apply(logp, 5, history).isfinite().all()  # no 6-gram yet
+    early = Rules(DecodeConfig(min_length=3)).apply(logp, 2, None)
     assert torch.isinf(early).nonzero().tolist() == [[0, END], [1, END]]
-    assert Rules(min_length=3).apply(logp, 3, None).isfinite().all()
+    assert Rules(DecodeConfig(min_length=3)).apply(logp, 3, None).isfinite().all()
 
 
 @pytest.mark.parametrize("how", [dict(beam_size=1), dict(beam_size=3), dict(samples=2, seed=1)])
@@ -62,8 +63,8 @@ def test_min_length_holds_and_scores_stay_the_models(translator, how):
 
 @torch.no_grad()
 def model_logprob(translator, sentence: str, pieces: list[int]) -> float:
-    src, lengths = source_tensor(translator.src_vocab.encode([sentence]))
-    memory, state = translator.model.encode(src, lengths)
+    batch = batch_of(translator.src_vocab.encode([sentence]))
+    memory, state = translator.model.encode(batch.src, batch.src_lengths)
     prev, total = torch.tensor([END]), 0.0
     for piece in pieces:
         logp, state, _ = translator.model.decode_step(prev, state, memory)

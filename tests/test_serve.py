@@ -184,7 +184,8 @@ def test_what_one_request_may_cost_is_bounded_before_it_is_decoded(guarded, tran
     long = " ".join("abcdefghij" * 2)
     for body, message in (({"max_length": 5}, "max_length: 5 is more than this server's --max-output-pieces (4)"),
                           ({"max_length_ratio": 3.5}, "max_length_ratio: 3.5 is more than this server's"),
-                          ({"attention": True, "beam_size": 10, "sentences": ["ab " * 600] * 6}, "attention: keeping it for"),
+                          ({"attention": True, "beam_size": 10, "sentences": ["ab " * 600] * 6},
+                           "attention: keeping it for"),
                           ({"sentences": ["a"] * 7}, "7 in one request, more than this server queues (6)")):
         status, answer, _ = asyncio.run(_post(guarded.url, {"sentences": [long], **body}))
         assert status in (400, 413) and message in answer["error"], answer

@@ -39,7 +39,7 @@ def test_fixed_seed_repeats_and_resume_continues_exactly(reversal_data, tmp_path
     assert load_config(resumed / "config.yaml").model.dropout == 0.3  # left as it was
     train(cfg, resumed, resume=True)
     a, b, c = params(straight), params(again), params(resumed)
-    assert summary["steps"] == 40
+    assert summary.steps == 40
     for key in a:
         assert torch.equal(a[key], b[key]), key
         assert torch.equal(a[key], c[key]), key
@@ -70,7 +70,7 @@ def test_early_stopping_on_validation_bleu(reversal_data, tmp_path):
                                            train__valid_every=5, train__patience=2,
                                            train__max_steps=100, train__batch_size=400))
     summary = train(cfg, tmp_path / "run")
-    assert summary["stopped_early"] and summary["steps"] == 15 and summary["best_step"] == 5
+    assert summary.stopped_early and summary.steps == 15 and summary.best_step == 5
 
 
 def test_separate_vocabularies(reversal_data, tmp_path):
