@@ -53,7 +53,8 @@ class Attention(nn.Module):
         Returns:
             context [B * k, K] and weights [B * k, S] (zero on padding, rows sum to 1).
         """
-        rows, sentences = query.size(0), keys.size(0)
+        rows = query.size(0)
+        sentences = keys.size(0)
         q = query.view(sentences, rows // sentences, -1)  # [B, k, Q]
         if batch_invariant:
             context, weights = invariant.by_sentences(self._attend_invariant, q, keys, values, mask)

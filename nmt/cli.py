@@ -210,7 +210,8 @@ def _translations(translator, lines: list[str], args: argparse.Namespace, overri
         return ["\t".join(texts) for texts in translator.sample(lines, **overrides)]
     if not (args.pieces or args.n_best != 1):
         return translator.translate(lines, **overrides)
-    vocab, out = translator.tgt_vocab, []
+    vocab = translator.tgt_vocab
+    out = []
     for hyps in translator.hypotheses(lines, n_best=args.n_best, **overrides):
         if args.pieces:
             texts = [" ".join(vocab.pieces(h.tokens + [END])) for h in hyps]

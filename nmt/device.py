@@ -129,7 +129,8 @@ def check_fits(model_factory, device: torch.device) -> None:
     device, where modules have shapes and no storage."""
     with torch.device("meta"):
         n = sum(p.numel() for p in model_factory().parameters())
-    need, have = 16 * n, memory_bytes(device)
+    need = 16 * n
+    have = memory_bytes(device)
     if need > have:
         raise ConfigError(f"model: {n:,} parameters need {need / 2**30:,.1f} GiB for weights, gradients "
                           f"and Adam's state, more than this {device.type}'s {have / 2**30:,.1f} GiB; "

@@ -107,14 +107,17 @@ class Encoder(nn.Module):
         c = h.clone() if self.cell == "lstm" else None
         outputs = data.new_empty(len(data), layer.hidden_size)
         for t in (reversed(range(len(sizes))) if suffix else range(len(sizes))):
-            n, rows = sizes[t], slice(starts[t], starts[t] + sizes[t])
+            n = sizes[t]
+            rows = slice(starts[t], starts[t] + sizes[t])
             h_gates = F.linear(h[:invariant.whole_blocks(n)], w_hh, b_hh)[:n]
             new_h, new_c = cell_update(self.cell, x_gates[rows], h_gates, h[:n],
                                        None if c is None else c[:n], invariant.sigmoid)
-            h[:n], outputs[rows] = new_h, new_h
+            h[:n] = new_h
+            outputs[rows] = new_h
             if c is not None:
                 c[:n] = new_c
-        h, c = h[:sizes[0]], None if c is None else c[:sizes[0]]
+        h = h[:sizes[0]]
+        c = None if c is None else c[:sizes[0]]
         return outputs, h, c
 
     def _join(self, state: torch.Tensor) -> torch.Tensor:

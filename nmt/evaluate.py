@@ -52,7 +52,8 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
     picks = [s for s in sources if 6 <= len(s.split()) <= 14][:ATTENTION_EXAMPLES]
     attention = [translator.alignment(sentence, hyps[0]) for sentence, hyps in
                  zip(picks, translator.hypotheses(picks, keep_attention=True, **asdict(decode)))]
-    run, int8 = translator.run, translator.int8  # int8 is declined on CPUs without fast int8
+    run = translator.run
+    int8 = translator.int8  # int8 is declined on CPUs without fast int8
     name = f"{Path(run_dir).name}:{run.checkpoint.stem}" + (":int8" if int8 else "") + \
         "".join(f"+{member}" for member in ensemble)
     info = {"checkpoint": str(run.checkpoint), "step": run.step, "decode_seconds": round(seconds, 2),

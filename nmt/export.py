@@ -27,7 +27,9 @@ from nmt.vocab import Vocab, vocab_paths
 
 FORMAT = "nmt-model-folder"
 VERSION = 1
-CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+CARD = "README.md"
 PATH_KEYS = ("train", "valid", "test")  # the data section's paths: only their last part is shared
 
 
@@ -39,7 +41,8 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Loade
     """A model folder -> the model in eval mode with its vocabularies, checked."""
     from safetensors.torch import load_model
 
-    folder, device = Path(folder), pick_device(str(device))
+    folder = Path(folder)
+    device = pick_device(str(device))
     path = folder / CONFIG
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -161,7 +164,8 @@ def model_card(run: LoadedRun, license_id: str = "other") -> str:
     """README.md in the Hub's model-card format: YAML metadata, then what the model is,
     how it was trained and scored, the two lines that use it, and its limits."""
     cfg = run.cfg
-    src, tgt = cfg.data.src_lang, cfg.data.tgt_lang
+    src = cfg.data.src_lang
+    tgt = cfg.data.tgt_lang
     system, seconds, hardware = _run_facts(run)
     meta = {"language": [src, tgt], "license": license_id, "library_name": "nmt", "pipeline_tag": "translation",
             "tags": ["translation", "lstm", "attention", "nmt"]}

@@ -25,7 +25,9 @@ from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.vocab import PAD
 
-ENCODER, DECODER, DECODER_INT8 = "encoder.onnx", "decoder_step.onnx", "decoder_step.int8.onnx"
+ENCODER = "encoder.onnx"
+DECODER = "decoder_step.onnx"
+DECODER_INT8 = "decoder_step.int8.onnx"
 OPSET = 17
 # PyTorch's gate order -> ONNX's: LSTM i f g o -> i o f c; GRU r z n -> z r h.
 GATE_ORDER = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}
@@ -46,7 +48,10 @@ class _Graph:
 
     def __init__(self, int8: bool = False):
         self.onnx = _needs("onnx")
-        self.nodes, self.inits, self.count, self.int8 = [], [], 0, int8
+        self.nodes = []
+        self.inits = []
+        self.count = 0
+        self.int8 = int8
 
     def const(self, value, name: str | None = None) -> str:
         name = name or f"c{len(self.inits)}"
@@ -88,7 +93,8 @@ class _Graph:
 
     def finish(self, name: str, inputs: list, outputs: list):
         """The graph as a checked ONNX model (a ``ModelProto``)."""
-        helper, types = self.onnx.helper, {"float": 1, "int64": 7, "bool": 9}
+        helper = self.onnx.helper
+        types = {"float": 1, "int64": 7, "bool": 9}
         graph = helper.make_graph(
             self.nodes, name,
             [helper.make_tensor_value_info(n, types[t], shape) for n, t, shape in inputs],
@@ -105,8 +111,11 @@ def _rename(g: _Graph, source: str, name: str) -> str:
 
 
 def _encoder_graph(model: Seq2Seq):
-    g, cell, encoder = _Graph(), model.cfg.cell, model.encoder
-    order, directions = GATE_ORDER[cell], encoder.directions
+    g = _Graph()
+    cell = model.cfg.cell
+    encoder = model.encoder
+    order = GATE_ORDER[cell]
+    directions = encoder.directions
     x = g.op("Transpose", g.op("Gather", g.const(model.src_embed.weight), "src"), perm=[1, 0, 2])  # [S, B, E]
     lengths = g.op("Cast", "lengths", to=6)  # int32
     finals = []
@@ -151,7 +160,8 @@ def _cell(g: _Graph, kind: str, cell, x: str, h: str, c: str | None) -> tuple[st
         gates = g.product(g.op("Concat", x, h, axis=1), torch.cat([cell.weight_ih, cell.weight_hh], 1),
                           cell.bias_ih + cell.bias_hh)
     else:
-        x_gates, h_gates = g.product(x, cell.weight_ih, cell.bias_ih), g.product(h, cell.weight_hh, cell.bias_hh)
+        x_gates = g.product(x, cell.weight_ih, cell.bias_ih)
+        h_gates = g.product(h, cell.weight_hh, cell.bias_hh)
         gates = g.op("Add", x_gates, h_gates)
     if kind == "lstm":
         i, f, cand, o = g.op("Split", gates, axis=1, outputs=4)
@@ -160,7 +170,8 @@ def _cell(g: _Graph, kind: str, cell, x: str, h: str, c: str | None) -> tuple[st
     if kind == "gru":
         x_r, x_z, x_n = g.op("Split", x_gates, axis=1, outputs=3)
         h_r, h_z, h_n = g.op("Split", h_gates, axis=1, outputs=3)
-        r, z = g.op("Sigmoid", g.op("Add", x_r, h_r)), g.op("Sigmoid", g.op("Add", x_z, h_z))
+        r = g.op("Sigmoid", g.op("Add", x_r, h_r))
+        z = g.op("Sigmoid", g.op("Add", x_z, h_z))
         n = g.op("Tanh", g.op("Add", x_n, g.op("Mul", r, h_n)))
         return g.op("Add", n, g.op("Mul", z, g.op("Sub", h, n))), None
     return g.op("Tanh", gates), None
@@ -186,11 +197,16 @@ def _attend(g: _Graph, attention, query: str, width: int) -> tuple[str, str]:
 
 
 def _decoder_graph(model: Seq2Seq, int8: bool = False):
-    g, decoder, kind = _Graph(int8), model.decoder, model.cfg.cell
+    g = _Graph(int8)
+    decoder = model.decoder
+    kind = model.cfg.cell
     x = g.op("Gather", g.const(model.tgt_embed.weight), "prev")  # [R, E]
     if decoder.input_feeding:
         x = g.op("Concat", x, "feed", axis=1)
-    hs, cs, context, weights = [], [], None, None  # context: the attending layer's, for the layers above
+    hs = []
+    cs = []
+    context = None  # context: the attending layer's, for the layers above
+    weights = None
     for k, cell in enumerate(decoder.cells):
         if k > decoder.query_layer:
             x = g.op("Concat", x, context, axis=1)
@@ -208,7 +224,8 @@ def _decoder_graph(model: Seq2Seq, int8: bool = False):
     _rename(g, g.op("Concat", *hs, axis=0), "h_out")
     _rename(g, vector, "feed_out")
     _rename(g, weights, "weights")
-    layers, size = len(decoder.cells), model.cfg.decoder_hidden_size
+    layers = len(decoder.cells)
+    size = model.cfg.decoder_hidden_size
     state = [("h", "float", [layers, "R", size])] + ([("c", "float", [layers, "R", size])] if kind == "lstm" else [])
     outputs = [("logp", "float", ["R", "V"]), ("h_out", "float", [layers, "R", size]),
                ("feed_out", "float", ["R", size]), ("weights", "float", ["R", "S"])]
@@ -224,7 +241,8 @@ def _decoder_graph(model: Seq2Seq, int8: bool = False):
 def export_onnx(model: Seq2Seq, folder: str | Path) -> list[Path]:
     """Write the encoder and the decoder step of ``model`` into ``folder``: float32, and the
     decoder step with int8 products (``--int8 --backend onnx``)."""
-    folder, onnx = Path(folder), _needs("onnx")
+    folder = Path(folder)
+    onnx = _needs("onnx")
     with torch.no_grad():
         graphs = {ENCODER: _encoder_graph(model), DECODER: _decoder_graph(model),
                   DECODER_INT8: _decoder_graph(model, int8=True)}
@@ -246,9 +264,11 @@ class OnnxModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
-        self.lstm, self.training = cell == "lstm", False
+        self.lstm = cell == "lstm"
+        self.training = False
         if graphs is None:
-            folder, decoder = Path(folder), DECODER_INT8 if int8 else DECODER
+            folder = Path(folder)
+            decoder = DECODER_INT8 if int8 else DECODER
             for name in (ENCODER, decoder):
                 if not (folder / name).is_file():
                     raise NmtError(f"{folder / name}: not found; write it with nmt-export RUN OUT --onnx")

@@ -97,7 +97,8 @@ class Job:
 
 class Server:
     def __init__(self, translator: Translator, limits: Limits = Limits()):
-        self.translator, self.limits = translator, limits
+        self.translator = translator
+        self.limits = limits
         decode = translator.decode  # what a request that sets nothing gets must be allowed
         if decode.max_length_ratio > limits.max_length_ratio_cap or decode.max_length > limits.max_output_pieces:
             raise ConfigError(f"the run decodes with max_length_ratio {decode.max_length_ratio} and max_length "
@@ -224,7 +225,8 @@ class Server:
         among the waiting requests (with the options of the one served least recently) round-robin, so a large
         request is decoded a slice at a time beside small ones, and between batches a
         request whose client has gone or whose deadline has passed is dropped."""
-        loop, active = asyncio.get_running_loop(), []
+        loop = asyncio.get_running_loop()
+        active = []
         while True:
             if not active:  # idle: wait for a request, and a moment for others to join it
                 active.append(await self.queue.get())
@@ -264,7 +266,8 @@ class Server:
         """(job, sentences) to decode now: the jobs with the options of the one served least
         recently, each getting an equal share of the batch first, the rest in turn."""
         same = [job for job in active if job.key == active[0].key]
-        budget, share = self.limits.max_batch_sentences, max(1, self.limits.max_batch_sentences // len(same))
+        budget = self.limits.max_batch_sentences
+        share = max(1, self.limits.max_batch_sentences // len(same))
         taken = {id(job): 0 for job in same}
         for cap in (share, budget):  # equal shares, then what is left over, in order
             for job in same:
@@ -286,7 +289,8 @@ class Server:
         start = 0
         for job, n in batch:
             job.parts.append({k: v[start:start + n] for k, v in results.items()})
-            start, job.next = start + n, job.next + n
+            start = start + n
+            job.next = job.next + n
             self.queued -= n
             if not job.left:
                 self.requests += 1

@@ -29,7 +29,8 @@ class _GatherGradient(autograd.Function):
     def backward(ctx, _unused: torch.Tensor | None):
         owner = ctx.owner
         steps = [(g, x) for g, x in zip(owner.grads, owner.inputs) if g is not None]
-        owner.grads, owner.inputs = [], []
+        owner.grads = []
+        owner.inputs = []
         if not steps:
             return None, None
         grads = torch.cat([g for g, _ in steps])  # [T*B, out]
@@ -40,7 +41,9 @@ class _GatherGradient(autograd.Function):
 class _StepProduct(autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, owner: "StepProducts") -> torch.Tensor:
-        ctx.owner, ctx.index, ctx.x_dtype = owner, len(owner.inputs), x.dtype
+        ctx.owner = owner
+        ctx.index = len(owner.inputs)
+        ctx.x_dtype = x.dtype
         ctx.save_for_backward(weight)
         out = x @ weight.t()  # under autocast: in its dtype
         owner.inputs.append(x)

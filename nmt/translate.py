@@ -72,8 +72,12 @@ class Translator:
     """
 
     def __init__(self, run: LoadedRun, device: torch.device | str = "cpu", int8: bool = False):
-        self.run, self.device, self.int8 = run, device, int8  # int8: whether the model is quantized
-        self.model, self.src_vocab, self.tgt_vocab = run.model, run.src_vocab, run.tgt_vocab
+        self.run = run
+        self.device = device
+        self.int8 = int8  # int8: whether the model is quantized
+        self.model = run.model
+        self.src_vocab = run.src_vocab
+        self.tgt_vocab = run.tgt_vocab
         self.decode = run.cfg.decode
 
     @classmethod
@@ -179,7 +183,8 @@ class Translator:
         decode = self.settings(**options)
         written = [i for i, s in enumerate(sentences) if s.strip()]
         # Text that encodes to no piece at all (U+200B alone, say) is blank too.
-        todo, ids = [], []
+        todo = []
+        ids = []
         for i, pieces in zip(written, self.src_vocab.encode([sentences[i] for i in written])):
             if pieces:
                 todo.append(i)

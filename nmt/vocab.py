@@ -20,7 +20,9 @@ import sentencepiece as spm
 from nmt.errors import CheckpointError, ConfigError
 from nmt.io import write_bytes
 
-PAD, UNK, END = 0, 1, 2
+PAD = 0
+UNK = 1
+END = 2
 END_SYMBOL = "_"
 
 
@@ -72,7 +74,8 @@ class Vocab:
     def control_ids(self) -> tuple[int, ...]:
         """Pieces that would put a control character (or a line break) into the output: the
         byte pieces of 0x00-0x1F and 0x7F, and any piece holding one. Search never emits them."""
-        sp, banned = self.sp, []
+        sp = self.sp
+        banned = []
         for i in range(len(self)):
             if sp.is_control(i) or sp.is_unknown(i):
                 continue
