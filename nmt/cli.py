@@ -171,6 +171,10 @@ def translate_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-lines", type=int, default=10_000,
                    help="lines read, translated and written at a time: memory stays flat for any "
                    "input length (from a terminal: each line at once)")
+    p.add_argument("--constraints", metavar="FILE", help="terminology: per input line, the target "
+                   "phrases (tab-separated; an empty line: none) its translation must hold (beam search)")
+    p.add_argument("--prefix", metavar="FILE", help="per input line, the target text its translation "
+                   "starts with (an empty line: none)")
     _decode_args(p)
     return p
 
@@ -189,11 +193,15 @@ def translate_main(argv: list[str] | None = None) -> int:
         translator.settings(n_best=args.n_best, **overrides)  # bad values stop here, before any output
 
         chunks = read_chunks(args.input, args.chunk_lines)
+        steering = {}
+        if args.constraints or args.prefix:  # one chunk: all of it checked before any decoding
+            chunks = [[line for chunk in chunks for line in chunk]]
+            steering = _steering(args, len(chunks[0]))
 
         def write(f):  # stdout: each chunk as soon as it is translated; -o: renamed when complete
             for lines in chunks:
-                f.write("".join(line + "\n" for line in _translations(translator, lines, args, overrides))
-                        .encode("utf-8"))
+                f.write("".join(line + "\n" for line in _translations(translator, lines, args, overrides,
+                                                                        steering)).encode("utf-8"))
                 f.flush()
 
         write_file(args.output or "-", write)
@@ -202,21 +210,50 @@ def translate_main(argv: list[str] | None = None) -> int:
     return _run("nmt-translate", main, translate_parser(), argv)
 
 
-def _translations(translator, lines: list[str], args: argparse.Namespace, overrides: dict) -> list[str]:
+def _steering(args: argparse.Namespace, lines: int) -> dict:
+    """--constraints and --prefix files as the Translator's keywords, one entry per input line."""
+    from nmt.io import read_lines
+
+    steering = {}
+    for key, path in (("constraints", args.constraints), ("prefix", args.prefix)):
+        if path:
+            entries = read_lines(path)
+            if len(entries) != lines:
+                raise NmtError(f"{path}: {len(entries)} lines, but the input has {lines}; --{key} "
+                               "takes one line per input line")
+            steering[key] = [line.split("\t") if line else [] for line in entries] if key == "constraints" \
+                else entries
+    return steering
+
+
+def _lines_named(err: NmtError, args: argparse.Namespace) -> NmtError:
+    """The Translator's ``constraints[i][j]``, ``prefix[i]`` and ``sentence i`` as file and line."""
+    import re
+
+    text = re.sub(r"constraints\[(\d+)\]\[(\d+)\]",
+                  lambda m: f"{args.constraints}:{int(m[1]) + 1}: phrase {int(m[2]) + 1}", str(err))
+    text = re.sub(r"prefix\[(\d+)\]", lambda m: f"{args.prefix}:{int(m[1]) + 1}", text)
+    text = re.sub(r"^sentence (\d+)", lambda m: f"{args.input or '<stdin>'}:{int(m[1]) + 1}", text)
+    return type(err)(text)
+
+
+def _translations(translator, lines: list[str], args: argparse.Namespace, overrides: dict,
+                  steering: dict) -> list[str]:
     """Output lines for ``lines``: translations, or n-best lists with scores, or pieces."""
     from nmt.vocab import END
 
-    if translator.settings(**overrides).samples:
-        return ["\t".join(texts) for texts in translator.sample(lines, **overrides)]
-    if not (args.pieces or args.n_best != 1):
-        return translator.translate(lines, **overrides)
+    try:
+        if translator.settings(**overrides).samples:
+            return ["\t".join(texts) for texts in translator.sample(lines, prefix=steering.get("prefix"),
+                                                                    **overrides)]
+        found = translator.hypotheses(lines, False, n_best=args.n_best, **steering, **overrides)
+    except NmtError as err:
+        raise _lines_named(err, args) from None
     vocab = translator.tgt_vocab
     out = []
-    for hyps in translator.hypotheses(lines, n_best=args.n_best, **overrides):
+    for hyps, texts in zip(found, translator.texts(lines, found, **overrides)):
         if args.pieces:
             texts = [" ".join(vocab.pieces(h.tokens + [END])) for h in hyps]
-        else:
-            texts = [vocab.decode([h.tokens])[0] for h in hyps]
         if args.n_best > 1:
             out.append("\t".join(f"{t}\t{h.score:.4f}" for t, h in zip(texts, hyps)))
         else:

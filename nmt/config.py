@@ -157,6 +157,8 @@ class DecodeConfig:
                           bounds=("(", 0.0, 1.0))
     seed: int = option(0, "sampling: the same seed gives the same samples, in any batch",
                        bounds=(0, 2**32 - 1))
+    markup: str = option("none", "keep: tags and placeholders taken out, put back by the attention",
+                         choices=("none", "keep"), served=True)
     # One graph per bucket of batch and source length (nmt.graphs); off CUDA the same code runs eagerly.
     cuda_graphs: bool = option(False, "GPU: replay each decoder step as a CUDA graph "
                                "(same output, fewer launches)")

@@ -12,7 +12,8 @@ learns only which sentences are still decoding (one small transfer, needed to
 shrink the batch), and it reads the results once, at the end.
 
 Every search takes the model, a source ``Batch`` and one ``DecodeConfig``; ``never`` names
-the pieces it may not emit (the target vocabulary's control_ids).
+the pieces it may not emit (the target vocabulary's control_ids), and ``steer`` (``nmt.steer``)
+what each sentence's output must start with (every search) or hold (beam search).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 
 from nmt.config import DecodeConfig
 from nmt.data import Batch, without_end_marker
+from nmt.steer import Progress, Steering, constrained_candidates
 from nmt.vocab import END
 
 
@@ -124,6 +126,16 @@ class Rules:
         return logp
 
 
+def _ruled(logp: torch.Tensor, rules: Rules, step: int, history: torch.Tensor | None,
+           steer: Steering | None, sentence: torch.Tensor) -> torch.Tensor:
+    """The rules applied to a step's logp [R, V], then each row's prefix piece forced (with the
+    model's own log-probability, whatever the rules say). sentence: [R] each row's in ``steer``."""
+    forced = None if steer is None else steer.prefix_pieces(sentence, step)
+    raw = None if forced is None else logp.gather(1, forced[:, None])  # before the rules change logp
+    logp = rules.apply(logp, step, history)
+    return logp if forced is None else steer.force_prefix(logp, raw, sentence, step)
+
+
 def normalised_score(hyp: Hypothesis, length_penalty: float, kind: str = "length") -> float:
     """A finished hypothesis's rank: score / length ** alpha ("length") or score /
     ((5 + length) / 6) ** alpha ("gnmt", Wu et al. 2016); an emitted end marker counts as a
@@ -162,7 +174,8 @@ Choice = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def greedy_search(model: DecodableModel, batch: Batch, decode: DecodeConfig | None = None,
-                  never: tuple[int, ...] = (), keep_attention: bool = False) -> list[Hypothesis]:
+                  never: tuple[int, ...] = (), keep_attention: bool = False,
+                  steer: Steering | None = None) -> list[Hypothesis]:
     """Greedy decoding of a batch: each sentence's most probable piece at each step. A
     hypothesis's score is the model's log-probability of its pieces."""
     def most_probable(logp: torch.Tensor, alive: torch.Tensor, step: int
@@ -170,24 +183,29 @@ def greedy_search(model: DecodableModel, batch: Batch, decode: DecodeConfig | No
         best, piece = logp.max(dim=-1)
         return piece, best
 
-    return _one_per_sentence(model, batch, decode or DecodeConfig(), never, keep_attention, most_probable)
+    return _one_per_sentence(model, batch, decode or DecodeConfig(), never, keep_attention, most_probable,
+                             steer)
 
 
 @torch.no_grad()
 def sample_search(model: DecodableModel, batch: Batch, decode: DecodeConfig, seeds: list[int],
-                  never: tuple[int, ...] = (), keep_attention: bool = False) -> list[Hypothesis]:
+                  never: tuple[int, ...] = (), keep_attention: bool = False,
+                  steer: Steering | None = None) -> list[Hypothesis]:
     """One random translation per sentence (``sample_pieces``), sentence i's drawn with
     ``seeds[i]``. A hypothesis's score is the model's log-probability of its pieces."""
     def drawn(logp: torch.Tensor, alive: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         piece = sample_pieces(logp, decode, [seeds[i] for i in alive.tolist()], step)
         return piece, logp.gather(1, piece[:, None]).squeeze(1)
 
-    return _one_per_sentence(model, batch, decode, never, keep_attention, drawn)
+    return _one_per_sentence(model, batch, decode, never, keep_attention, drawn, steer)
 
 
 def _one_per_sentence(model: DecodableModel, batch: Batch, decode: DecodeConfig, never: tuple[int, ...],
-                      keep_attention: bool, choose: Choice) -> list[Hypothesis]:
-    """Greedy search and sampling: one hypothesis per sentence, its next piece ``choose``-n."""
+                      keep_attention: bool, choose: Choice, steer: Steering | None) -> list[Hypothesis]:
+    """Greedy search and sampling: one hypothesis per sentence, its next piece ``choose``-n
+    (a prefix's pieces forced)."""
+    if steer is not None and steer.constrained:
+        raise ValueError("constraints need beam search")
     rules = Rules(decode, never)
     src = batch.src
     memory, state = model.encode(src, batch.src_lengths)
@@ -205,7 +223,7 @@ def _one_per_sentence(model: DecodableModel, batch: Batch, decode: DecodeConfig,
     prev = src.new_full((sentences,), END)
     for t in range(most):
         logp, state, weights = model.decode_step(prev, state, memory)
-        logp = rules.apply(logp, t, out[alive, :t] if rules.needs_history else None)
+        logp = _ruled(logp, rules, t, out[alive, :t] if rules.needs_history else None, steer, alive)
         prev, best = choose(logp, alive, t)
         out[alive, t] = prev
         ran[alive] = t + 1
@@ -228,16 +246,14 @@ def _one_per_sentence(model: DecodableModel, batch: Batch, decode: DecodeConfig,
 
 @torch.no_grad()
 def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig, never: tuple[int, ...] = (),
-                keep_attention: bool = False) -> list[list[Hypothesis]]:
-    """Beam search of a batch (``decode.beam_size`` beams); returns the ``decode.n_best``
-    hypotheses of each sentence, best first.
+                keep_attention: bool = False, steer: Steering | None = None) -> list[list[Hypothesis]]:
+    """Beam search of a batch (``decode.beam_size`` beams): each sentence's ``decode.n_best`` best.
 
     Beams are ranked by their summed log-probability; finished hypotheses by
-    ``normalised_score`` (ties: in the order they finished). A
-    sentence is done when ``beam_size`` hypotheses have ended (an end marker
-    among the top ``beam_size`` candidates ends one) or when it reaches its
-    maximum length (all top ``beam_size`` candidates end). With beam_size 1
-    this is exactly greedy search.
+    ``normalised_score`` (ties: in the order they finished). A sentence is done when
+    ``beam_size`` hypotheses have ended (an end marker among the top ``beam_size``
+    candidates ends one) or when it reaches its maximum length (all top ``beam_size``
+    candidates end). With beam_size 1 this is exactly greedy search. ``steer``: ``_Steered``.
     """
     k = decode.beam_size
     rules = Rules(decode, never)
@@ -258,14 +274,15 @@ def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig, never
     rank = torch.arange(2 * k, device=src.device)
     prev = src.new_full((sentences,), END)
     history = src.new_zeros((sentences, 0))  # [R, t] each row's pieces, if the rules need them
+    steered = _Steered(steer)
     for t in range(max(max_lens)):
         logp, state, weights = model.decode_step(prev, state, memory)
-        logp = rules.apply(logp, t, history)
         path.attention.append(weights if keep_attention else None)
-        top_scores, tokens, rows = _candidates(scores, logp, width, 2 * k)
+        top_scores, tokens, rows = steered.candidates(scores, logp, width, 2 * k, rules, t, history, alive)
         last = limit <= t + 1  # [A]
         stops = (tokens == END) | last[:, None]  # [A, 2k] candidates that do not go on
-        done = finished.record(alive, done, stops[:, :k], t + 1, rows, tokens, top_scores)
+        done = finished.record(alive, done, *steered.ends(stops[:, :k], top_scores[:, :k], alive), t + 1,
+                               rows, tokens, top_scores)
         decoding = _still_decoding((done < k) & ~last)
         if len(decoding) == 0:
             break
@@ -276,16 +293,67 @@ def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig, never
             memory = memory.select(decoding)
             alive, limit, done, pick, rows, tokens, top_scores = (
                 x[decoding] for x in (alive, limit, done, pick, rows, tokens, top_scores))
+            steered.keep(decoding)
         index = rows.gather(1, pick).view(-1)  # [A * k]
         prev = tokens.gather(1, pick).view(-1)
         scores = top_scores.gather(1, pick)
         state = state.select(index)
+        steered.follow(pick)
         if rules.needs_history:
             history = torch.cat([history[index], prev[:, None]], 1)
         path.pieces.append(prev)
         path.back.append(index)
         width = k
     return finished.hypotheses(path, source, decode)
+
+
+class _Steered:
+    """Beam search's steering (``nmt.steer``): each row's prefix piece forced and, with
+    constraints, dynamic beam allocation: the end marker banned while a phrase is unmet, the
+    beam shared out among banks, and finished hypotheses that meet every phrase (all but those
+    cut at the maximum length) ranked first. Beams a prefix leaves at -inf never finish.
+    Without ``steer``: the plain search."""
+
+    def __init__(self, steer: Steering | None):
+        self.steer = steer
+        constrained = steer is not None and steer.constrained
+        self.progress = Progress.start(steer) if constrained else None  # the rows' way through their phrases
+        self.moved: Progress | None = None  # the candidates' [A, 2k]
+
+    def candidates(self, scores: torch.Tensor, logp: torch.Tensor, width: int, count: int, rules: Rules,
+                   step: int, history: torch.Tensor, alive: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``_candidates`` of the step's logp [A * width, V] after the rules and the steering.
+        alive: [A] the sentence of each row's ``width`` beams."""
+        steer = self.steer
+        row_sentence = alive.repeat_interleave(width) if steer is not None else None
+        logp = _ruled(logp, rules, step, history, steer, row_sentence)
+        if self.progress is None:
+            return _candidates(scores, logp, width, count)
+        unmet = self.progress.bank < steer.total[row_sentence]
+        logp[:, END] = logp[:, END].masked_fill(unmet, float("-inf"))
+        *chosen, self.moved = constrained_candidates(scores, logp, width, count, steer, row_sentence,
+                                                     self.progress)
+        return tuple(chosen)
+
+    def ends(self, stops: torch.Tensor, scores: torch.Tensor, alive: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Of the top k candidates [A, k]: those that finish a hypothesis (stops with a finite
+        score), and whether each meets its sentence's phrases (None: no constraints)."""
+        if self.steer is None:
+            return stops, None
+        ends = stops & (scores > float("-inf"))
+        return ends, None if self.moved is None else self.moved.bank[:, :stops.size(1)] == \
+            self.steer.total[alive][:, None]
+
+    def keep(self, decoding: torch.Tensor) -> None:
+        if self.moved is not None:
+            self.moved = self.moved.select(decoding)
+
+    def follow(self, pick: torch.Tensor) -> None:
+        """The rows go on as the candidates ``pick`` [A, k]."""
+        if self.moved is not None:
+            self.progress = self.moved.take(pick).flat()
 
 
 def _candidates(scores: torch.Tensor, logp: torch.Tensor, width: int, count: int
@@ -315,12 +383,14 @@ class _Finished:
         self.rows = src.new_zeros(sentences * self.slots)
         self.last = src.new_zeros(sentences * self.slots)
         self.scores = torch.zeros(sentences * self.slots, device=src.device)
+        self.complete = torch.ones(sentences * self.slots, dtype=torch.bool, device=src.device)
 
-    def record(self, alive: torch.Tensor, done: torch.Tensor, ends: torch.Tensor, steps: int,
-               rows: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def record(self, alive: torch.Tensor, done: torch.Tensor, ends: torch.Tensor, complete: torch.Tensor | None,
+               steps: int, rows: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Keep the hypotheses that ``ends`` [A, k] among the top k candidates (their state
-        rows, pieces and scores [A, 2k]) of sentences ``alive`` [A] with ``done`` [A] finished
-        before; returns each sentence's finished count after."""
+        rows, pieces and scores [A, 2k]; ``complete`` [A, k]: whether each meets its sentence's
+        constraints) of sentences ``alive`` [A] with ``done`` [A] finished before; returns each
+        sentence's finished count after."""
         k = self.beam_size
         slot = torch.where(ends, done[:, None] + ends.cumsum(1) - 1, self.slots - 1)
         into = (alive[:, None] * self.slots + slot).view(-1)  # [A * k]
@@ -328,6 +398,8 @@ class _Finished:
         self.rows[into] = rows[:, :k].reshape(-1)
         self.last[into] = tokens[:, :k].reshape(-1)
         self.scores[into] = scores[:, :k].reshape(-1)
+        if complete is not None:
+            self.complete[into] = complete.reshape(-1)
         return done + ends.sum(1)
 
     def hypotheses(self, path: Backpointers, source: int, decode: DecodeConfig) -> list[list[Hypothesis]]:
@@ -335,11 +407,16 @@ class _Finished:
         self.steps.view(-1, self.slots)[:, -1] = 0  # the rows of candidates that went on
         pieces, attention = path.trace(self.steps, self.rows, self.last, source)
         ended = _hypotheses(pieces, self.steps, self.scores, attention, self.slots)
+        ran = self.steps.view(-1, self.slots).tolist()
+        complete = [[meets for meets, steps in zip(row, steps_row) if steps]  # as _hypotheses keeps them
+                    for row, steps_row in zip(self.complete.view(-1, self.slots).tolist(), ran)]
 
-        def rank_of(hyp: Hypothesis) -> float:
-            return normalised_score(hyp, decode.length_penalty, decode.length_penalty_type)
+        def ranked(hyps: list[Hypothesis], meets: list[bool]) -> list[Hypothesis]:
+            kept = [(meets[j], normalised_score(hyp, decode.length_penalty, decode.length_penalty_type), hyp)
+                    for j, hyp in enumerate(hyps)]
+            return [hyp for *_, hyp in sorted(kept, key=lambda x: x[:2], reverse=True)][:decode.n_best]
 
-        return [sorted(hyps, key=rank_of, reverse=True)[:decode.n_best] for hyps in ended]
+        return [ranked(hyps, meets) for hyps, meets in zip(ended, complete)]
 
 
 class Backpointers:

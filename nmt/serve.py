@@ -5,6 +5,8 @@
   the DecodeConfig fields marked ``served`` in ``nmt.config``; null or absent: the run's setting) ->
   ``{"translations": [...]}``, plus ``"n_best": [[{"translation", "score"}, ...], ...]`` when
   ``n_best`` > 1 and ``"attention": [{"source", "target", "weights"}, ...]`` when asked.
+  Per sentence (``STEERING``): ``"prefix": [str | null, ...]`` and ``"constraints": [[phrase,
+  ...] | null, ...]`` (``nmt.steer``); ``"markup": "keep"`` keeps tags and placeholders.
 - ``GET /health`` -> ``{"status": "ok", "requests": ..., "batches": ...}``.
 - ``GET /info`` -> languages, checkpoint, step, decoding settings, limits.
 - ``GET /`` -> a page to type text and see its translation and attention.
@@ -40,6 +42,7 @@ try:
 except ImportError:  # an optional extra: pip install 'nmt[serve]'
     web = None
 
+from nmt import markup
 from nmt.config import check_range, decode_fields
 from nmt.data import with_end_marker
 from nmt.errors import ConfigError, NmtError
@@ -47,6 +50,7 @@ from nmt.search import max_output_lengths
 from nmt.translate import Translator, checked_sentences
 
 OPTIONS = tuple(option.name for option in decode_fields("served"))  # batch_size is the server's
+STEERING = ("constraints", "prefix")  # per sentence: Translator.hypotheses' keywords
 PAGE = Path(__file__).with_name("serve_page.html")
 
 
@@ -61,6 +65,7 @@ class Limits:
     max_length_ratio_cap: float = 4.0  # the largest max_length_ratio a request may ask for (400 beyond)
     max_attention_mb: int = 256  # what "attention": true may keep for one request (413 beyond)
     max_queued_sentences: int = 10_000  # waiting to be decoded (503 with Retry-After beyond)
+    max_constraint_pieces: int = 64  # target pieces of one sentence's constraints (400 beyond)
     request_timeout_s: float = 60.0  # a request not translated by then gets a 504
 
     def __post_init__(self):
@@ -80,6 +85,7 @@ class Job:
     sentences: list[str]
     options: dict
     attention: bool
+    steering: dict  # "constraints", "prefix": one entry per sentence (absent: none)
     done: asyncio.Future = field(repr=False)
     gone: Callable[[], bool] = lambda: False  # whether the client has hung up
     deadline: float = float("inf")  # the event loop's time by which it must be answered
@@ -178,10 +184,10 @@ class Server:
         limits = self.limits
         if not isinstance(body, dict) or "sentences" not in body:
             raise BadRequest(400, 'request body: expected a JSON object with "sentences": [...]')
-        unknown = set(body) - {"sentences", "attention", *OPTIONS}
+        unknown = set(body) - {"sentences", "attention", *STEERING, *OPTIONS}
         if unknown:
             raise BadRequest(400, f"unknown keys {sorted(unknown)}; known: sentences, attention, "
-                                  f"{', '.join(OPTIONS)}")
+                                  f"{', '.join(STEERING + OPTIONS)}")
         if not isinstance(body["sentences"], list):
             raise BadRequest(400, "sentences: expected a list of strings")
         try:
@@ -210,13 +216,23 @@ class Server:
             raise BadRequest(400, f"max_length_ratio: {decode.max_length_ratio} is more than this "
                                   f"server's --max-length-ratio-cap ({limits.max_length_ratio_cap})")
         options["max_length"] = decode.max_length or limits.max_output_pieces
-        if body.get("attention", False):
+        steering = {key: body[key] for key in STEERING if body.get(key) is not None}
+        try:  # prefixes and constraints checked (and their lengths) before the request queues
+            job = self.translator.prepared(sentences, **steering, **options)
+        except (ConfigError, TypeError) as err:
+            raise BadRequest(400, str(err)) from None
+        for i, phrases in zip(job.todo, job.phrases or []):
+            if sum(map(len, phrases)) > limits.max_constraint_pieces:
+                raise BadRequest(400, f"constraints[{i}]: {sum(map(len, phrases))} target pieces, at most "
+                                      f"{limits.max_constraint_pieces} (--max-constraint-pieces)")
+        if body.get("attention", False) or decode.markup == "keep":  # markup: keep reads the attention
             megabytes = attention_megabytes(sentences, replace(decode, max_length=options["max_length"]))
             if megabytes > limits.max_attention_mb:
                 raise BadRequest(413, f"attention: keeping it for this request would take about "
                                       f"{megabytes:,.0f} MB, at most {limits.max_attention_mb} "
                                       "(--max-attention-mb); send fewer or shorter sentences")
-        return Job(sentences, options, body.get("attention", False), asyncio.get_running_loop().create_future())
+        return Job(sentences, options, body.get("attention", False), steering,
+                   asyncio.get_running_loop().create_future())
 
     # -- batching -----------------------------------------------------------------------------
 
@@ -279,8 +295,12 @@ class Server:
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Job, int]]) -> None:
         sentences = [s for job, n in batch for s in job.sentences[job.next:job.next + n]]
+        steering = {key: [entry for job, n in batch
+                          for entry in job.steering.get(key, [None] * len(job.sentences))[job.next:job.next + n]]
+                    for key in STEERING if any(key in job.steering for job, _ in batch)}
         try:
-            results = await loop.run_in_executor(self.model_thread, self._decode, sentences, batch[0][0])
+            results = await loop.run_in_executor(self.model_thread, self._decode, sentences, steering,
+                                                 batch[0][0])
         except Exception as err:
             for job, n in batch:
                 self._fail(job, err)
@@ -297,19 +317,21 @@ class Server:
                 merged = {k: [x for part in job.parts for x in part[k]] for k in job.parts[0]}
                 job.done.done() or job.done.set_result(merged)
 
-    def _decode(self, sentences: list[str], job: Job) -> dict:
+    def _decode(self, sentences: list[str], steering: dict, job: Job) -> dict:
         """In the model's thread: the group's sentences in one call (the translator batches them)."""
         translator = self.translator
         found = translator.hypotheses(sentences, keep_attention=job.attention,
-                                      batch_size=self.limits.max_batch_sentences, **job.options)
-        texts = [[translator.tgt_vocab.decode([h.tokens])[0] for h in hyps] for hyps in found]
+                                      batch_size=self.limits.max_batch_sentences, **steering, **job.options)
+        texts = translator.texts(sentences, found, **job.options)
         results = {"translations": [t[0] if t else "" for t in texts]}
         if job.options.get("n_best", 1) > 1:
             results["n_best"] = [[{"translation": t, "score": h.score} for t, h in zip(ts, hyps)]
                                  for ts, hyps in zip(texts, found)]
         if job.attention:
+            keep = translator.settings(**job.options).markup == "keep"
+            plain = [markup.strip(s)[0] for s in sentences] if keep else sentences
             results["attention"] = [translator.alignment(s, hyps[0]) if hyps else None
-                                    for s, hyps in zip(sentences, found)]
+                                    for s, hyps in zip(plain, found)]
         return results
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import numbers
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import logging
@@ -19,37 +20,53 @@ from nmt.errors import CheckpointError, ConfigError, NmtError
 from nmt.graphs import graphed
 from nmt.data import batch_of, by_length
 from nmt.quantize import quantize_int8
-from nmt.search import DecodableModel, Hypothesis, beam_search, greedy_search, sample_search
-from nmt.vocab import END
+from nmt.search import DecodableModel, Hypothesis, beam_search, greedy_search, max_output_lengths, sample_search
+from nmt.steer import Steering
+from nmt import markup
+from nmt.vocab import END, one_line
 
 log = logging.getLogger("nmt")
 
 
 def decode_corpus(model: DecodableModel, src_ids: list[list[int]], decode: DecodeConfig,
                   device: torch.device | str = "cpu", keep_attention: bool = False,
-                  never: tuple[int, ...] = ()) -> list[list[Hypothesis]]:
+                  never: tuple[int, ...] = (), prefixes: list[list[int]] | None = None,
+                  constraints: list[list[list[int]]] | None = None) -> list[list[Hypothesis]]:
     """Decode sentences of piece ids; returns each sentence's n-best list, in input order.
-    ``never``: pieces search may not emit (the target vocabulary's control_ids).
+    ``never``: pieces search may not emit (the target vocabulary's control_ids); ``prefixes``
+    (target pieces each output starts with) and ``constraints`` (phrases of target pieces each
+    output holds; beam search only): one entry per sentence, or None (``nmt.steer``).
 
     Sentences are decoded in batches of similar length (``nmt.data.by_length``).
     """
     if decode.cuda_graphs:
         model = graphed(model)
     if decode.samples:
-        return sample_corpus(model, src_ids, decode, device, keep_attention, never)
+        return sample_corpus(model, src_ids, decode, device, keep_attention, never, prefixes)
 
     def search(index: list[int]) -> list[list[Hypothesis]]:
         batch = batch_of([src_ids[i] for i in index]).to(device)
-        if decode.beam_size == 1:
-            return [[hyp] for hyp in greedy_search(model, batch, decode, never, keep_attention)]
-        return beam_search(model, batch, decode, never, keep_attention)
+        steer = _steering(index, prefixes, constraints, device)
+        if decode.beam_size == 1 and not constraints:
+            return [[hyp] for hyp in greedy_search(model, batch, decode, never, keep_attention, steer)]
+        return beam_search(model, batch, decode, never, keep_attention, steer)
 
     return by_length([len(ids) for ids in src_ids], decode.batch_size, search)
 
 
+def _steering(index: list[int], prefixes: list[list[int]] | None,
+              constraints: list[list[list[int]]] | None, device) -> Steering | None:
+    """The steering of sentences ``index``, None when nothing steers any sentence."""
+    if not prefixes and not constraints:
+        return None
+    return Steering.of([prefixes[i] for i in index] if prefixes else [[] for _ in index],
+                       [constraints[i] for i in index] if constraints else [[] for _ in index], device)
+
+
 def sample_corpus(model: DecodableModel, src_ids: list[list[int]], decode: DecodeConfig,
                   device: torch.device | str = "cpu", keep_attention: bool = False,
-                  never: tuple[int, ...] = ()) -> list[list[Hypothesis]]:
+                  never: tuple[int, ...] = (), prefixes: list[list[int]] | None = None
+                  ) -> list[list[Hypothesis]]:
     """``decode.samples`` random translations of each sentence, in input order. Sample r of a
     sentence is seeded by (decode.seed, the sentence's pieces, r): the same in any batch."""
     draws = [(i, r) for i in range(len(src_ids)) for r in range(decode.samples)]  # sentence, sample
@@ -59,10 +76,24 @@ def sample_corpus(model: DecodableModel, src_ids: list[list[int]], decode: Decod
         seeds = [int.from_bytes(hashlib.blake2b(f"{decode.seed}|{src_ids[i]}|{r}".encode(),
                                                 digest_size=8).digest(), "big")
                  for i, r in (draws[d] for d in index)]
-        return sample_search(model, batch, decode, seeds, never, keep_attention)
+        steer = _steering([draws[d][0] for d in index], prefixes, None, device)
+        return sample_search(model, batch, decode, seeds, never, keep_attention, steer)
 
     found = by_length([len(src_ids[i]) for i, _ in draws], decode.batch_size, sample)
     return [found[i * decode.samples:(i + 1) * decode.samples] for i in range(len(src_ids))]
+
+
+@dataclass
+class Prepared:
+    """Sentences checked and encoded for decoding (``Translator.prepared``)."""
+    sentences: list[str]
+    decode: DecodeConfig
+    todo: list[int]  # the sentences that are not blank
+    ids: list[list[int]]  # their source pieces
+    prefixes: list[list[int]] | None  # their prefixes' target pieces
+    phrases: list[list[list[int]]] | None  # their constraints' target pieces
+    never: tuple[int, ...]  # pieces search may not emit
+    keep_markup: bool
 
 
 class Translator:
@@ -176,53 +207,119 @@ class Translator:
         return decode_settings(self.decode, options, len(self.tgt_vocab))
 
     def hypotheses(self, sentences: list[str], keep_attention: bool = False,
+                   constraints: Sequence | None = None, prefix: Sequence | None = None,
                    **options) -> list[list[Hypothesis]]:
         """n-best hypotheses (piece ids and scores) of each sentence; empty lines give [].
-        ``options``: decode options (``settings``), here and in the methods below."""
-        sentences = checked_sentences(sentences)
-        decode = self.settings(**options)
-        written = [i for i, s in enumerate(sentences) if s.strip()]
-        # Text that encodes to no piece at all (U+200B alone, say) is blank too.
-        todo = []
-        ids = []
-        for i, pieces in zip(written, self.src_vocab.encode([sentences[i] for i in written])):
-            if pieces:
-                todo.append(i)
-                ids.append(pieces)
-        found = decode_corpus(self.model, ids, decode, self.device, keep_attention,
-                              self.tgt_vocab.control_ids)
-        results: list[list[Hypothesis]] = [[] for _ in sentences]
-        for i, hyps in zip(todo, found):
+        ``options``: decode options (``settings``), here and in the methods below.
+
+        ``constraints``: per sentence, the target phrases its translation must hold (a list of
+        str; beam search only, ``nmt.steer``); ``prefix``: per sentence, the target text its
+        translation starts with (None or "": none). With ``markup="keep"`` each sentence's tags
+        and placeholders are taken out here and put back by ``texts``."""
+        job = self.prepared(sentences, constraints, prefix, **options)
+        found = decode_corpus(self.model, job.ids, job.decode, self.device, keep_attention or job.keep_markup,
+                              job.never, job.prefixes, job.phrases)
+        results: list[list[Hypothesis]] = [[] for _ in job.sentences]
+        for i, hyps in zip(job.todo, found):
             results[i] = hyps
         return results
 
-    def translate(self, sentences: list[str] | str, **options) -> list[str] | str:
-        """One translation per sentence, in order; an empty sentence gives "".
-        A single string gives a single string."""
-        if isinstance(sentences, str):
-            return self.translate([sentences], **options)[0]
-        found = self.hypotheses(sentences, n_best=1, **options)
-        return [self.tgt_vocab.decode([hyps[0].tokens])[0] if hyps else "" for hyps in found]
+    def prepared(self, sentences: list[str], constraints: Sequence | None = None,
+                 prefix: Sequence | None = None, **options) -> Prepared:
+        """Everything ``hypotheses`` checks, before any decoding: the sentences, options, prefixes
+        and constraints, encoded (TypeError or ConfigError naming what is wrong)."""
+        sentences = checked_sentences(sentences)
+        decode = self.settings(**options)
+        prefix = _per_sentence("prefix", prefix, len(sentences))
+        constraints = _per_sentence("constraints", constraints, len(sentences))
+        if constraints and (decode.samples or decode.beam_size < 2):
+            raise ConfigError("constraints: met by beam search only: use beam_size >= 2 and no samples")
+        keep = decode.markup == "keep"
+        plain = [markup.strip(s)[0] for s in sentences] if keep else sentences
+        written = [i for i, s in enumerate(plain) if s.strip()]
+        # Text that encodes to no piece at all (U+200B alone, say) is blank too.
+        todo = []
+        ids = []
+        for i, pieces in zip(written, self.src_vocab.encode([plain[i] for i in written])):
+            if pieces:
+                todo.append(i)
+                ids.append(pieces)
+        prefixes = [self._target(f"prefix[{i}]", prefix[i] or "", keep, True) for i in todo] if prefix else None
+        phrases = [[self._target(f"constraints[{i}][{j}]", phrase, keep, False)
+                    for j, phrase in enumerate(constraints[i] or [])] for i in todo] if constraints else None
+        most = max_output_lengths(torch.tensor([len(x) + 1 for x in ids]), decode.max_length_ratio,
+                                  decode.max_length)
+        for n, i in enumerate(todo):
+            forced = len(prefixes[n]) if prefixes else 0
+            forced += sum(map(len, phrases[n])) if phrases else 0
+            if forced > most[n]:
+                raise ConfigError(f"sentence {i}: its prefix and constraints take {forced} target pieces, "
+                                  f"more than its output may hold ({most[n]}: decode.max_length_ratio, "
+                                  "decode.max_length)")
+        never = self.tgt_vocab.control_ids + (self.tgt_vocab.markup_ids if keep else ())
+        return Prepared(sentences, decode, todo, ids, prefixes, phrases, never, keep)
 
-    def translate_nbest(self, sentences: list[str] | str, n_best: int,
+    def _target(self, where: str, text, keep_markup: bool, empty_allowed: bool) -> list[int]:
+        """A prefix or a constraint phrase as target pieces (encoded as the target side is);
+        ConfigError naming it if it is not text, is empty or would break the output's line."""
+        if not isinstance(text, str):
+            raise TypeError(f"{where}: expected str, got {type(text).__name__}")
+        if one_line(text) != text:
+            raise ConfigError(f"{where}: holds a control character or line break")
+        if keep_markup and any(c in text for c in "<>{}"):
+            raise ConfigError(f"{where}: holds < > {{ or }}, which markup: keep reserves for markup")
+        pieces = self.tgt_vocab.encode([text])[0] if text.strip() else []
+        if not pieces and not empty_allowed:
+            raise ConfigError(f"{where}: {text!r} is an empty phrase (no target piece)")
+        return pieces
+
+    def texts(self, sentences: list[str], found: list[list[Hypothesis]], **options) -> list[list[str]]:
+        """The text of each sentence's hypotheses: the one place hypotheses become text. With
+        ``markup="keep"`` the sentence's tags and placeholders are put back (``nmt.markup``)."""
+        if self.settings(**options).markup != "keep":
+            return [self.tgt_vocab.decode([h.tokens for h in hyps]) if hyps else [] for hyps in found]
+        out = []
+        for sentence, hyps in zip(sentences, found):
+            plain, items = markup.strip(sentence)
+            if not hyps:  # nothing to translate: the markup alone
+                out.append([sentence.strip()] if items else [])
+                continue
+            spans = self.src_vocab.spans(plain)
+            out.append([markup.restore(items, spans, self.tgt_vocab.words(h.tokens), h.attention)
+                        if items else self.tgt_vocab.decode([h.tokens])[0] for h in hyps])
+        return out
+
+    def translate(self, sentences: list[str] | str, constraints: Sequence | None = None,
+                  prefix: Sequence | str | None = None, **options) -> list[str] | str:
+        """One translation per sentence, in order; an empty sentence gives "".
+        A single string gives a single string (its ``constraints`` a list of phrases, its
+        ``prefix`` a string)."""
+        if isinstance(sentences, str):
+            return self.translate([sentences], _one(constraints), _one(prefix), **options)[0]
+        found = self.hypotheses(sentences, False, constraints, prefix, n_best=1, **options)
+        return [texts[0] if texts else "" for texts in self.texts(sentences, found, **options)]
+
+    def translate_nbest(self, sentences: list[str] | str, n_best: int, constraints: Sequence | None = None,
+                        prefix: Sequence | str | None = None,
                         **options) -> list[list[tuple[str, float]]] | list[tuple[str, float]]:
         """The ``n_best`` translations of each sentence with their scores, best first (of a
         single string: its list)."""
         if isinstance(sentences, str):
-            return self.translate_nbest([sentences], n_best, **options)[0]
-        found = self.hypotheses(sentences, n_best=n_best, **options)
-        return [[(self.tgt_vocab.decode([h.tokens])[0], h.score) for h in hyps] for hyps in found]
+            return self.translate_nbest([sentences], n_best, _one(constraints), _one(prefix), **options)[0]
+        found = self.hypotheses(sentences, False, constraints, prefix, n_best=n_best, **options)
+        return [list(zip(texts, (h.score for h in hyps)))
+                for texts, hyps in zip(self.texts(sentences, found, **options), found)]
 
-    def sample(self, sentences: list[str] | str, samples: int = 1, **options) -> list[list[str]] | list[str]:
+    def sample(self, sentences: list[str] | str, samples: int = 1, prefix: Sequence | str | None = None,
+               **options) -> list[list[str]] | list[str]:
         """``samples`` random translations of each sentence (e.g. for back-translation); an
         empty sentence gives empty ones. The same seed gives the same samples in any batch."""
         if isinstance(sentences, str):
-            return self.sample([sentences], samples, **options)[0]
+            return self.sample([sentences], samples, _one(prefix), **options)[0]
         if isinstance(samples, numbers.Integral) and samples < 1:  # 0 would mean search
             raise ConfigError(f"samples: {samples!r}; sample draws at least 1 translation per sentence")
-        found = self.hypotheses(sentences, samples=samples, **options)
-        return [[self.tgt_vocab.decode([h.tokens])[0] for h in hyps] if hyps else [""] * samples
-                for hyps in found]
+        found = self.hypotheses(sentences, prefix=prefix, samples=samples, **options)
+        return [texts or [""] * samples for texts in self.texts(sentences, found, samples=samples, **options)]
 
     def generate(self, sentences: list[str] | str, num_beams: int | None = None, num_return_sequences: int = 1,
                  do_sample: bool = False, temperature: float | None = None, top_k: int | None = None,
@@ -247,8 +344,7 @@ class Translator:
         else:
             how = dict(samples=0, n_best=n, beam_size=num_beams)
         found = self.hypotheses(sentences, min_length=min_new_tokens, **how, **options)
-        return [text for hyps in found
-                for text in (self.tgt_vocab.decode([h.tokens for h in hyps]) if hyps else [""] * n)]
+        return [text for texts in self.texts(sentences, found, **options) for text in (texts or [""] * n)]
 
     def alignment(self, sentence: str, hyp: Hypothesis) -> dict:
         """A hypothesis kept with attention, as source pieces (end marker included), target
@@ -275,6 +371,29 @@ def _member(name: str) -> tuple[str, str]:
         run_dir, checkpoint = name.rsplit(":", 1)
         return run_dir, checkpoint
     return name, "best"
+
+
+def _one(value):
+    """A single sentence's constraints or prefix as a one-sentence list (None: none)."""
+    return None if value is None else [value]
+
+
+def _per_sentence(name: str, values, count: int) -> list | None:
+    """``constraints`` or ``prefix``: None, or one entry per sentence (TypeError or ConfigError
+    otherwise)."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name}: expected a list with one entry per sentence, got {type(values).__name__}")
+    values = list(values)
+    if len(values) != count:
+        raise ConfigError(f"{name}: {len(values)} entries for {count} sentences; give one per sentence")
+    if name == "constraints":
+        for i, phrases in enumerate(values):
+            if phrases is not None and (isinstance(phrases, (str, bytes)) or not isinstance(phrases, Iterable)):
+                raise TypeError(f"constraints[{i}]: expected a list of phrases, got {type(phrases).__name__}")
+        values = [list(phrases or []) for phrases in values]
+    return values if any(values) else None
 
 
 def checked_sentences(sentences) -> list[str]:

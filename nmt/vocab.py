@@ -87,6 +87,51 @@ class Vocab:
         return tuple(banned)
 
 
+    @functools.cached_property
+    def markup_ids(self) -> tuple[int, ...]:
+        """Pieces that would write ``<``, ``>``, ``{`` or ``}``: with ``decode.markup: keep`` search
+        never emits them, so a translation cannot invent a tag or a placeholder (nmt.markup)."""
+        sp = self.sp
+        return tuple(i for i in range(len(self)) if not (sp.is_control(i) or sp.is_unknown(i)) and (
+            sp.id_to_piece(i) in ("<0x3C>", "<0x3E>", "<0x7B>", "<0x7D>") if sp.is_byte(i)
+            else any(c in sp.id_to_piece(i) for c in "<>{}")))
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """The characters (start, end) of ``text`` that each of its pieces (``encode``) covers,
+        leading whitespace left out; a byte piece before the last of its character covers none."""
+        try:
+            pieces = self.sp.encode(text, out_type="immutable_proto").pieces  # sentencepiece < 0.2.1
+        except ValueError:
+            pieces = self.sp.encode(text, return_type="proto").pieces
+        chars = [0] * (len(text.encode("utf-8")) + 1)  # byte offset -> character offset
+        at = 0
+        for n, c in enumerate(text):
+            size = len(c.encode("utf-8"))
+            chars[at + 1:at + size + 1] = [n + 1] * size
+            at += size
+        spans = []
+        for piece in pieces:  # begin, end: byte offsets into text, whitespace that was dropped included
+            begin, end = chars[piece.begin], chars[piece.end]
+            covered = text[begin:end]
+            spans.append((begin + len(covered) - len(covered.lstrip()), end))
+        return spans
+
+    def words(self, ids: list[int]) -> list[str]:
+        """The text each piece adds to ``decode([ids])`` (a byte piece before the last of its
+        character adds ""): joined, the decoded sentence."""
+        texts = [""] + self.decode([ids[:t] for t in range(1, len(ids) + 1)])
+        words, before = [], ""
+        for t, text in enumerate(texts[1:], 1):
+            if text.startswith(before) and (t == len(ids) or "\ufffd" not in text[len(before):]):
+                words.append(text[len(before):])
+                before = text
+            else:
+                words.append("")
+        if before != texts[-1]:  # the pieces did not decode as a growing prefix: all at the end
+            words = [""] * (len(ids) - 1) + [texts[-1]]
+        return words
+
+
 def one_line(text: str) -> str:
     """``text`` with every control character (Unicode Cc: tab, newline, CR, ...), line and
     paragraph separator replaced by a space: one output line per input line, one field per

@@ -99,7 +99,32 @@ def test_concurrent_requests_are_batched_and_get_what_they_would_alone(served, t
     assert requests == len(bodies) and batches < requests / 2  # many requests shared a batch
 
 
+def test_requests_steer_their_sentences_and_get_what_they_would_alone(served, translator):
+    src, _ = reversal_pairs(12, seed=12)
+    bodies = [{"sentences": src[:4], "constraints": [["q"], None, ["r s", "t"], []], "beam_size": 3},
+              {"sentences": src[4:8], "prefix": ["k", None, "", "j i"]},
+              {"sentences": src[8:10], "prefix": ["k", "l"], "constraints": [["q"], ["r"]], "n_best": 2},
+              {"sentences": ["<b>a b</b> {1} c", "a <i>b</i>"], "markup": "keep"},
+              {"sentences": src[10:12]}]
+    answers = post_all(served.url, bodies)
+    for body, (status, answer) in zip(bodies, answers):
+        assert status == 200, answer
+        steering = {key: body[key] for key in ("constraints", "prefix") if key in body}
+        options = {key: body[key] for key in ("beam_size", "markup") if key in body}
+        assert answer["translations"] == translator.translate(body["sentences"], **steering, **options)
+    assert all(hyps[0]["translation"].startswith(p) for hyps, p in zip(answers[2][1]["n_best"], "kl"))
+    [(status, answer)] = post_all(served.url, [{"sentences": ["a"], "constraints": [["a"]], "beam_size": 1}])
+    assert status == 400 and "beam search only" in answer["error"]
+
+
 BAD = [
+    (b'{"sentences": ["a", "b"], "constraints": [["q"]]}', 400, "constraints: 1 entries for 2 sentences"),
+    (b'{"sentences": ["a"], "constraints": ["q"]}', 400, "constraints[0]: expected a list of phrases"),
+    (b'{"sentences": ["a"], "constraints": [[""]]}', 400, "constraints[0][0]: '' is an empty phrase"),
+    (b'{"sentences": ["a"], "prefix": [3]}', 400, "prefix[0]: expected str, got int"),
+    (json.dumps({"sentences": ["a " * 90], "constraints": [["b " * 65]]}).encode(), 400,
+     "constraints[0]: 65 target pieces, at most 64"),
+    (b'{"sentences": ["a"], "markup": "drop"}', 400, "decode.markup"),
     (b"not json", 400, "request body: not valid JSON"),
     (b"[1, 2]", 400, 'expected a JSON object with "sentences"'),
     (b'{"text": "a"}', 400, 'expected a JSON object with "sentences"'),

@@ -1,0 +1,202 @@
+"""Markup kept through translation (``decode.markup: keep``): XML-like tags and placeholders.
+
+A line's markup -- tags (``<b>``, ``</b>``, ``<x id="1"/>``) and placeholders (``{1}``,
+``{name}``, ``%s``, ``%1$d``, URLs) -- is taken out, the plain text is translated with its
+attention kept, and each item is put back where the attention aligns the source words it
+touched: a tag pair around the target words aligned to the words it enclosed, a lone item
+before the target word aligned to the source word that followed it. Pairs nest inside their
+parents and follow their siblings in source order, so every tag balanced in the input is
+balanced in the output; an item is never lost, duplicated or invented (search may not
+write ``<``, ``>``, ``{`` or ``}`` meanwhile: ``nmt.vocab.Vocab.markup_ids``). Text that only
+looks like markup (``a < b``, ``<3``, ``{ }``) is ordinary text.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+MARKUP = re.compile(r"""
+    <(?P<close>/)?(?P<name>[A-Za-z_][\w.:-]*)(?:\s+[\w.:-]+\s*=\s*(?:"[^"<>]*"|'[^'<>]*'))*\s*(?P<empty>/)?>
+  | \{[\w.:$-]*\}
+  | %(?:\d+\$|\(\w+\))?[-+\#0]*\d*(?:\.\d+)?[sdifuxXeEgGc]
+  | (?:https?|ftp)://[^\s<>"']*[^\s<>"'.,;:!?)]
+""", re.VERBOSE)
+
+
+@dataclass
+class Item:
+    """One piece of markup: a tag pair (``close`` set) or a lone tag or placeholder."""
+    text: str  # as written: the opening tag of a pair, or the lone item
+    start: int  # offset in the plain text: where the pair's content (or the lone item) begins
+    end: int = -1  # a pair: where its content ends in the plain text
+    close: str = ""  # a pair: its closing tag
+    space_before: bool = False  # whitespace before it in the source (a lone item)
+    space_after: bool = False
+    children: list[Item] = field(default_factory=list)
+
+
+def strip(line: str) -> tuple[str, list[Item]]:
+    """``line`` -> (its plain text, its markup as a tree of top-level items in source order).
+    A closing tag pairs with the opening tag on top of the stack of the same name; one that
+    does not, and an opening tag never closed, are lone items."""
+    plain: list[str] = []
+    length = 0
+    root: list[Item] = []
+    stack: list[tuple[Item, list[Item]]] = []  # open tags and the list they were added to
+    cursor = 0
+    for match in MARKUP.finditer(line):
+        plain.append(line[cursor:match.start()])
+        length += match.start() - cursor
+        cursor = match.end()
+        text = match.group()
+        siblings = stack[-1][0].children if stack else root
+        before = match.start() == 0 or line[match.start() - 1].isspace()
+        after = match.end() == len(line) or line[match.end()].isspace()
+        if match.group("name") and not match.group("close") and not match.group("empty"):
+            item = Item(text, length, space_before=before, space_after=after)
+            siblings.append(item)
+            stack.append((item, siblings))
+        elif match.group("close") and stack and _name(stack[-1][0].text) == match.group("name"):
+            item, _ = stack.pop()
+            item.end, item.close = length, text
+        else:
+            siblings.append(Item(text, length, space_before=before, space_after=after))
+    plain.append(line[cursor:])
+    while stack:  # never closed: a lone item, its children its siblings after it
+        item, siblings = stack.pop()
+        at = siblings.index(item)
+        siblings[at + 1:at + 1] = item.children
+        item.children = []
+    return "".join(plain), root
+
+
+def _name(tag: str) -> str:
+    return MARKUP.match(tag).group("name")
+
+
+def items_of(line: str) -> list[str]:
+    """Every tag and placeholder of ``line``, in order (to check that none is lost)."""
+    return [match.group() for match in MARKUP.finditer(line)]
+
+
+def restore(items: list[Item], source_spans: list[tuple[int, int]], words: list[str],
+            attention: torch.Tensor | None) -> str:
+    """Put ``items`` back into a translation.
+
+    source_spans: [S] the plain-text characters (start, end) of each source piece, its
+    leading whitespace left out; words: the translation's text split before each piece,
+    ``"".join(words)`` the translation; attention: [len(words), >= S] its weights over the
+    source pieces (None or empty: every item at the end).
+    """
+    restorer = _Restorer(source_spans, words, attention)
+    wanted = sorted(items_of(_source_of(items)))
+    text = restorer.render(items, spaced=False)
+    # Text glued to a placeholder can make it read as another one (a URL runs on into a word):
+    # then every lone item is set apart by spaces.
+    return text if sorted(items_of(text)) == wanted else restorer.render(items, spaced=True)
+
+
+class _Restorer:
+    """One translation's words, their alignment to the source pieces, and the output built."""
+
+    def __init__(self, source_spans: list[tuple[int, int]], words: list[str], attention: torch.Tensor | None):
+        self.spans, self.words, self.target = source_spans, words, len(words)
+        if attention is None or not words or not source_spans:
+            self.aligned = [len(source_spans)] * len(words)
+        else:
+            self.aligned = attention[:len(words), :len(source_spans)].argmax(1).tolist()
+        self.starts = [0] + [t for t in range(1, len(words)) if words[t][:1].isspace()] + [len(words)]
+        self.full = "".join(words)
+        self.offsets = [0]  # offsets[t]: where word t begins in full (before its whitespace)
+        for word in words:
+            self.offsets.append(self.offsets[-1] + len(word))
+
+    def word_start(self, t: int) -> int:
+        return max(s for s in self.starts if s <= t)
+
+    def word_end(self, t: int) -> int:
+        return min(s for s in self.starts if s >= t)
+
+    def after_space(self, t: int) -> int:
+        word = self.words[t] if t < self.target else ""
+        return self.offsets[t] + len(word) - len(word.lstrip())
+
+    def point(self, offset: int) -> int:
+        """Before the target word of the first source piece from ``offset`` (after the words
+        of the piece before it, if none is aligned to it)."""
+        for j, (start, _) in enumerate(self.spans):
+            if start >= offset:
+                hits = [t for t, a in enumerate(self.aligned) if a == j]
+                if hits:
+                    return self.word_start(min(hits))
+                back = [t for t, a in enumerate(self.aligned) if j and a == j - 1]
+                if back:
+                    return self.word_end(max(back) + 1)
+        return self.target
+
+    def span(self, item: Item) -> tuple[int, int]:
+        """The words [a, b) a pair goes around: those aligned to the pieces it enclosed."""
+        inside = {j for j, (a, b) in enumerate(self.spans) if a < item.end and b > item.start}
+        hits = [t for t, a in enumerate(self.aligned) if a in inside]
+        return (self.word_start(min(hits)), self.word_end(max(hits) + 1)) if hits else (self.point(item.start),) * 2
+
+    def place(self, nodes: list[Item], low: int, high: int) -> list[tuple[Item, int, int]]:
+        """Siblings inside their parent's words [low, high): pairs that would cross start where
+        the one before ends, a lone item inside a pair moves to the nearer end of it."""
+        placed = []
+        for order, item in enumerate(nodes):
+            a, b = self.span(item) if item.close else (self.point(item.start),) * 2
+            a = min(max(a, low), high)
+            placed.append([a, min(max(b, a), high), order, item])
+        floor = low
+        pairs = sorted((p for p in placed if p[3].close), key=lambda p: (p[0], p[2]))
+        for pair in pairs:
+            pair[0] = max(pair[0], floor)
+            pair[1] = floor = max(pair[1], pair[0])
+        for lone in (p for p in placed if not p[3].close):
+            for a, b, *_ in pairs:
+                if a < lone[0] < b:
+                    lone[0] = lone[1] = a if lone[0] - a < b - lone[0] else b
+        return [(item, a, b) for a, b, _, item in sorted(placed, key=lambda p: (p[0], p[2]))]
+
+    def render(self, items: list[Item], spaced: bool) -> str:
+        self.out: list[str] = []
+        self.owed = False  # a space owed after a lone item that had one after it in the source
+        self.write(self.full[self.nodes(items, 0, self.target, 0, spaced):])
+        return "".join(self.out)
+
+    def write(self, text: str) -> None:
+        if text and self.owed and not text[0].isspace():
+            self.out.append(" ")
+        if text:
+            self.owed = False
+        self.out.append(text)
+
+    def nodes(self, nodes: list[Item], low: int, high: int, cursor: int, spaced: bool) -> int:
+        """Write ``nodes`` and the text between them from ``cursor``; returns where it stopped."""
+        for item, a, b in self.place(nodes, low, high):
+            attached_left = not item.close and not item.space_before and item.space_after
+            at = max(cursor, self.offsets[a] if attached_left else self.after_space(a))
+            self.write(self.full[cursor:at])
+            written = "".join(self.out)
+            if (item.space_before or spaced and not item.close) and written and not written[-1].isspace():
+                self.out.append(" ")
+            self.write(item.text)
+            cursor = at
+            if item.close:
+                cursor = self.nodes(item.children, a, b, cursor, spaced)
+                end = max(cursor, self.offsets[b])
+                self.write(self.full[cursor:end])
+                self.write(item.close)
+                cursor = end
+            else:
+                self.owed = item.space_after or spaced
+        return cursor
+
+
+def _source_of(items: list[Item]) -> str:
+    """The markup of ``items`` alone, in tree order (what a faithful output holds)."""
+    return " ".join(item.text + (" " + _source_of(item.children) + " " + item.close if item.close else "")
+                    for item in items)
