@@ -54,10 +54,10 @@ def scores(hyps: list[str], refs: list[str]) -> dict:
 
 def timed(run, repeats: int) -> tuple[list, float]:
     """One untimed pass, then the median seconds of ``repeats`` timed ones (and the output);
-    no repeats: the pass alone, untimed (nan)."""
+    no repeats: the pass alone, untimed (None)."""
     out = run()
     if not repeats:
-        return out, float("nan")
+        return out, None
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -119,14 +119,14 @@ def prefix_rows(translator, src, refs, options, repeats) -> list[dict]:
     for share in (0.25, 0.5):
         cut = [int(len(ref.split()) * share) for ref in refs]
         prefixes = [" ".join(ref.split()[:n]) for ref, n in zip(refs, cut)]
-        hyps, seconds = timed(lambda: translator.translate(src, prefix=prefixes, **options), repeats)
+        hyps, _ = timed(lambda: translator.translate(src, prefix=prefixes, **options), repeats)
         next1, next3 = [], []
         for hyp, ref, n in zip(hyps, refs, cut):
             h, r = hyp.split()[n:], ref.split()[n:]
             if r:
                 next1.append(h[:1] == r[:1])
                 next3.extend(i < len(h) and h[i] == r[i] for i in range(min(3, len(r))))
-        rows.append({"prefix_share": share, **scores(hyps, refs), "seconds": round(seconds, 2),
+        rows.append({"prefix_share": share, **scores(hyps, refs),
                      "next_word_accuracy": round(statistics.mean(next1), 4),
                      "next_3_words_accuracy": round(statistics.mean(next3), 4)})
     return rows

@@ -107,7 +107,9 @@ class _Restorer:
             self.aligned = [len(source_spans)] * len(words)
         else:
             self.aligned = attention[:len(words), :len(source_spans)].argmax(1).tolist()
-        self.starts = [0] + [t for t in range(1, len(words)) if words[t][:1].isspace()] + [len(words)]
+        def starts_word(t: int) -> bool:  # a new word, or punctuation: a tag may stand before it
+            return words[t][:1].isspace() or not _wordy(words[t]) or not _wordy(words[t - 1])
+        self.starts = [0] + [t for t in range(1, len(words)) if starts_word(t)] + [len(words)]
         self.full = "".join(words)
         self.offsets = [0]  # offsets[t]: where word t begins in full (before its whitespace)
         for word in words:
@@ -194,6 +196,11 @@ class _Restorer:
             else:
                 self.owed = item.space_after or spaced
         return cursor
+
+
+def _wordy(text: str) -> bool:
+    """Whether ``text`` holds a letter or digit (else it is punctuation or space)."""
+    return any(c.isalnum() for c in text)
 
 
 def _source_of(items: list[Item]) -> str:

@@ -383,7 +383,7 @@ class _Finished:
         self.rows = src.new_zeros(sentences * self.slots)
         self.last = src.new_zeros(sentences * self.slots)
         self.scores = torch.zeros(sentences * self.slots, device=src.device)
-        self.complete = torch.ones(sentences * self.slots, dtype=torch.bool, device=src.device)
+        self.complete: torch.Tensor | None = None  # with constraints: whether each meets them
 
     def record(self, alive: torch.Tensor, done: torch.Tensor, ends: torch.Tensor, complete: torch.Tensor | None,
                steps: int, rows: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -399,6 +399,8 @@ class _Finished:
         self.last[into] = tokens[:, :k].reshape(-1)
         self.scores[into] = scores[:, :k].reshape(-1)
         if complete is not None:
+            if self.complete is None:
+                self.complete = torch.ones_like(self.steps, dtype=torch.bool)
             self.complete[into] = complete.reshape(-1)
         return done + ends.sum(1)
 
@@ -407,9 +409,11 @@ class _Finished:
         self.steps.view(-1, self.slots)[:, -1] = 0  # the rows of candidates that went on
         pieces, attention = path.trace(self.steps, self.rows, self.last, source)
         ended = _hypotheses(pieces, self.steps, self.scores, attention, self.slots)
-        ran = self.steps.view(-1, self.slots).tolist()
-        complete = [[meets for meets, steps in zip(row, steps_row) if steps]  # as _hypotheses keeps them
-                    for row, steps_row in zip(self.complete.view(-1, self.slots).tolist(), ran)]
+        if self.complete is None:
+            complete = [[True] * len(hyps) for hyps in ended]
+        else:  # the rows _hypotheses keeps: those where steps ran
+            complete = [[meets for meets, steps in zip(row, ran) if steps] for row, ran in
+                        zip(self.complete.view(-1, self.slots).tolist(), self.steps.view(-1, self.slots).tolist())]
 
         def ranked(hyps: list[Hypothesis], meets: list[bool]) -> list[Hypothesis]:
             kept = [(meets[j], normalised_score(hyp, decode.length_penalty, decode.length_penalty_type), hyp)

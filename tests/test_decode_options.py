@@ -70,7 +70,7 @@ def test_every_option_has_its_flag_unless_flagless_on_purpose():
 def test_the_server_takes_the_options_marked_served():
     assert OPTIONS == tuple(spec.name for spec in FIELDS if spec.metadata["served"])
     assert set(OPTIONS) == {"beam_size", "n_best", "length_penalty", "length_penalty_type",
-                            "max_length_ratio", "max_length", "min_length", "no_repeat_ngram_size"}
+                            "max_length_ratio", "max_length", "min_length", "no_repeat_ngram_size", "markup"}
 
 
 def test_adding_an_option_is_one_field(monkeypatch):
