@@ -219,8 +219,8 @@ def _steering(args: argparse.Namespace, lines: int) -> dict:
         if path:
             entries = read_lines(path)
             if len(entries) != lines:
-                raise NmtError(f"{path}: {len(entries)} lines, but the input has {lines}; --{key} "
-                               "takes one line per input line")
+                raise NmtError(f"{path}: {len(entries)} line{'s' * (len(entries) != 1)}, but the input has "
+                               f"{lines}; --{key} takes one line per input line")
             steering[key] = [line.split("\t") if line else [] for line in entries] if key == "constraints" \
                 else entries
     return steering
@@ -233,7 +233,8 @@ def _lines_named(err: NmtError, args: argparse.Namespace) -> NmtError:
     text = re.sub(r"constraints\[(\d+)\]\[(\d+)\]",
                   lambda m: f"{args.constraints}:{int(m[1]) + 1}: phrase {int(m[2]) + 1}", str(err))
     text = re.sub(r"prefix\[(\d+)\]", lambda m: f"{args.prefix}:{int(m[1]) + 1}", text)
-    text = re.sub(r"^sentence (\d+)", lambda m: f"{args.input or '<stdin>'}:{int(m[1]) + 1}", text)
+    files = " and ".join(path for path in (args.prefix, args.constraints) if path)
+    text = re.sub(r"^sentence (\d+)", lambda m: f"{files}: line {int(m[1]) + 1}", text)
     return type(err)(text)
 
 
@@ -244,8 +245,7 @@ def _translations(translator, lines: list[str], args: argparse.Namespace, overri
 
     try:
         if translator.settings(**overrides).samples:
-            return ["\t".join(texts) for texts in translator.sample(lines, prefix=steering.get("prefix"),
-                                                                    **overrides)]
+            return ["\t".join(texts) for texts in translator.sample(lines, **steering, **overrides)]
         found = translator.hypotheses(lines, False, n_best=args.n_best, **steering, **overrides)
     except NmtError as err:
         raise _lines_named(err, args) from None

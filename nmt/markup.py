@@ -7,21 +7,25 @@ touched: a tag pair around the target words aligned to the words it enclosed, a 
 before the target word aligned to the source word that followed it. Pairs nest inside their
 parents and follow their siblings in source order, so every tag balanced in the input is
 balanced in the output; an item is never lost, duplicated or invented (search may not
-write ``<``, ``>``, ``{`` or ``}`` meanwhile: ``nmt.vocab.Vocab.markup_ids``). Text that only
-looks like markup (``a < b``, ``<3``, ``{ }``) is ordinary text.
+write ``<``, ``>``, ``{`` or ``}`` meanwhile: ``nmt.vocab.Vocab.markup_ids``). So that those
+characters still come through, one that is not part of a tag or placeholder (``a < b``,
+``<3``) is a lone item too; ``%`` not followed by a conversion, or ``100%ige``, is text.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 MARKUP = re.compile(r"""
-    <(?P<close>/)?(?P<name>[A-Za-z_][\w.:-]*)(?:\s+[\w.:-]+\s*=\s*(?:"[^"<>]*"|'[^'<>]*'))*\s*(?P<empty>/)?>
+    <(?P<close>/)?(?P<name>[A-Za-z_][\w.:-]*)
+        (?:\s+[\w.:-]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))?)*\s*(?P<empty>/)?>
+  | <!--.*?-->
   | \{[\w.:$-]*\}
-  | %(?:\d+\$|\(\w+\))?[-+\#0]*\d*(?:\.\d+)?[sdifuxXeEgGc]
+  | %(?:\d+\$|\(\w+\))?[-+\#0]*\d*(?:\.\d+)?[sdifuxXeEgGc](?!\w)
   | (?:https?|ftp)://[^\s<>"']*[^\s<>"'.,;:!?)]
+  | [<>{}]
 """, re.VERBOSE)
 
 
@@ -32,8 +36,10 @@ class Item:
     start: int  # offset in the plain text: where the pair's content (or the lone item) begins
     end: int = -1  # a pair: where its content ends in the plain text
     close: str = ""  # a pair: its closing tag
-    space_before: bool = False  # whitespace before it in the source (a lone item)
-    space_after: bool = False
+    space_before: bool = False  # whitespace before it in the source
+    space_after: bool = False  # ... after it (a pair: after its closing tag)
+    glued_before: bool = False  # a letter or digit right before it in the source
+    glued_after: bool = False
     children: list[Item] = field(default_factory=list)
 
 
@@ -52,17 +58,17 @@ def strip(line: str) -> tuple[str, list[Item]]:
         cursor = match.end()
         text = match.group()
         siblings = stack[-1][0].children if stack else root
-        before = match.start() == 0 or line[match.start() - 1].isspace()
-        after = match.end() == len(line) or line[match.end()].isspace()
+        spacing = _spacing(line, match.start(), match.end())
         if match.group("name") and not match.group("close") and not match.group("empty"):
-            item = Item(text, length, space_before=before, space_after=after)
+            item = Item(text, length, **spacing)
             siblings.append(item)
             stack.append((item, siblings))
         elif match.group("close") and stack and _name(stack[-1][0].text) == match.group("name"):
             item, _ = stack.pop()
             item.end, item.close = length, text
+            item.space_after, item.glued_after = spacing["space_after"], spacing["glued_after"]
         else:
-            siblings.append(Item(text, length, space_before=before, space_after=after))
+            siblings.append(Item(text, length, **spacing))
     plain.append(line[cursor:])
     while stack:  # never closed: a lone item, its children its siblings after it
         item, siblings = stack.pop()
@@ -70,6 +76,13 @@ def strip(line: str) -> tuple[str, list[Item]]:
         siblings[at + 1:at + 1] = item.children
         item.children = []
     return "".join(plain), root
+
+
+def _spacing(line: str, start: int, end: int) -> dict:
+    before = line[start - 1] if start else " "
+    after = line[end] if end < len(line) else " "
+    return dict(space_before=before.isspace(), space_after=after.isspace(), glued_before=before.isalnum(),
+                glued_after=after.isalnum())
 
 
 def _name(tag: str) -> str:
@@ -165,16 +178,33 @@ class _Restorer:
 
     def render(self, items: list[Item], spaced: bool) -> str:
         self.out: list[str] = []
-        self.owed = False  # a space owed after a lone item that had one after it in the source
+        self.owed: Item | None = None  # the item just written, whose spacing after is owed
+        self.spaced = spaced
         self.write(self.full[self.nodes(items, 0, self.target, 0, spaced):])
         return "".join(self.out)
 
     def write(self, text: str) -> None:
-        if text and self.owed and not text[0].isspace():
-            self.out.append(" ")
-        if text:
-            self.owed = False
+        """Text of the translation, a space first where the item before it had one after it in the
+        source (or was not glued to the word that follows it there)."""
+        if text and self.owed is not None:
+            item, self.owed = self.owed, None
+            if not text[0].isspace() and (item.space_after or self.spaced or
+                                          not item.glued_after and text[0].isalnum()):
+                self.out.append(" ")
         self.out.append(text)
+
+    def write_item(self, item: Item, text: str, lone: bool) -> None:
+        """A tag or placeholder, a space first where it had one before it in the source, where the
+        item before it had one after it, or (a lone item) where it was not glued to the word
+        before it there."""
+        last = "".join(self.out)[-1:]
+        owed, self.owed = self.owed, None
+        wanted = (item.space_before or self.spaced and lone or owed is not None and (owed.space_after or self.spaced)
+                  or lone and not item.glued_before and last.isalnum())
+        if last and not last.isspace() and wanted:
+            self.out.append(" ")
+        self.out.append(text)
+        self.owed = item
 
     def nodes(self, nodes: list[Item], low: int, high: int, cursor: int, spaced: bool) -> int:
         """Write ``nodes`` and the text between them from ``cursor``; returns where it stopped."""
@@ -182,19 +212,17 @@ class _Restorer:
             attached_left = not item.close and not item.space_before and item.space_after
             at = max(cursor, self.offsets[a] if attached_left else self.after_space(a))
             self.write(self.full[cursor:at])
-            written = "".join(self.out)
-            if (item.space_before or spaced and not item.close) and written and not written[-1].isspace():
-                self.out.append(" ")
-            self.write(item.text)
             cursor = at
             if item.close:
+                self.write_item(replace(item, space_after=False, glued_after=True), item.text, False)
                 cursor = self.nodes(item.children, a, b, cursor, spaced)
                 end = max(cursor, self.offsets[b])
                 self.write(self.full[cursor:end])
-                self.write(item.close)
+                self.out.append(item.close)
+                self.owed = item
                 cursor = end
             else:
-                self.owed = item.space_after or spaced
+                self.write_item(item, item.text, True)
         return cursor
 
 

@@ -244,33 +244,41 @@ class Translator:
             if pieces:
                 todo.append(i)
                 ids.append(pieces)
-        prefixes = [self._target(f"prefix[{i}]", prefix[i] or "", keep, True) for i in todo] if prefix else None
-        phrases = [[self._target(f"constraints[{i}][{j}]", phrase, keep, False)
-                    for j, phrase in enumerate(constraints[i] or [])] for i in todo] if constraints else None
+        # Every sentence's are checked, a blank one's too (its translation stays blank).
+        prefixes = [self._target(f"prefix[{i}]", p or "", decode, True) for i, p in enumerate(prefix or [])]
+        phrases = [_needed([self._target(f"constraints[{i}][{j}]", phrase, decode, False)
+                            for j, phrase in enumerate(c)]) for i, c in enumerate(constraints or [])]
         most = max_output_lengths(torch.tensor([len(x) + 1 for x in ids]), decode.max_length_ratio,
                                   decode.max_length)
         for n, i in enumerate(todo):
-            forced = len(prefixes[n]) if prefixes else 0
-            forced += sum(map(len, phrases[n])) if phrases else 0
+            forced = (len(prefixes[i]) if prefix else 0) + (sum(map(len, phrases[i])) if constraints else 0)
             if forced > most[n]:
                 raise ConfigError(f"sentence {i}: its prefix and constraints take {forced} target pieces, "
                                   f"more than its output may hold ({most[n]}: decode.max_length_ratio, "
                                   "decode.max_length)")
+        prefixes = [prefixes[i] for i in todo] if prefix else None
+        phrases = [phrases[i] for i in todo] if constraints else None
         never = self.tgt_vocab.control_ids + (self.tgt_vocab.markup_ids if keep else ())
         return Prepared(sentences, decode, todo, ids, prefixes, phrases, never, keep)
 
-    def _target(self, where: str, text, keep_markup: bool, empty_allowed: bool) -> list[int]:
+    def _target(self, where: str, text, decode: DecodeConfig, empty_allowed: bool) -> list[int]:
         """A prefix or a constraint phrase as target pieces (encoded as the target side is);
-        ConfigError naming it if it is not text, is empty or would break the output's line."""
+        ConfigError naming it if it is not text, is empty, would break the output's line or
+        repeats what ``decode.no_repeat_ngram_size`` forbids."""
         if not isinstance(text, str):
             raise TypeError(f"{where}: expected str, got {type(text).__name__}")
         if one_line(text) != text:
             raise ConfigError(f"{where}: holds a control character or line break")
-        if keep_markup and any(c in text for c in "<>{}"):
+        if decode.markup == "keep" and any(c in text for c in "<>{}"):
             raise ConfigError(f"{where}: holds < > {{ or }}, which markup: keep reserves for markup")
         pieces = self.tgt_vocab.encode([text])[0] if text.strip() else []
         if not pieces and not empty_allowed:
             raise ConfigError(f"{where}: {text!r} is an empty phrase (no target piece)")
+        n = decode.no_repeat_ngram_size
+        grams = [tuple(pieces[k:k + n]) for k in range(len(pieces) - n + 1)] if n else []
+        if len(set(grams)) < len(grams):
+            raise ConfigError(f"{where}: {text!r} repeats {n} pieces in a row, which "
+                              f"decode.no_repeat_ngram_size {n} forbids")
         return pieces
 
     def texts(self, sentences: list[str], found: list[list[Hypothesis]], **options) -> list[list[str]]:
@@ -311,14 +319,14 @@ class Translator:
                 for texts, hyps in zip(self.texts(sentences, found, **options), found)]
 
     def sample(self, sentences: list[str] | str, samples: int = 1, prefix: Sequence | str | None = None,
-               **options) -> list[list[str]] | list[str]:
+               constraints: Sequence | None = None, **options) -> list[list[str]] | list[str]:
         """``samples`` random translations of each sentence (e.g. for back-translation); an
         empty sentence gives empty ones. The same seed gives the same samples in any batch."""
         if isinstance(sentences, str):
-            return self.sample([sentences], samples, _one(prefix), **options)[0]
+            return self.sample([sentences], samples, _one(prefix), _one(constraints), **options)[0]
         if isinstance(samples, numbers.Integral) and samples < 1:  # 0 would mean search
             raise ConfigError(f"samples: {samples!r}; sample draws at least 1 translation per sentence")
-        found = self.hypotheses(sentences, prefix=prefix, samples=samples, **options)
+        found = self.hypotheses(sentences, False, constraints, prefix, samples=samples, **options)  # no constraints
         return [texts or [""] * samples for texts in self.texts(sentences, found, samples=samples, **options)]
 
     def generate(self, sentences: list[str] | str, num_beams: int | None = None, num_return_sequences: int = 1,
@@ -373,6 +381,13 @@ def _member(name: str) -> tuple[str, str]:
     return name, "best"
 
 
+def _needed(phrases: list[list[int]]) -> list[list[int]]:
+    """A sentence's phrases without repeats and without those inside another (met with it)."""
+    unique = [list(p) for p in dict.fromkeys(map(tuple, phrases))]
+    return [p for p in unique if not any(q != p and any(q[k:k + len(p)] == p for k in range(len(q)))
+                                         for q in unique)]
+
+
 def _one(value):
     """A single sentence's constraints or prefix as a one-sentence list (None: none)."""
     return None if value is None else [value]
@@ -383,14 +398,13 @@ def _per_sentence(name: str, values, count: int) -> list | None:
     otherwise)."""
     if values is None:
         return None
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+    if not isinstance(values, (list, tuple)):
         raise TypeError(f"{name}: expected a list with one entry per sentence, got {type(values).__name__}")
-    values = list(values)
     if len(values) != count:
         raise ConfigError(f"{name}: {len(values)} entries for {count} sentences; give one per sentence")
     if name == "constraints":
         for i, phrases in enumerate(values):
-            if phrases is not None and (isinstance(phrases, (str, bytes)) or not isinstance(phrases, Iterable)):
+            if phrases is not None and not isinstance(phrases, (list, tuple)):
                 raise TypeError(f"constraints[{i}]: expected a list of phrases, got {type(phrases).__name__}")
         values = [list(phrases or []) for phrases in values]
     return values if any(values) else None

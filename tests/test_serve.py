@@ -122,6 +122,8 @@ BAD = [
     (b'{"sentences": ["a"], "constraints": ["q"]}', 400, "constraints[0]: expected a list of phrases"),
     (b'{"sentences": ["a"], "constraints": [[""]]}', 400, "constraints[0][0]: '' is an empty phrase"),
     (b'{"sentences": ["a"], "prefix": [3]}', 400, "prefix[0]: expected str, got int"),
+    (b'{"sentences": ["a"], "prefix": {"a": 1}}', 400, "prefix: expected a list with one entry per sentence"),
+    (b'{"sentences": ["a"], "constraints": [{"a": 1}]}', 400, "constraints[0]: expected a list of phrases"),
     (json.dumps({"sentences": ["a " * 90], "constraints": [["b " * 65]]}).encode(), 400,
      "constraints[0]: 65 target pieces, at most 64"),
     (b'{"sentences": ["a"], "markup": "drop"}', 400, "decode.markup"),

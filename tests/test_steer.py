@@ -82,6 +82,8 @@ def test_bad_constraints_are_refused_before_anything_is_decoded(translator, monk
         (dict(constraints=[["a"]], samples=2), "beam search only"),
         (dict(prefix=["a"] * 3), "prefix: 3 entries for 1 sentences"),
         (dict(prefix=["<b>"], markup="keep"), "reserves for markup"),
+        (dict(constraints=[["e e"]], no_repeat_ngram_size=1), "repeats 1 pieces in a row"),
+        (dict(constraints=[["a b a b"]], no_repeat_ngram_size=2), "no_repeat_ngram_size 2 forbids"),
     ]
     for options, message in cases:
         with pytest.raises(ConfigError, match=message):
@@ -90,6 +92,18 @@ def test_bad_constraints_are_refused_before_anything_is_decoded(translator, monk
         translator.translate(src, constraints=["a"])
     with pytest.raises(TypeError, match=r"prefix\[0\]: expected str"):
         translator.translate(src, prefix=[3])
+    with pytest.raises(TypeError, match=r"prefix: expected a list with one entry per sentence, got dict"):
+        translator.translate(src, prefix={"a": 1})
+    with pytest.raises(ConfigError, match=r"constraints\[1\]\[0\]: holds a control character"):
+        translator.translate(["a", ""], constraints=[["b"], ["c\x01"]])  # a blank line's phrases too
+    with pytest.raises(ConfigError, match="beam search only"):
+        translator.sample(src, 2, constraints=[["a"]])
+
+
+def test_repeated_and_contained_phrases_count_once(translator):
+    """20 copies of a phrase, or a phrase inside another, need no more room than one."""
+    out = translator.translate(["r e l"], constraints=[["q"] * 20 + ["q p", "p"]], beam_size=3, max_length=6)
+    assert "q p" in out[0]
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
@@ -167,9 +181,10 @@ def test_the_command_takes_constraint_and_prefix_files(reversal_run, tmp_path, c
     assert "r s" in second and "t" in second.split() and blank == ""
     (tmp_path / "short.txt").write_text("q\n", encoding="utf-8")
     (tmp_path / "bad.txt").write_text("q\n\t\n\n", encoding="utf-8")
-    for flags, message in ((["--constraints", str(tmp_path / "short.txt")], "short.txt: 1 lines, but the input has 3"),
+    for flags, message in ((["--constraints", str(tmp_path / "short.txt")], "short.txt: 1 line, but the input has 3"),
                            (["--constraints", str(tmp_path / "bad.txt")], r"bad.txt:2: phrase 1: '' is an empty"),
-                           (["--constraints", str(tmp_path / "terms.txt"), "--beam-size", "1"], "beam search only")):
+                           (["--constraints", str(tmp_path / "terms.txt"), "--beam-size", "1"], "beam search only"),
+                           (["--constraints", str(tmp_path / "terms.txt"), "--samples", "2"], "beam search only")):
         capsys.readouterr()
         assert translate_main([str(reversal_run), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "x"),
                                *flags]) == 2
@@ -189,6 +204,8 @@ LAYOUTS = [
     "a < b > c", "<3 a b", "a <b c> d", "{ } a",  # look like markup, are not
     "%s a %1$d b", "a http://x.org/q?a=1. b", "<br> a b", "a</b> b",  # placeholders, unpaired tags
     "  <b> a </b>  ", "a{1}{2}b c", "<b>a <i>b</b> c</i>",  # spacing, crossing tags (input not balanced)
+    '<font size=3>a</font> b', '<a href="x>y">a</a> b', "<input disabled> a b", "<!-- c --> a b",  # HTML
+    "a<b>b</b>c", "<x/> <y/> a", "a:http://x.org b", "<b>{1}</b> a",
 ]
 
 
@@ -245,6 +262,11 @@ def test_markup_is_kept_in_n_best_and_samples(translator):
         assert Counter(markup.items_of(text)) == Counter(["<i>", "</i>"])
     for text in translator.sample("<i>a</i> b", 3, markup="keep", seed=2):
         assert Counter(markup.items_of(text)) == Counter(["<i>", "</i>"])
+
+
+def test_percent_signs_and_braces_that_are_text():
+    assert markup.items_of("100%ige Sicherheit, 50 % und %s") == ["%s"]
+    assert markup.items_of("a < b") == ["<"] and markup.items_of("{ }") == ["{", "}"]
 
 
 def test_markup_strip_builds_the_tree():
