@@ -104,6 +104,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.dropout=0.2 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--init-from", metavar="RUN_OR_MODEL", help="fine-tune: start from this run directory, "
+                   "checkpoint or model folder (its weights and vocabulary; train.init_from)")
     p.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
     return p
 
@@ -127,7 +129,7 @@ def train_main(argv: list[str] | None = None) -> int:
             config = RunDir(run_dir).config
             if not config.is_file():
                 raise NmtError(f"{config}: not found; is {run_dir} a run directory?")
-        cfg = load_config(config, args.set)
+        cfg = load_config(config, args.set + ([f"train.init_from={args.init_from}"] if args.init_from else []))
         if cfg.data.test and not args.no_test and cfg.decode.samples:  # found now, not after training
             raise NmtError("decode.samples: the final test scores search output; set it to 0 "
                            "(or pass --no-test)")

@@ -116,6 +116,10 @@ class TrainConfig:
     # the last 1,000 steps); validation, best.pt and decoding use the average, training goes
     # on with the weights. 0 = off.
     ema: float = 0.0
+    # Fine-tuning: start from a trained model -- a run directory, a checkpoint or a model folder --
+    # with its weights and vocabulary; the optimizer, schedule and step start fresh. "" = from scratch.
+    init_from: str = ""
+    init_sha256: str = ""  # of init_from's weights file, recorded at the start; if given, it must match
 
 
 def option(default: Any, doc: str, *, bounds: tuple | None = None, choices: tuple | None = None,

@@ -198,6 +198,8 @@ def model_card(run: LoadedRun, license_id: str = "other") -> str:
         f"- Data: `{Path(cfg.data.train).name or '(not recorded)'}` "
         f"({'Multi30k task 1, 29,000 pairs' if multi30k else 'the training set the run was given'}).",
         f"- Steps: {run.step:,}" + (f", {seconds / 60:.1f} minutes of training" if seconds else "") + ".",
+        *([f"- Fine-tuned from `{Path(cfg.train.init_from).name}` (weights sha256 `{cfg.train.init_sha256}`)."]
+          if cfg.train.init_from else []),
         f"- Hardware: {hardware or 'not recorded'}.", "",
         "## Scores", ""]
     if rows:

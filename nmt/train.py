@@ -49,6 +49,7 @@ from nmt.corpus import Corpus
 from nmt.data import Batch, absolute_paths, batch_of, check_inputs, length_batches
 from nmt.device import check_fits, describe, fused_adam, pick_device, set_tf32, use_bf16
 from nmt.errors import CheckpointError, ConfigError, NmtError
+from nmt.finetune import Source, load_source, take_vocabulary, take_weights
 from nmt.model import Seq2Seq
 from nmt.schedule import Schedule, ScheduleState
 from nmt.translate import decode_corpus
@@ -241,14 +242,25 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> TrainSummar
     return trainer.finish(reason)
 
 
-def _open_run(cfg: Config, run: RunDir, resume: bool) -> None:
-    """Refuse a resume without a run, or a new run over one, or missing data files."""
+def _open_run(cfg: Config, run: RunDir, resume: bool) -> tuple[Config, Source | None]:
+    """Refuse a resume without a run, or a new run over one, or missing data files, or a
+    fine-tuning source that does not match; then the run's config (its paths absolute, so
+    that --resume works from anywhere, and a new fine-tuning run's source recorded) and the
+    source to fine-tune from (nmt.finetune), whose vocabulary is now the run's."""
+    cfg = replace(cfg, data=absolute_paths(cfg.data))
     if resume and not run.last.is_file():
         raise CheckpointError(f"{run.last}: no checkpoint to resume from")
     if not resume and run.last.exists():
         raise CheckpointError(f"{run.root}: already holds a run; pass --resume to continue it "
                               "or choose another run directory")
     check_inputs(cfg.data)  # a missing validation or test file, before the training data is read
+    if resume or not cfg.train.init_from:
+        return cfg, None
+    source = load_source(cfg)
+    cfg = replace(cfg, train=replace(cfg.train, init_from=str(Path(cfg.train.init_from).expanduser().resolve()),
+                                     init_sha256=source.sha256))
+    take_vocabulary(source, run.root, cfg.data.joint_vocab)
+    return cfg, source
 
 
 class EpochBatches:
@@ -362,18 +374,19 @@ class Trainer:
     """One run: model, optimizer, data and state; the step, and the pieces of the loop."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool):
-        # The run's config.yaml names its files by absolute paths: --resume works from anywhere.
-        self.cfg = cfg = replace(cfg, data=absolute_paths(cfg.data))
         self.run = run = RunDir(run_dir)
-        _open_run(cfg, run, resume)
+        cfg, source = _open_run(cfg, run, resume)
+        self.cfg = cfg
         self.device, self.bf16, self.rank, self.world = start_process(cfg.train, run)
         self.is_rank0 = self.rank == 0  # only rank 0 writes anything
         ckpt = load_for_resume(run.last, cfg, self.device) if resume else None
         if self.is_rank0:
             save_config(cfg, run.config)
-        self.corpus = Corpus(cfg, run_dir, reuse_vocab=resume, rank=self.rank, world=self.world)
+        self.corpus = Corpus(cfg, run_dir, resume or source is not None, rank=self.rank, world=self.world)
         check_decode(cfg.decode, len(self.corpus.tgt_vocab))  # the final test's beam, before any work
         self.model, self.optimizer, self.ema = build_model(cfg, self.corpus, self.device)
+        if source is not None:
+            take_weights(source, self.model, self.ema)
         self.state = ckpt.progress if ckpt is not None else TrainState()
         self.schedule = Schedule(cfg.train, ckpt.schedule if ckpt is not None else ScheduleState())
         if ckpt is not None:
