@@ -103,17 +103,6 @@ def with_markup(line: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def balanced(line: str) -> bool:
-    stack = []
-    for match in markup.MARKUP.finditer(line):
-        if match.group("name") and not match.group("empty"):
-            if not match.group("close"):
-                stack.append(match.group("name"))
-            elif not stack or stack.pop() != match.group("name"):
-                return False
-    return not stack
-
-
 def prefix_rows(translator, src, refs, options, repeats) -> list[dict]:
     rows = []
     for share in (0.25, 0.5):
@@ -202,7 +191,7 @@ def markup_row(translator, src, refs, plain, options, args, out) -> dict:
              "items_kept": sum(min(Counter(markup.items_of(o))[k], v) for o, m in zip(kept, marked)
                                for k, v in Counter(markup.items_of(m)).items()),
              "sentences_with_every_item_once": sum(whole),
-             "sentences_balanced": sum(balanced(o) for o in kept),
+             "sentences_balanced": sum(markup.balanced(o) for o in kept),
              "plain": scores(plain, refs), "stripped": scores(stripped, refs)}
     marks["bleu_difference"] = round(marks["stripped"]["bleu"] - marks["plain"]["bleu"], 2)
     return marks

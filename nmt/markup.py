@@ -78,6 +78,18 @@ def strip(line: str) -> tuple[str, list[Item]]:
     return "".join(plain), root
 
 
+def balanced(line: str) -> bool:
+    """Whether every tag pair of ``line`` closes, in order (lone tags and placeholders aside)."""
+    stack = []
+    for match in MARKUP.finditer(line):
+        if match.group("name") and not match.group("empty"):
+            if not match.group("close"):
+                stack.append(match.group("name"))
+            elif not stack or stack.pop() != match.group("name"):
+                return False
+    return not stack
+
+
 def _spacing(line: str, start: int, end: int) -> dict:
     before = line[start - 1] if start else " "
     after = line[end] if end < len(line) else " "

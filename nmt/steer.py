@@ -126,7 +126,7 @@ def advance(progress: Progress, phrases: torch.Tensor, lengths: torch.Tensor, pi
         same = (tail[..., None, longest - size:] == phrases[..., :size]).all(-1) & (size <= lengths)
         matched = torch.where(same, size, matched)
     met = progress.met | ((matched == lengths) & (lengths > 0))
-    partial = torch.where(met, 0, matched).amax(-1) if met.size(-1) else progress.bank * 0
+    partial = torch.where(met, 0, matched).amax(-1)  # Q > 0: advance runs for constrained search only
     bank = (lengths * met).sum(-1) + partial
     return Progress(tail, met, torch.where(met, lengths, matched), bank)
 

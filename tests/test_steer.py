@@ -209,18 +209,6 @@ LAYOUTS = [
 ]
 
 
-def balanced(line: str) -> bool:
-    stack = []
-    for match in markup.MARKUP.finditer(line):
-        if match.group("name") and not match.group("empty"):
-            if match.group("close"):
-                if not stack or stack.pop() != match.group("name"):
-                    return False
-            else:
-                stack.append(match.group("name"))
-    return not stack
-
-
 def random_layout(rng: random.Random) -> str:
     words = [rng.choice(LETTERS) for _ in range(rng.randint(0, 6))]
     tokens = []
@@ -246,7 +234,7 @@ def test_markup_is_never_lost_duplicated_or_invented(translator):
         outputs = translator.translate(layouts, markup="keep", beam_size=beam_size)
         for source, out in zip(layouts, outputs):
             assert Counter(markup.items_of(out)) == Counter(markup.items_of(source)), (source, out)
-            assert balanced(out) or not balanced(source), (source, out)
+            assert markup.balanced(out) or not markup.balanced(source), (source, out)
             assert "\n" not in out
 
 
