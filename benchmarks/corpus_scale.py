@@ -17,7 +17,10 @@ same corpora (first start only) back to back, for ratios; ``multi30k`` is the bu
 itself (old and new alternately, ``--repeats`` times, medians).
 
     python benchmarks/corpus_scale.py [--pairs 100000,1000000,5000000] [--work /tmp/corpus-scale]
-        [--baseline /tmp/old --baseline-pairs 100000,1000000] [--repeats 3]
+        [--baseline /tmp/old --baseline-pairs 100000,1000000] [--repeats 3] [--set KEY=VALUE ...]
+
+``--set`` adds config overrides to every run (``--set data.subword_sampling=0.1``: the cost of
+sampled segmentations; run it and a run without back to back for ratios).
 
 Prints one JSON object (with benchmarks/machine.py's description), then a Markdown table.
 """
@@ -111,7 +114,7 @@ def nmt_train(checkout: Path, *args: str) -> list[str]:
     return [sys.executable, str(checkout / "scripts" / "train.py"), str(checkout / "configs/demo.yaml"), *args]
 
 
-def measure_size(pairs: int, work: Path, baseline: Path | None) -> dict:
+def measure_size(pairs: int, work: Path, baseline: Path | None, extra: list[str] = ()) -> dict:
     prefix = work / f"pairs{pairs}"
     start = time.time()
     make_corpus(prefix, pairs)
@@ -121,7 +124,7 @@ def measure_size(pairs: int, work: Path, baseline: Path | None) -> dict:
     cache, runs = work / f"cache{pairs}", work / f"runs{pairs}"
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(runs, ignore_errors=True)
-    data = ["--set", f"data.train={prefix}", "--set", f"data.cache_dir={cache}"]
+    data = ["--set", f"data.train={prefix}", "--set", f"data.cache_dir={cache}", *extra]
     if baseline is not None:
         row["baseline_first"] = run_train(nmt_train(baseline, "--run-dir", str(runs / "old"),
                                                     "--set", f"data.train={prefix}", *DEMO), runs / "old", ROOT)
@@ -130,7 +133,7 @@ def measure_size(pairs: int, work: Path, baseline: Path | None) -> dict:
     elsewhere = work / "elsewhere"
     elsewhere.mkdir(exist_ok=True)
     resume = [sys.executable, str(ROOT / "scripts" / "train.py"), "--run-dir", str(runs / "a"), "--resume",
-              "--set", "train.max_steps=4", "--no-test"]
+              "--set", "train.max_steps=4", "--no-test", *extra]
     row["resume"] = run_train(resume, runs / "a", elsewhere)
     folder = next(cache.glob("corpus-*"))
     meta = json.loads((folder / "meta.json").read_text())
@@ -175,6 +178,8 @@ def main() -> None:
     parser.add_argument("--baseline", help="a checkout of older code to compare with (first start)")
     parser.add_argument("--baseline-pairs", default="100000,1000000", help="sizes the baseline runs at")
     parser.add_argument("--repeats", type=int, default=3, help="Multi30k runs per code version")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run of this code (repeatable)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -182,8 +187,10 @@ def main() -> None:
     old_sizes = {int(p) for p in args.baseline_pairs.split(",")} if baseline else set()
     result = {"multi30k": multi30k(work, baseline, args.repeats), "sizes": []}
     for pairs in (int(p) for p in args.pairs.split(",")):
-        result["sizes"].append(measure_size(pairs, work, baseline if pairs in old_sizes else None))
+        extra = [item for kv in args.set for item in ("--set", kv)]
+        result["sizes"].append(measure_size(pairs, work, baseline if pairs in old_sizes else None, extra))
         print(json.dumps(result["sizes"][-1]), file=sys.stderr, flush=True)
+    result["set"] = args.set
     result["machine"] = describe("cpu")
     print(json.dumps(result, indent=1))
     print(table(result["sizes"]))

@@ -115,6 +115,7 @@ def train_main(argv: list[str] | None = None) -> int:
         from nmt.checkpoint import RunDir
         from nmt.config import load_config
         from nmt.device import pick_device
+        from nmt.directions import directions, label, target_languages
         from nmt.evaluate import evaluate, format_scores
         from nmt.io import describe_os_error
         from nmt.train import train
@@ -130,7 +131,8 @@ def train_main(argv: list[str] | None = None) -> int:
             if not config.is_file():
                 raise NmtError(f"{config}: not found; is {run_dir} a run directory?")
         cfg = load_config(config, args.set + ([f"train.init_from={args.init_from}"] if args.init_from else []))
-        if cfg.data.test and not args.no_test and cfg.decode.samples:  # found now, not after training
+        # found now, not after training
+        if not args.no_test and cfg.decode.samples and any(d.test for d in directions(cfg.data)):
             raise NmtError("decode.samples: the final test scores search output; set it to 0 "
                            "(or pass --no-test)")
         try:
@@ -150,9 +152,13 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"\ntrained {summary.steps} steps in {summary.train_seconds:.0f} s; {best}"
               f"{' (stopped early)' if summary.stopped_early else ''}")
         print(f"run directory: {run_dir}")
-        if cfg.data.test and not args.no_test:
-            report = evaluate([run_dir], split="test", device=str(pick_device(cfg.train.device)))
-            print(f"test set ({report['sentences']} sentences, beam {cfg.decode.beam_size}):")
+        tested = {d.tgt: d for d in directions(cfg.data) if d.test}  # one per target language
+        for direction in tested.values() if not args.no_test else ():
+            several = len(target_languages(cfg.data)) > 1
+            report = evaluate([run_dir], split="test", device=str(pick_device(cfg.train.device)),
+                              target_lang=direction.tgt if several else None)
+            print(f"test set{f' {label(direction)}' if cfg.data.directions else ''} "
+                  f"({report['sentences']} sentences, beam {cfg.decode.beam_size}):")
             print(format_scores(report))
             print(f"report: {report['report_dir']}/report.html (and report.md, report.json)")
         return 0

@@ -22,6 +22,17 @@ from nmt.errors import ConfigError
 
 
 @dataclass
+class Direction:
+    """One entry of ``data.directions``: a language pair and (optionally) its own files."""
+    src: str = ""
+    tgt: str = ""
+    train: str = ""  # "" = data.train
+    valid: str = ""  # "" = data.valid (the first entry of a direction gives its validation set)
+    test: str = ""  # "" = data.test
+    tag: str = ""  # a piece before this entry's training sources only (e.g. <BT>: back-translated)
+
+
+@dataclass
 class DataConfig:
     # Where the corpus comes from: "text" (line-aligned files <prefix>.<lang>),
     # "json", "csv" or "parquet" (local files read with Hugging Face datasets),
@@ -54,6 +65,16 @@ class DataConfig:
     # folder per fingerprint of the data and settings: "" = <run dir>/cache; a folder of
     # yours lets several runs on the same data share one preparation.
     cache_dir: str = ""
+    # Several directions in one model (nmt.directions): entries "SRC-TGT" or mappings with src, tgt
+    # and optional train, valid, test, tag (Direction); with more than one target language each
+    # source starts with the tag <2TGT>. One vocabulary covers all. [] = src_lang -> tgt_lang.
+    directions: list = field(default_factory=list)
+    # Subword regularization (Kudo 2018): > 0 trains on sampled segmentations, unigram sampling
+    # with this alpha or BPE-dropout with this drop rate; validation and decoding never sample.
+    subword_sampling: float = 0.0
+    # With subword_sampling: segmentations prepared per training pair (kept in the cache); each
+    # epoch takes one of them per pair, chosen from train.seed and the epoch.
+    subword_segmentations: int = 4
 
 
 # The defaults are the CPU settings that won the project's time-to-quality
@@ -161,6 +182,8 @@ class DecodeConfig:
                           bounds=("(", 0.0, 1.0))
     seed: int = option(0, "sampling: the same seed gives the same samples, in any batch",
                        bounds=(0, 2**32 - 1))
+    target_lang: str = option("", "a model of several directions: the language to translate into "
+                              "(data.directions)", served=True)
     markup: str = option("none", "keep: tags and placeholders taken out, put back by the attention",
                          choices=("none", "keep"), served=True)
     # One graph per bucket of batch and source length (nmt.graphs); off CUDA the same code runs eagerly.
@@ -242,6 +265,9 @@ def _merge(obj: Any, values: dict, prefix: str, where: str) -> None:
             raise ConfigError(f"{where}unknown key {key!r}"
                               + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         current = getattr(obj, name)
+        if isinstance(current, list):  # data.directions, the one list
+            setattr(obj, name, _directions(key, value, where))
+            continue
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}{key}: expected a section of keys, got {value!r}")
@@ -255,6 +281,23 @@ def _merge(obj: Any, values: dict, prefix: str, where: str) -> None:
         setattr(obj, name, value)
 
 
+def _directions(key: str, value: Any, where: str) -> list[Direction]:
+    """``data.directions``: a list of "SRC-TGT" strings or mappings of Direction's keys."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}{key}: expected a list of directions, got {value!r}")
+    entries = []
+    for n, item in enumerate(value):
+        if isinstance(item, str) and item.count("-") == 1:
+            src, tgt = item.split("-")
+            item = {"src": src, "tgt": tgt}
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}{key}[{n}]: expected SRC-TGT or a mapping, got {item!r}")
+        entry = Direction()
+        _merge(entry, item, f"{key}[{n}].", where)
+        entries.append(entry)
+    return entries
+
+
 # The range of every number: (lowest, highest), "(" for an open lower end. The upper
 # bounds stop a slip of the keyboard (a hidden size of 2560000) from asking for
 # terabytes or running for ever; they are far above any sensible setting. The decode
@@ -262,7 +305,8 @@ def _merge(obj: Any, values: dict, prefix: str, where: str) -> None:
 BIG = 10**12
 RANGES = {
     "data.vocab_size": (1, 1_000_000), "data.max_len": (1, 100_000), "data.max_len_ratio": (1.0, 1e6),
-    "data.spm_sample_sentences": (0, 10**12),
+    "data.spm_sample_sentences": (0, 10**12), "data.subword_sampling": (0.0, 0.99),
+    "data.subword_segmentations": (1, 64),
     "model.embedding_size": (1, 16384), "model.encoder_layers": (1, 64),
     "model.encoder_hidden_size": (1, 16384), "model.decoder_layers": (1, 64),
     "model.decoder_hidden_size": (1, 16384), "model.dropout": (0.0, 0.99),
@@ -310,8 +354,9 @@ def _check(cfg: Config) -> None:
     check_decode(cfg.decode)
     for key in ("data.src_lang", "data.tgt_lang"):
         value = getattr(cfg.data, key.split(".")[1])
-        if not value or "/" in value:
-            raise ConfigError(f"{key}: {value!r} is not a language code (non-empty, no '/')")
+        if not LANGUAGE.fullmatch(value):
+            raise ConfigError(f"{key}: {value!r} is not a language code (non-empty; no space, '/', '<' "
+                              "or '>')")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.train.device):
         raise ConfigError(f"train.device: {cfg.train.device!r} is not auto, cpu, cuda or cuda:N")
     if cfg.model.share_embeddings and not cfg.data.joint_vocab:
@@ -324,8 +369,28 @@ def _check(cfg: Config) -> None:
                           f"model.decoder_hidden_size ({cfg.model.decoder_hidden_size})")
     if cfg.model.decoder == "gnmt" and cfg.model.input_feeding:
         raise ConfigError("model.decoder: gnmt has no input feeding; set model.input_feeding: false")
-    if not cfg.data.train:
+    if not cfg.data.train and not all(d.train for d in cfg.data.directions):
         raise ConfigError("data.train: no training data given")
+    _check_directions(cfg.data.directions)
+
+
+LANGUAGE = re.compile(r"[^\s/<>]+")  # a language code: in file names and in the tag <2xx>
+
+
+def _check_directions(entries: list[Direction]) -> None:
+    seen = set()
+    for n, entry in enumerate(entries):
+        key = f"data.directions[{n}]"
+        for side in ("src", "tgt"):
+            if not LANGUAGE.fullmatch(getattr(entry, side)):
+                raise ConfigError(f"{key}.{side}: {getattr(entry, side)!r} is not a language code "
+                                  "(non-empty; no space, '/', '<' or '>')")
+        if entry.tag and not re.fullmatch(r"<[^\s<>]+>", entry.tag) or entry.tag.startswith("<2"):
+            raise ConfigError(f"{key}.tag: {entry.tag!r}: expected one piece such as <BT> "
+                              "(no space; <2...> is a target-language tag)")
+        if (entry.src, entry.tgt, entry.train, entry.tag) in seen:
+            raise ConfigError(f"{key}: the same direction, data and tag as an entry before it")
+        seen.add((entry.src, entry.tgt, entry.train, entry.tag))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from hashlib import sha256
 from pathlib import Path
@@ -37,9 +38,10 @@ import sentencepiece
 from tqdm import tqdm
 
 from nmt.checkpoint import RunDir
-from nmt.config import Config, DataConfig
-from nmt.data import Batch, DatasetPairs, Pieces, TextPairs, batch_of, epoch_batches, length_filter, \
+from nmt.config import Config, DataConfig, Direction
+from nmt.data import CHUNK, Batch, DatasetPairs, Pieces, TextPairs, batch_of, epoch_batches, length_filter, \
     load_split, pair_source, with_end_marker
+from nmt.directions import control_symbols, directions, entries, label, side_config, source_tags
 from nmt.errors import ConfigError, DataError, NmtError
 from nmt.io import describe_os_error, write_bytes
 from nmt.vocab import Vocab, train_vocab, vocab_paths
@@ -107,7 +109,8 @@ def _sample(source: TextPairs | DatasetPairs, sides: tuple[int, ...], pairs: int
                 bar.update(len(chunk))
 
 
-def _train_on_sample(sentences: Iterator[str], path: Path, data: DataConfig, where: str) -> None:
+def _train_on_sample(sentences: Iterator[str], path: Path, data: DataConfig, where: str,
+                     tags: list[str]) -> None:
     """train_vocab on ``sentences``. sentencepiece turns an error raised while it reads them
     (bad UTF-8 in the corpus) into its own RuntimeError: keep it, and raise it as it was."""
     seen = {"error": None, "text": False}
@@ -121,7 +124,7 @@ def _train_on_sample(sentences: Iterator[str], path: Path, data: DataConfig, whe
             seen["error"] = err
 
     try:
-        train_vocab(reading(), path, data.vocab_size, data.subword_type)
+        train_vocab(reading(), path, data.vocab_size, data.subword_type, tags)
     except ConfigError:
         if seen["error"] is None and seen["text"]:
             raise
@@ -138,8 +141,9 @@ def _vocabularies(data: DataConfig, source, identity: dict, cache: Path, run_dir
     n = identity["pairs"]
     limit = data.spm_sample_sentences
     sample = limit if limit and limit < n * (2 if data.joint_vocab else 1) else "all"
+    tags = control_symbols(data)
     folder = cache / ("vocab-" + _key(identity, data.vocab_size, data.subword_type, data.joint_vocab,
-                                      sample, FORMAT))
+                                      sample, FORMAT, *([tags] if tags else [])))
     if all((folder / p.name).is_file() for p in paths):
         for path in paths:
             write_bytes(path, (folder / path.name).read_bytes())
@@ -154,7 +158,7 @@ def _vocabularies(data: DataConfig, source, identity: dict, cache: Path, run_dir
         total = n * len(which)
         log.info(f"vocabulary {path.name}: training sentencepiece on {min(total, limit or total):,} "
                  f"of {total:,} sentences")
-        _train_on_sample(_sample(source, which, n, limit), path, data, source.where)
+        _train_on_sample(_sample(source, which, n, limit), path, data, source.where, tags if 0 in which else [])
         log.info(f"vocabulary {path.name}: trained in {time.perf_counter() - start:.1f} s")
     try:  # for other runs on the same data; this run does not need it
         with _building(folder) as tmp:
@@ -211,42 +215,87 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write(tmp: Path, source, identity: dict, vocabs: tuple[Vocab, Vocab], data: DataConfig) -> dict:
-    """Encode, filter and write the corpus into ``tmp``; its meta.json record."""
+class _Entries:
+    """The pair sources of ``data.directions``' entries read one after the other, as one."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+        self.where = ", ".join(dict.fromkeys(source.where for source in sources))
+
+    def identity(self) -> dict:
+        identities = [source.identity() for source in self.sources]
+        return {"entries": identities, "pairs": sum(i["pairs"] for i in identities)}
+
+    def side(self, which: int, size: int = CHUNK) -> Iterator[list[str]]:
+        for source in self.sources:
+            yield from source.side(which, size)
+
+    def check_unchanged(self) -> None:
+        for source in self.sources:
+            source.check_unchanged()
+
+
+def _segmentations(vocabs: tuple[Vocab, Vocab], chunk: tuple[list[str], list[str]], data: DataConfig,
+                   seed: tuple[int, int], threads: int) -> list[list[list[int]]]:
+    """Per side, the pieces of the chunk's sentences: one segmentation each, or with
+    data.subword_sampling that many sampled ones, pair after pair (row pair x K + k)."""
+    if not data.subword_sampling:
+        return [vocab.encode(lines, threads) for vocab, lines in zip(vocabs, chunk)]
+    k = data.subword_segmentations
+    sides = []
+    for side, (vocab, lines) in enumerate(zip(vocabs, chunk)):  # seeded by entry, chunk, side, copy
+        copies = [vocab.sample(lines, data.subword_sampling, int(_key(*seed, side, j), 16) % 2**31)
+                  for j in range(k)]
+        sides.append([copy[i] for i in range(len(lines)) for copy in copies])
+    return sides
+
+
+def _write(tmp: Path, sources: list, tags: list[list[int]], identity: dict, vocabs: tuple[Vocab, Vocab],
+           data: DataConfig) -> dict:
+    """Encode, filter and write the corpus into ``tmp`` (the entries' sources one after the other,
+    each source sentence after its ``tags``); its meta.json record."""
     start = time.perf_counter()
     pairs = identity["pairs"]
+    copies = data.subword_segmentations if data.subword_sampling else 1
     dtypes = [np.dtype("<u2") if len(v) < 65536 else np.dtype("<i4") for v in vocabs]
     counts = dict.fromkeys(("kept", "empty", "too_long", "bad_ratio"), 0)
     lengths: tuple[list, list] = ([], [])
     # The cores this process may use (sentencepiece's default counts the machine's).
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else -1
     read = 0
-    log.info(f"preparing the training data: {pairs:,} pairs from {source.where} into {tmp.parent}")
+    where = ", ".join(dict.fromkeys(source.where for source in sources))
+    log.info(f"preparing the training data: {pairs:,} pairs from {where} into {tmp.parent}"
+             + (f" ({copies} sampled segmentations each)" if copies > 1 else ""))
     with _progress("preparing", pairs) as bar, open(tmp / "src.ids", "wb") as src_ids, \
             open(tmp / "tgt.ids", "wb") as tgt_ids:
-        for chunk in zip(source.side(0), source.side(1)):
-            if len(chunk[0]) != len(chunk[1]):
-                source.check_unchanged()  # names the file
-                raise DataError(f"{source.where}: changed while it was read; run again")
-            ids = [vocab.encode(lines, threads) for vocab, lines in zip(vocabs, chunk)]
-            lens = [np.fromiter(map(len, x), dtype=np.int32, count=len(x)) for x in ids]
-            keep, dropped = length_filter(*lens, data.max_len, data.max_len_ratio)
-            for key, value in dropped.items():
-                counts[key] += value
-            for side, out in enumerate((src_ids, tgt_ids)):
-                kept = itertools.chain.from_iterable(itertools.compress(ids[side], keep))
-                out.write(np.fromiter(kept, dtype=dtypes[side], count=int(lens[side][keep].sum())).tobytes())
-                lengths[side].append(lens[side][keep])
-            read += len(chunk[0])
-            bar.update(len(chunk[0]))
-    source.check_unchanged()
+        for entry, (source, tag) in enumerate(zip(sources, tags)):
+            for n, chunk in enumerate(zip(source.side(0), source.side(1))):
+                if len(chunk[0]) != len(chunk[1]):
+                    source.check_unchanged()  # names the file
+                    raise DataError(f"{source.where}: changed while it was read; run again")
+                ids = _segmentations(vocabs, chunk, data, (entry, n), threads)
+                ids[0] = [tag + x for x in ids[0]] if tag else ids[0]
+                lens = [np.fromiter(map(len, x), dtype=np.int32, count=len(x)) for x in ids]
+                # A pair is kept when each of its segmentations passes: filtered on the longest
+                longest = [side.reshape(-1, copies).max(1) for side in lens]
+                keep, dropped = length_filter(*longest, data.max_len, data.max_len_ratio)
+                for key, value in dropped.items():
+                    counts[key] += value
+                keep = np.repeat(keep, copies)
+                for side, out in enumerate((src_ids, tgt_ids)):
+                    kept = itertools.chain.from_iterable(itertools.compress(ids[side], keep))
+                    out.write(np.fromiter(kept, dtype=dtypes[side], count=int(lens[side][keep].sum())).tobytes())
+                    lengths[side].append(lens[side][keep])
+                read += len(chunk[0])
+                bar.update(len(chunk[0]))
+            source.check_unchanged()
     if read != pairs:
-        raise DataError(f"{source.where}: changed while it was read; run again")
+        raise DataError(f"{where}: changed while it was read; run again")
     if not counts["kept"]:
-        raise DataError(f"{source.where}: no training pair left after length filtering")
-    meta = {"format": FORMAT, "pairs": counts["kept"], "filter": counts, "read": read,
-            "from": source.where,
-            "prepared": time.strftime("%Y-%m-%d %H:%M:%S"), "identity": identity}
+        raise DataError(f"{where}: no training pair left after length filtering")
+    meta = {"format": FORMAT, "pairs": counts["kept"], "segmentations": copies, "filter": counts,
+            "read": read, "from": where, "prepared": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "identity": identity}
     for side, dtype, parts in zip(SIDES, dtypes, lengths):
         side_lengths = np.concatenate(parts)
         offsets = np.zeros(len(side_lengths), dtype="<i8")
@@ -268,7 +317,9 @@ def prepare(data: DataConfig, run_dir: Path, reuse_vocab: bool) -> Path:
     sentencepiece model(s) in ``run_dir`` (trained, or copied from the cache, unless
     ``reuse_vocab``)."""
     cache = Path(data.cache_dir) if data.cache_dir else RunDir(run_dir).cache
-    source = pair_source(data, data.train)
+    chosen = entries(data)
+    sources = [pair_source(side_config(data, entry), entry.train) for entry in chosen]
+    source = _Entries(sources) if data.directions else sources[0]
     identity = source.identity()
     if not identity["pairs"]:
         raise DataError(f"{source.where}: the training corpus is empty")
@@ -278,8 +329,11 @@ def prepare(data: DataConfig, run_dir: Path, reuse_vocab: bool) -> Path:
         if not reuse_vocab:
             _vocabularies(data, source, identity, cache, run_dir)
         vocabs = tuple(Vocab(p) for p in vocab_paths(run_dir, data.joint_vocab))
+        tags = [vocabs[0].tag_ids(source_tags(data, entry, training=True)) for entry in chosen]
+        sampling = [data.subword_sampling, data.subword_segmentations] if data.subword_sampling else []
         folder = cache / ("corpus-" + _key(identity, [v.fingerprint for v in vocabs], data.max_len,
-                                           data.max_len_ratio, sentencepiece.__version__, FORMAT))
+                                           data.max_len_ratio, sentencepiece.__version__, FORMAT,
+                                           *([tags] if data.directions else []), *sampling))
         if folder.is_dir() and not (folder / "meta.json").is_file():  # only a rename makes it
             raise DataError(f"{folder}: incomplete (no meta.json): not made by nmt, or damaged; "
                             "delete it to prepare the data again")
@@ -289,7 +343,7 @@ def prepare(data: DataConfig, run_dir: Path, reuse_vocab: bool) -> Path:
                      f"{meta['from']} on {meta['prepared']}, in {meta['seconds']:.0f} s)")
             return folder
         with _terminate_as_interrupt(), _building(folder) as tmp:  # its fsyncs and rename too
-            _write(tmp, source, identity, vocabs, data)
+            _write(tmp, sources, tags, identity, vocabs, data)
         return folder
     except OSError as err:  # the disk filled, or the cache folder cannot be written
         raise NmtError(f"preparing the training data in {cache}: {describe_os_error(err)} "
@@ -315,7 +369,7 @@ def _terminate_as_interrupt():
 def _mapped(folder: Path) -> tuple[Pieces, Pieces, dict]:
     """The two sides of a prepared folder as memory-mapped arrays (read-only)."""
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    n = meta["pairs"]
+    n = meta["pairs"] * meta.get("segmentations", 1)  # pair p's segmentation k is sentence p x K + k
     sides = []
     for side in SIDES:
         shapes = {"ids": (meta[side]["dtype"], meta[side]["pieces"]), "offsets": ("<i8", n),
@@ -347,13 +401,12 @@ class Corpus:
                  f"{counts['empty']:,} empty, {counts['too_long']:,} longer than {data.max_len} pieces, "
                  f"{counts['bad_ratio']:,} with length ratio over {data.max_len_ratio}")
         log.info(f"vocabulary: {len(self.src_vocab)} source, {len(self.tgt_vocab)} target pieces")
-        self.valid_src_text, self.valid_ref = (load_split(data, data.valid, "validation")
-                                               if data.valid else ([], []))
-        self.valid_src = self.src_vocab.encode(self.valid_src_text)
-        self.valid_tgt = self.tgt_vocab.encode(self.valid_ref)
+        self.segmentations = meta.get("segmentations", 1)  # 1: made before sampling existed
+        self.valid_sets = [ValidSet.of(data, d, self.src_vocab, self.tgt_vocab) for d in directions(data)
+                           if d.valid]
 
     def batch(self, idx: np.ndarray) -> Batch:
-        """The training batch of pairs ``idx`` (``nmt.data.batch_of`` on the corpus's pieces)."""
+        """The training batch of sentences ``idx`` (rows of ``epoch``'s batches)."""
         return batch_of(self.src, self.tgt, idx)
 
     def target_tokens(self, batches: list[np.ndarray]) -> int:
@@ -362,4 +415,29 @@ class Corpus:
         return int(with_end_marker(self.tgt.lengths[idx].astype(np.int64)).sum())
 
     def epoch(self, batch_size: int, unit: str, seed: int, epoch: int) -> list[np.ndarray]:
-        return epoch_batches(self.src.lengths, self.tgt.lengths, batch_size, unit, seed, epoch)
+        """The epoch's batches as arrays of rows: of pairs, or with sampled segmentations of the
+        segmentation each pair takes this epoch (drawn from the seed and the epoch)."""
+        k = self.segmentations
+        if k == 1:
+            return epoch_batches(self.src.lengths, self.tgt.lengths, batch_size, unit, seed, epoch)
+        pairs = len(self.src.lengths) // k
+        rows = np.arange(pairs) * k + np.random.default_rng([seed, epoch, k]).integers(k, size=pairs)
+        batches = epoch_batches(self.src.lengths[rows], self.tgt.lengths[rows], batch_size, unit, seed, epoch)
+        return [rows[b] for b in batches]
+
+
+@dataclass
+class ValidSet:
+    """One direction's validation set: raw text and pieces (its source after its tags)."""
+    name: str  # the direction, src-tgt
+    src_text: list[str]
+    ref: list[str]
+    src: list[list[int]]
+    tgt: list[list[int]]
+
+    @classmethod
+    def of(cls, data: DataConfig, direction: Direction, src_vocab: Vocab, tgt_vocab: Vocab) -> "ValidSet":
+        src_text, ref = load_split(side_config(data, direction), direction.valid, "validation")
+        tags = src_vocab.tag_ids(source_tags(data, direction, training=False))
+        return cls(label(direction), src_text, ref, [tags + ids for ids in src_vocab.encode(src_text)],
+                   tgt_vocab.encode(ref))

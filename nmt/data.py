@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from nmt.config import DataConfig
+from nmt.directions import directions, entries, side_config
 from nmt.errors import ConfigError, DataError
 from nmt.io import open_input, read_chunks
 from nmt.vocab import END, PAD
@@ -126,11 +127,15 @@ def pair_source(cfg: DataConfig, split: str) -> TextPairs | DatasetPairs:
 
 
 def input_files(cfg: DataConfig) -> list[Path]:
-    """The local files that the run's splits (train, valid, test) name."""
-    splits = [s for s in (cfg.train, cfg.valid, cfg.test) if s]
-    if cfg.loader == "text":
-        return [Path(f"{s}.{lang}") for s in splits for lang in (cfg.src_lang, cfg.tgt_lang)]
-    return [Path(s) for s in splits] if cfg.loader in FILE_LOADERS else []
+    """The local files that the run's splits (train, valid, test) name, of every direction."""
+    files = []
+    for entry in entries(cfg):
+        splits = [s for s in (entry.train, entry.valid, entry.test) if s]
+        if cfg.loader == "text":
+            files += [Path(f"{s}.{lang}") for s in splits for lang in (entry.src, entry.tgt)]
+        elif cfg.loader in FILE_LOADERS:
+            files += [Path(s) for s in splits]
+    return list(dict.fromkeys(files))
 
 
 def check_inputs(cfg: DataConfig) -> None:
@@ -144,9 +149,10 @@ def check_inputs(cfg: DataConfig) -> None:
                             "the training data is read more than once")
         if not os.access(path, os.R_OK):
             raise DataError(f"{path}: permission denied; check the permissions of the file")
-    for split, which in ((cfg.valid, "validation"), (cfg.test, "test")):
-        if split:
-            load_split(cfg, split, which)
+    for direction in directions(cfg):
+        for split, which in ((direction.valid, "validation"), (direction.test, "test")):
+            if split:
+                load_split(side_config(cfg, direction), split, which)
 
 
 def absolute_paths(cfg: DataConfig) -> DataConfig:
@@ -157,8 +163,10 @@ def absolute_paths(cfg: DataConfig) -> DataConfig:
     files = cfg.loader in ("text", *FILE_LOADERS)
     named = files or not Path(cfg.loader).is_dir()
     loader = cfg.loader if named else absolute(cfg.loader)  # a local dataset folder
-    splits = {k: absolute(getattr(cfg, k)) for k in ("train", "valid", "test")} if files else {}
-    return replace(cfg, loader=loader, cache_dir=absolute(cfg.cache_dir), **splits)
+    keys = ("train", "valid", "test")
+    splits = {k: absolute(getattr(cfg, k)) for k in keys} if files else {}
+    given = [replace(e, **{k: absolute(getattr(e, k)) for k in keys}) if files else e for e in cfg.directions]
+    return replace(cfg, loader=loader, cache_dir=absolute(cfg.cache_dir), directions=given, **splits)
 
 
 def load_split(cfg: DataConfig, split: str, which: str = "split") -> tuple[list[str], list[str]]:

@@ -14,10 +14,12 @@ from nmt.report import System, build_report
 ATTENTION_EXAMPLES = 4  # heatmaps per system, from the first test sentences of 6-14 words
 
 
-def test_set(cfg, split: str, src_file: str | None, ref_file: str | None
+def test_set(cfg, split: str, src_file: str | None, ref_file: str | None, target_lang: str = ""
              ) -> tuple[list[str], list[str], str]:
-    """(sources, references, name) from two files or from the config's ``data.<split>``."""
+    """(sources, references, name) from two files or from the config's ``data.<split>`` (of the
+    direction into ``target_lang`` when the run has several, ``nmt.directions``)."""
     from nmt.data import load_split
+    from nmt.directions import for_target, label, side_config
 
     if src_file or ref_file:
         if not (src_file and ref_file):
@@ -29,11 +31,12 @@ def test_set(cfg, split: str, src_file: str | None, ref_file: str | None
         if not sources:
             raise DataError(f"{src_file}: the test set is empty")
         return sources, references, Path(src_file).name
-    prefix = getattr(cfg.data, split, None)
+    direction = for_target(cfg.data, target_lang or cfg.decode.target_lang, "--target-lang")
+    prefix = getattr(direction, split, None)
     if not prefix:
         raise DataError(f"data.{split}: the run's config names no {split} set")
-    sources, references = load_split(cfg.data, prefix, split)
-    return sources, references, split
+    sources, references = load_split(side_config(cfg.data, direction), prefix, split)
+    return sources, references, split + (f"-{label(direction)}" if cfg.data.directions else "")
 
 
 def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best", device: str = "cpu",
@@ -50,7 +53,7 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
     hypotheses = translator.translate(sources, **{k: v for k, v in asdict(decode).items() if k != "n_best"})
     seconds = time.perf_counter() - start
     picks = [s for s in sources if 6 <= len(s.split()) <= 14][:ATTENTION_EXAMPLES]
-    attention = [translator.alignment(sentence, hyps[0]) for sentence, hyps in
+    attention = [translator.alignment(sentence, hyps[0], target_lang=decode.target_lang) for sentence, hyps in
                  zip(picks, translator.hypotheses(picks, keep_attention=True, **asdict(decode)))]
     run = translator.run
     int8 = translator.int8  # int8 is declined on CPUs without fast int8
@@ -89,7 +92,8 @@ def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "
         if not config.is_file():
             raise DataError(f"{config}: not found; is {run_dirs[0]} a run directory?")
         cfg = load_config(config)
-        sources, references, set_name = test_set(cfg, split, src_file, ref_file)
+        sources, references, set_name = test_set(cfg, split, src_file, ref_file,
+                                                 decode_overrides.get("target_lang") or "")
     else:
         if not ref_file:
             raise DataError("hypothesis files need a reference file (--ref)")

@@ -21,6 +21,7 @@ import yaml
 from nmt.checkpoint import Checkpoint, LoadedRun, RunDir, check_vocab, vocab_records
 from nmt.config import config_from_dict
 from nmt.device import pick_device
+from nmt.directions import directions
 from nmt.errors import CheckpointError, ConfigError, NmtError
 from nmt.model import Seq2Seq
 from nmt.vocab import Vocab, vocab_paths
@@ -80,7 +81,10 @@ def save_folder(run: LoadedRun, out: str | Path, card: str, onnx: bool = False) 
         _needs("onnx")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NmtError(f"{out}: already exists and is not an empty folder; choose a new one")
-    data = dict(vars(run.cfg.data), cache_dir="", **{k: Path(getattr(run.cfg.data, k)).name for k in PATH_KEYS})
+    named = lambda entry: {k: Path(entry[k]).name for k in PATH_KEYS}  # noqa: E731
+    data = run.cfg.to_dict()["data"]
+    data = dict(data, cache_dir="", **named(data),
+                directions=[dict(entry, **named(entry)) for entry in data["directions"]])
     cfg = dict(run.cfg.to_dict(), data=data)
     cfg.pop("train")
     record = {"format": FORMAT, "version": VERSION, "config": cfg, "step": run.step,
@@ -164,10 +168,12 @@ def model_card(run: LoadedRun, license_id: str = "other") -> str:
     """README.md in the Hub's model-card format: YAML metadata, then what the model is,
     how it was trained and scored, the two lines that use it, and its limits."""
     cfg = run.cfg
-    src = cfg.data.src_lang
-    tgt = cfg.data.tgt_lang
+    pairs = directions(cfg.data)
+    src = "+".join(dict.fromkeys(d.src for d in pairs))
+    tgt = "+".join(dict.fromkeys(d.tgt for d in pairs))
     system, seconds, hardware = _run_facts(run)
-    meta = {"language": [src, tgt], "license": license_id, "library_name": "nmt", "pipeline_tag": "translation",
+    languages = list(dict.fromkeys(lang for d in pairs for lang in (d.src, d.tgt)))
+    meta = {"language": languages, "license": license_id, "library_name": "nmt", "pipeline_tag": "translation",
             "tags": ["translation", "lstm", "attention", "nmt"]}
     rows = []
     if system:
@@ -183,7 +189,7 @@ def model_card(run: LoadedRun, license_id: str = "other") -> str:
     m = cfg.model
     multi30k = cfg.data.train.rstrip("/").endswith("multi30k/train")
     body = [
-        f"# nmt {src} → {tgt}", "",
+        f"# nmt {', '.join(f'{d.src} → {d.tgt}' for d in pairs)}", "",
         f"An LSTM encoder–decoder with attention trained with [nmt](https://pypi.org/project/nmt/): "
         f"encoder {m.encoder_layers} × {'bidirectional ' if m.bidirectional else ''}{m.cell.upper()} "
         f"{m.encoder_hidden_size}, decoder {m.decoder_layers} × {m.cell.upper()} {m.decoder_hidden_size} "

@@ -45,6 +45,7 @@ except ImportError:  # an optional extra: pip install 'nmt[serve]'
 from nmt import markup
 from nmt.config import check_range, decode_fields
 from nmt.data import with_end_marker
+from nmt.directions import directions, label
 from nmt.errors import ConfigError, NmtError
 from nmt.search import max_output_lengths
 from nmt.translate import Translator, checked_sentences
@@ -143,6 +144,7 @@ class Server:
         run = self.translator.run
         return web.json_response({
             "src_lang": run.cfg.data.src_lang, "tgt_lang": run.cfg.data.tgt_lang,
+            "directions": [label(d) for d in directions(run.cfg.data)],
             "checkpoint": str(run.checkpoint), "step": run.step, "int8": self.translator.int8,
             "decode": {k: v for k, v in asdict(self.translator.decode).items() if k != "batch_size"},
             "limits": asdict(self.limits)})
@@ -330,7 +332,7 @@ class Server:
         if job.attention:
             keep = translator.settings(**job.options).markup == "keep"
             plain = [markup.strip(s)[0] for s in sentences] if keep else sentences
-            results["attention"] = [translator.alignment(s, hyps[0]) if hyps else None
+            results["attention"] = [translator.alignment(s, hyps[0], **job.options) if hyps else None
                                     for s, hyps in zip(plain, found)]
         return results
 

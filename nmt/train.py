@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -77,12 +77,19 @@ class TrainSummary:
 
 @dataclass(frozen=True)
 class Validation:
-    loss: float  # per target token, no label smoothing
+    loss: float  # per target token, no label smoothing, all directions together
     ppl: float
-    bleu: float  # greedy
+    bleu: float  # greedy; with several directions their mean, which chooses best.pt
+    bleu_by_direction: dict[str, float] = field(default_factory=dict)  # with several directions
+
+    def bleus(self) -> str:
+        """"33.27", or with several directions "de-en 33.10, en-de 30.02, mean 31.56"."""
+        return "".join(f"{name} {bleu:.2f}, " for name, bleu in self.bleu_by_direction.items()) + \
+            ("mean " if self.bleu_by_direction else "") + f"{self.bleu:.2f}"
 
     def metrics(self) -> dict[str, float]:
-        return {Metric.VALID_LOSS: self.loss, Metric.VALID_PPL: self.ppl, Metric.VALID_BLEU: self.bleu}
+        return {Metric.VALID_LOSS: self.loss, Metric.VALID_PPL: self.ppl, Metric.VALID_BLEU: self.bleu,
+                **{f"{Metric.VALID_BLEU}_{name}": bleu for name, bleu in self.bleu_by_direction.items()}}
 
 
 def start_distributed(device: torch.device) -> tuple[int, int]:
@@ -182,20 +189,23 @@ def _check_finite(loss: float, step: int) -> None:
 
 @torch.no_grad()
 def validate(model: Seq2Seq, corpus: Corpus, cfg: Config, device: torch.device) -> Validation:
-    """Validation loss (per token, no smoothing) and greedy BLEU on the dev set."""
+    """Validation loss (per token, no smoothing) and greedy BLEU on each direction's dev set."""
     model.eval()
     total = 0.0  # summed loss
     tokens = 0
-    for idx in length_batches([len(ids) for ids in corpus.valid_src], cfg.decode.batch_size):
-        batch = batch_of([corpus.valid_src[i] for i in idx], [corpus.valid_tgt[i] for i in idx])
-        total += loss_sum(model, batch.to(device), 0.0).item()
-        tokens += batch.n_tokens
+    bleu = {}
     greedy = replace(cfg.decode, beam_size=1, n_best=1, samples=0, min_length=0, no_repeat_ngram_size=0)
-    hyps = decode_corpus(model, corpus.valid_src, greedy, device, never=corpus.tgt_vocab.control_ids)
-    text = corpus.tgt_vocab.decode([h[0].tokens for h in hyps])
-    bleu = sacrebleu.corpus_bleu(text, [corpus.valid_ref]).score
+    for valid in corpus.valid_sets:
+        for idx in length_batches([len(ids) for ids in valid.src], cfg.decode.batch_size):
+            batch = batch_of([valid.src[i] for i in idx], [valid.tgt[i] for i in idx])
+            total += loss_sum(model, batch.to(device), 0.0).item()
+            tokens += batch.n_tokens
+        hyps = decode_corpus(model, valid.src, greedy, device, never=corpus.tgt_vocab.control_ids)
+        text = corpus.tgt_vocab.decode([h[0].tokens for h in hyps])
+        bleu[valid.name] = sacrebleu.corpus_bleu(text, [valid.ref]).score
     model.train()
-    return Validation(loss=total / tokens, ppl=math.exp(min(total / tokens, 50)), bleu=bleu)
+    return Validation(loss=total / tokens, ppl=math.exp(min(total / tokens, 50)),
+                      bleu=sum(bleu.values()) / len(bleu), bleu_by_direction=bleu if len(bleu) > 1 else {})
 
 
 def rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -235,7 +245,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> TrainSummar
             trainer.step(trainer.next_step_batches())
             if trainer.state.step % cfg.train.log_every == 0:
                 trainer.log_progress()
-            if trainer.state.step % cfg.train.valid_every == 0 and trainer.corpus.valid_src:
+            if trainer.state.step % cfg.train.valid_every == 0 and trainer.corpus.valid_sets:
                 trainer.validate()
             elif trainer.all_ranks_agree_checkpoint_due():
                 trainer.save([trainer.run.last])
@@ -459,7 +469,7 @@ class Trainer:
         self.curves.record(step, result.metrics())
         improved = self.schedule.validated(result.bleu, step)
         log.info(f"step {step}: valid loss {result.loss:.3f} ppl {result.ppl:.2f} "
-                 f"BLEU {result.bleu:.2f}{' (best)' if improved else ''}; "
+                 f"BLEU {result.bleus()}{' (best)' if improved else ''}; "
                  f"lr {self.schedule.learning_rate(step + 1):.2e}")
         keep = self.cfg.train.keep_checkpoints  # for averaging (nmt.average)
         paths = [self.run.last, self.run.best] if improved else [self.run.last]

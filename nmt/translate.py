@@ -19,6 +19,7 @@ from nmt.ensemble import Ensemble
 from nmt.errors import CheckpointError, ConfigError, NmtError
 from nmt.graphs import graphed
 from nmt.data import batch_of, by_length
+from nmt.directions import for_target, source_tags
 from nmt.quantize import quantize_int8
 from nmt.search import DecodableModel, Hypothesis, beam_search, greedy_search, max_output_lengths, sample_search
 from nmt.steer import Steering
@@ -240,10 +241,11 @@ class Translator:
         # Text that encodes to no piece at all (U+200B alone, say) is blank too.
         todo = []
         ids = []
+        tags = self.source_tags(decode)
         for i, pieces in zip(written, self.src_vocab.encode([plain[i] for i in written])):
             if pieces:
                 todo.append(i)
-                ids.append(pieces)
+                ids.append(tags + pieces)
         # Every sentence's are checked, a blank one's too (its translation stays blank).
         prefixes = [self._target(f"prefix[{i}]", p or "", decode, True) for i, p in enumerate(prefix or [])]
         phrases = [_needed([self._target(f"constraints[{i}][{j}]", phrase, decode, False)
@@ -260,6 +262,13 @@ class Translator:
         phrases = [phrases[i] for i in todo] if constraints else None
         never = self.tgt_vocab.control_ids + (self.tgt_vocab.markup_ids if keep else ())
         return Prepared(sentences, decode, todo, ids, prefixes, phrases, never, keep)
+
+    def source_tags(self, decode: DecodeConfig) -> list[int]:
+        """The tag pieces before every source sentence: with several target languages the one of
+        ``decode.target_lang`` (nmt.directions); ConfigError if it is missing or not the model's."""
+        data = self.run.cfg.data
+        direction = for_target(data, decode.target_lang)
+        return self.src_vocab.tag_ids(source_tags(data, direction, training=False))
 
     def _target(self, where: str, text, decode: DecodeConfig, empty_allowed: bool) -> list[int]:
         """A prefix or a constraint phrase as target pieces (encoded as the target side is);
@@ -284,8 +293,10 @@ class Translator:
     def texts(self, sentences: list[str], found: list[list[Hypothesis]], **options) -> list[list[str]]:
         """The text of each sentence's hypotheses: the one place hypotheses become text. With
         ``markup="keep"`` the sentence's tags and placeholders are put back (``nmt.markup``)."""
-        if self.settings(**options).markup != "keep":
+        decode = self.settings(**options)
+        if decode.markup != "keep":
             return [self.tgt_vocab.decode([h.tokens for h in hyps]) if hyps else [] for hyps in found]
+        tags = len(self.source_tags(decode))  # attention columns before the sentence's own
         out = []
         for sentence, hyps in zip(sentences, found):
             plain, items = markup.strip(sentence)
@@ -293,7 +304,7 @@ class Translator:
                 out.append([sentence.strip()] if items else [])
                 continue
             spans = self.src_vocab.spans(plain)
-            out.append([markup.restore(items, spans, self.tgt_vocab.words(h.tokens), h.attention)
+            out.append([markup.restore(items, spans, self.tgt_vocab.words(h.tokens), h.attention[:, tags:])
                         if items else self.tgt_vocab.decode([h.tokens])[0] for h in hyps])
         return out
 
@@ -354,10 +365,10 @@ class Translator:
         found = self.hypotheses(sentences, min_length=min_new_tokens, **how, **options)
         return [text for texts in self.texts(sentences, found, **options) for text in (texts or [""] * n)]
 
-    def alignment(self, sentence: str, hyp: Hypothesis) -> dict:
-        """A hypothesis kept with attention, as source pieces (end marker included), target
-        pieces and the attention weights [target, source] between them."""
-        src_ids = self.src_vocab.encode([sentence])[0] + [END]
+    def alignment(self, sentence: str, hyp: Hypothesis, **options) -> dict:
+        """A hypothesis kept with attention, as source pieces (tags and end marker included),
+        target pieces and the attention weights [target, source] between them."""
+        src_ids = self.source_tags(self.settings(**options)) + self.src_vocab.encode([sentence])[0] + [END]
         return {"sentence": sentence, "source": self.src_vocab.pieces(src_ids),
                 "target": self.tgt_vocab.pieces(hyp.tokens + ([END] if hyp.ended else [])),
                 "weights": hyp.attention[:, :len(src_ids)].tolist()}

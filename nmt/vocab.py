@@ -61,6 +61,14 @@ class Vocab:
         """Raw sentences -> piece ids, without the end marker (-1 threads: sentencepiece's default)."""
         return self.sp.encode(sentences, out_type=int, num_threads=threads)
 
+    def sample(self, sentences: list[str], alpha: float, seed: int) -> list[list[int]]:
+        """``encode`` with a segmentation sampled for each sentence (unigram sampling with
+        ``alpha``, or BPE-dropout at rate ``alpha``), the same for the same seed: one thread,
+        whose random generator sentencepiece seeds when it starts."""
+        spm.set_random_generator_seed(seed)
+        return self.sp.encode(sentences, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=-1,
+                              num_threads=1)
+
     def decode(self, ids: list[list[int]]) -> list[str]:
         """Piece ids (end marker and padding already stripped) -> raw sentences, each one line
         (``one_line``)."""
@@ -73,10 +81,13 @@ class Vocab:
     @functools.cached_property
     def control_ids(self) -> tuple[int, ...]:
         """Pieces that would put a control character (or a line break) into the output: the
-        byte pieces of 0x00-0x1F and 0x7F, and any piece holding one. Search never emits them."""
+        byte pieces of 0x00-0x1F and 0x7F, and any piece holding one; and the source tags
+        (``nmt.directions``). Search never emits them."""
         sp = self.sp
         banned = []
         for i in range(len(self)):
+            if sp.is_control(i) and i not in (PAD, END):  # a tag (nmt.directions): sources only
+                banned.append(i)
             if sp.is_control(i) or sp.is_unknown(i):
                 continue
             piece = sp.id_to_piece(i)
@@ -86,6 +97,15 @@ class Vocab:
                 banned.append(i)
         return tuple(banned)
 
+
+    def tag_ids(self, tags: list[str]) -> list[int]:
+        """The control-symbol ids of ``tags`` (nmt.directions); ConfigError for one the model lacks."""
+        ids = [self.sp.piece_to_id(tag) for tag in tags]
+        for tag, i in zip(tags, ids):
+            if not self.sp.is_control(i) or i in (PAD, END):
+                raise ConfigError(f"{self.path}: has no tag {tag} (data.directions): the vocabulary "
+                                  "was trained for other directions")
+        return ids
 
     @functools.cached_property
     def markup_ids(self) -> tuple[int, ...]:
@@ -146,14 +166,15 @@ LINE_BREAKING = ("Cc", "Zl", "Zp")
 
 
 def train_vocab(sentences: Iterable[str], path: str | Path, vocab_size: int,
-                model_type: str = "bpe") -> Vocab:
-    """Train a sentencepiece model on ``sentences`` and write it atomically to ``path``."""
+                model_type: str = "bpe", tags: list[str] = ()) -> Vocab:
+    """Train a sentencepiece model on ``sentences`` and write it atomically to ``path``;
+    ``tags``: control symbols (ids after the special ones) that only ``tag_ids`` gives."""
     buffer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences), model_writer=buffer,
             vocab_size=vocab_size, model_type=model_type,
-            pad_id=PAD, unk_id=UNK, eos_id=END, bos_id=-1,
+            pad_id=PAD, unk_id=UNK, eos_id=END, bos_id=-1, control_symbols=list(tags),
             byte_fallback=True, character_coverage=1.0,
             hard_vocab_limit=False,  # a small corpus may not support the full size
             shuffle_input_sentence=False,

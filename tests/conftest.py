@@ -1,5 +1,9 @@
-"""Shared fixtures: a synthetic reversal corpus and a small model trained on it once per session."""
+"""Shared fixtures: a synthetic reversal corpus and a small model trained on it once per session;
+a server in a thread for the tests that send it requests."""
+import asyncio
+import json
 import os
+import threading
 import random
 from pathlib import Path
 
@@ -101,3 +105,95 @@ class HostTransfers(TorchDispatchMode):
                 (i if isinstance(i, (list, tuple)) else [i]))):
             self.count += 1
         return func(*args, **(kwargs or {}))
+
+
+class Running:
+    """A server in its own thread and event loop, as ``nmt-serve`` runs it."""
+
+    def __init__(self, translator, limits):
+        from nmt.serve import Server
+        self.server = Server(translator, limits)
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
+        assert ready.wait(60)
+
+    def _serve(self, ready):
+        from aiohttp import web
+        asyncio.set_event_loop(self.loop)
+        self.runner = web.AppRunner(self.server.app())
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        ready.set()
+        self.loop.run_forever()
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+async def _post_all(url: str, bodies: list) -> list[tuple[int, dict]]:
+    import aiohttp
+    async with aiohttp.ClientSession() as session:
+        async def post(body):
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            async with session.post(f"{url}/translate", data=data) as response:
+                return response.status, await response.json()
+        return await asyncio.gather(*(post(body) for body in bodies))
+
+
+def post_all(url: str, bodies: list) -> list[tuple[int, dict]]:
+    """Send every body at once, from as many concurrent clients."""
+    return asyncio.run(_post_all(url, bodies))
+
+
+def get(url: str) -> dict:
+    async def fetch():
+        import aiohttp
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return await response.json()
+    return asyncio.run(fetch())
+
+
+def kill_9_at_a_random_step(command: list[str], last: Path, steps: int) -> int:
+    """Run ``command`` (an nmt-train writing checkpoints by time to ``last``), kill -9 it once its
+    checkpoint has reached a random step before ``steps``; the step ``last`` then holds."""
+    import random
+    import signal
+    import subprocess
+    import time
+
+    from nmt.checkpoint import load_checkpoint
+
+    def reached(step: int) -> bool:
+        try:
+            return load_checkpoint(last)["train_state"]["step"] >= step
+        except Exception:  # not written yet
+            return False
+
+    kill_at = random.Random().randint(2, steps - 2)  # the kill lands wherever the run is then
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not reached(kill_at):
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
+    killed_at = load_checkpoint(last)["train_state"]["step"]
+    assert 1 <= killed_at < steps
+    return killed_at
+
+
+def same_last_checkpoints(a: Path, b: Path) -> dict:
+    """Assert that two runs' last checkpoints hold the same weights and RNG state, bit for bit;
+    the first one's train_state."""
+    from nmt.checkpoint import load_checkpoint
+
+    first, second = (load_checkpoint(run / "checkpoints" / "last.pt") for run in (a, b))
+    assert first["train_state"]["step"] == second["train_state"]["step"]
+    for key in first["model"]:
+        assert torch.equal(first["model"][key], second["model"][key]), key
+    assert all(torch.equal(x, y) for x, y in zip(first["rng"]["cpu"], second["rng"]["cpu"]))
+    return first["train_state"]

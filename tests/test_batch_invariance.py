@@ -18,7 +18,7 @@ from nmt.quantize import quantize_int8
 from nmt.serve import Limits
 from nmt.translate import Translator, decode_corpus
 
-from test_serve import Running, post_all
+from conftest import Running, post_all
 
 BATCH_SIZES = (1000, 64, 7, 1)
 MODES = {"greedy": {"beam_size": 1}, "beam 5": {"beam_size": 5},

@@ -14,7 +14,7 @@ from nmt.errors import ConfigError
 from nmt.serve import OPTIONS, Limits
 from nmt.translate import Translator
 
-from test_serve import Running, post_all
+from conftest import Running, post_all
 
 CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml"))
 FIELDS = dataclasses.fields(DecodeConfig)
@@ -43,7 +43,7 @@ def test_every_option_declares_its_help_and_range_or_choices():
     for spec in FIELDS:
         assert spec.metadata["help"] and "%" not in spec.metadata["help"]  # argparse formats help with %
         declared = spec.metadata["range"] or spec.metadata["choices"]
-        assert declared or isinstance(spec.default, bool), spec.name
+        assert declared or isinstance(spec.default, (bool, str)), spec.name  # a str: checked by the model
         assert RANGES.get(f"decode.{spec.name}") == spec.metadata["range"]
 
 
@@ -70,7 +70,8 @@ def test_every_option_has_its_flag_unless_flagless_on_purpose():
 def test_the_server_takes_the_options_marked_served():
     assert OPTIONS == tuple(spec.name for spec in FIELDS if spec.metadata["served"])
     assert set(OPTIONS) == {"beam_size", "n_best", "length_penalty", "length_penalty_type",
-                            "max_length_ratio", "max_length", "min_length", "no_repeat_ngram_size", "markup"}
+                            "max_length_ratio", "max_length", "min_length", "no_repeat_ngram_size", "markup",
+                            "target_lang"}
 
 
 def test_adding_an_option_is_one_field(monkeypatch):

@@ -182,7 +182,7 @@ def test_without_huggingface_hub_the_error_names_the_extra(monkeypatch):
 
 def test_the_server_serves_a_model_folder(folder):
     from nmt.serve import Limits
-    from test_serve import Running, get, post_all
+    from conftest import Running, get, post_all
     translator = Translator.from_pretrained(folder)
     running = Running(translator, Limits())
     try:

@@ -2,11 +2,7 @@
 import errno
 import json
 import os
-import random
 import shutil
-import signal
-import subprocess
-import time
 
 import pytest
 import torch
@@ -17,7 +13,7 @@ from nmt.cli import train_main
 from nmt.config import config_from_dict
 from nmt.train import Trainer, train
 
-from conftest import reversal_config
+from conftest import kill_9_at_a_random_step, reversal_config
 
 # A run of a few seconds: small enough to kill, train and compare many times.
 SMALL = {"train__max_steps": 40, "train__valid_every": 15, "train__log_every": 5,
@@ -78,28 +74,12 @@ def test_kill_9_at_a_random_step_then_resume_is_bit_identical(reversal_data, str
     config.write_text(yaml.safe_dump(reversal_config(
         reversal_data, **dict(SMALL, train__checkpoint_every_minutes=1e-9))))
     run_dir, last = tmp_path / "killed", tmp_path / "killed" / "checkpoints" / "last.pt"
-    kill_at = random.Random().randint(2, 38)  # a step; the kill lands wherever the run is then
-    proc = subprocess.Popen([shutil.which("nmt-train"), str(config), "--run-dir", str(run_dir), "--no-test"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not _reached(last, kill_at):
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(30)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
-    killed_at = load_checkpoint(last)["train_state"]["step"]
-    assert 1 <= killed_at < 40
+    kill_9_at_a_random_step([shutil.which("nmt-train"), str(config), "--run-dir", str(run_dir), "--no-test"],
+                            last, 40)
     assert train_main([str(config), "--run-dir", str(run_dir), "--resume", "--no-test"]) == 0
     assert_same_run(straight, run_dir)
     assert metric_steps(run_dir, "train_loss") == metric_steps(straight, "train_loss")
     assert tensorboard_steps(run_dir, "train/loss") == [5, 10, 15, 20, 25, 30, 35, 40]
-
-
-def _reached(last, step: int) -> bool:
-    try:
-        return load_checkpoint(last)["train_state"]["step"] >= step
-    except Exception:  # not written yet
-        return False
 
 
 def test_after_a_crash_the_resumed_run_logs_each_step_once(reversal_data, straight, tmp_path, monkeypatch):

@@ -1,9 +1,9 @@
 """Fine-tuning (train.init_from, nmt-train --init-from): a new run that starts from a trained
 model's weights and vocabulary, from a run directory, a checkpoint or a model folder."""
 import hashlib
+import shutil
 
 import pytest
-import torch
 
 from nmt.checkpoint import load_checkpoint
 from nmt.cli import export_main, train_main
@@ -13,7 +13,7 @@ from nmt.io import read_lines
 from nmt.train import train
 from nmt.translate import Translator
 
-from conftest import reversal_config, reversal_pairs, write_split
+from conftest import kill_9_at_a_random_step, same_last_checkpoints, reversal_config, reversal_pairs, write_split
 
 SHORT = {"train__max_steps": 10, "train__valid_every": 10, "train__batch_size": 400, "model__dropout": 0.3,
          "train__lr": 3e-4}  # fine-tuning: a tenth of the learning rate the source trained with
@@ -83,11 +83,20 @@ def test_a_fine_tuning_run_resumes_bit_for_bit(reversal_run, new_data, tmp_path)
     train(config_from_dict(reversal_config(new_data, **dict(both, train__max_steps=10))), resumed)
     # The resumed run continues from its own checkpoint (its config names the source, as it was).
     train(config_from_dict(reversal_config(new_data, **both)), resumed, resume=True)
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
-    assert a["train_state"]["step"] == b["train_state"]["step"] == 20
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert same_last_checkpoints(straight, resumed)["step"] == 20
+
+
+def test_a_fine_tuning_run_killed_at_a_random_step_resumes_bit_for_bit(reversal_run, new_data, tmp_path):
+    both = dict(SHORT, train__max_steps=30, train__init_from=str(reversal_run))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train(config_from_dict(reversal_config(new_data, **both)), straight)
+    config = tmp_path / "tune.yaml"
+    save_config(config_from_dict(reversal_config(new_data, **dict(both, train__checkpoint_every_minutes=1e-9))),
+                config)
+    kill_9_at_a_random_step([shutil.which("nmt-train"), str(config), "--run-dir", str(killed), "--no-test"],
+                            killed / "checkpoints" / "last.pt", 30)
+    assert train_main(["--run-dir", str(killed), "--resume", "--no-test"]) == 0
+    assert same_last_checkpoints(straight, killed)["step"] == 30
 
 
 def test_the_command_takes_init_from_and_the_card_names_the_source(reversal_run, new_data, tmp_path, capsys):

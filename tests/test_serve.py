@@ -3,44 +3,17 @@ import asyncio
 import json
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 
 import aiohttp
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from nmt.serve import Limits, Server
 from nmt.translate import Translator
 
-from conftest import reversal_pairs
-
-
-class Running:
-    """A server in its own thread and event loop, as ``nmt-serve`` runs it."""
-
-    def __init__(self, translator: Translator, limits: Limits):
-        self.server = Server(translator, limits)
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
-        assert ready.wait(60)
-
-    def _serve(self, ready):
-        asyncio.set_event_loop(self.loop)
-        self.runner = web.AppRunner(self.server.app())
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        ready.set()
-        self.loop.run_forever()
-
-    def stop(self):
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+from conftest import Running, get, post_all, reversal_pairs
 
 
 @pytest.fixture(scope="module")
@@ -54,27 +27,6 @@ def served(translator):
                                          batch_wait_ms=50))
     yield running
     running.stop()
-
-
-async def _post_all(url: str, bodies: list) -> list[tuple[int, dict]]:
-    async with aiohttp.ClientSession() as session:
-        async def post(body):
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            async with session.post(f"{url}/translate", data=data) as response:
-                return response.status, await response.json()
-        return await asyncio.gather(*(post(body) for body in bodies))
-
-
-def post_all(url: str, bodies: list) -> list[tuple[int, dict]]:
-    """Send every body at once, from as many concurrent clients."""
-    return asyncio.run(_post_all(url, bodies))
-
-
-def get(url: str) -> dict:
-    async def fetch():
-        async with aiohttp.ClientSession() as session, session.get(url) as response:
-            return await response.json()
-    return asyncio.run(fetch())
 
 
 def test_concurrent_requests_are_batched_and_get_what_they_would_alone(served, translator):
