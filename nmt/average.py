@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nmt.checkpoint import Checkpoint, RunDir
+from nmt.checkpoint import Checkpoint
+from nmt.rundir import RunDir
 from nmt.errors import CheckpointError
 
 

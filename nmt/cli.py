@@ -112,7 +112,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: list[str] | None = None) -> int:
     def main(args):
-        from nmt.checkpoint import RunDir
+        from nmt.rundir import RunDir
         from nmt.config import load_config
         from nmt.device import pick_device
         from nmt.directions import directions, label, target_languages
@@ -314,7 +314,7 @@ def average_main(argv: list[str] | None = None) -> int:
 
     def main(args):
         from nmt.average import average, choose
-        from nmt.checkpoint import RunDir, resolve_checkpoint
+        from nmt.rundir import RunDir, resolve_checkpoint
         from nmt.io import refuse_output_that_is_an_input
 
         run_dir = Path(args.run_dir)

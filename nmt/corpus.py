@@ -37,7 +37,7 @@ import numpy as np
 import sentencepiece
 from tqdm import tqdm
 
-from nmt.checkpoint import RunDir
+from nmt.rundir import RunDir
 from nmt.config import Config, DataConfig, Direction
 from nmt.data import CHUNK, Batch, DatasetPairs, Pieces, TextPairs, batch_of, epoch_batches, length_filter, \
     load_split, pair_source, with_end_marker

@@ -1,52 +1,22 @@
 """The attention decoder: stacked recurrent cells, Luong attention, input feeding."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt import invariant
+from nmt import core
 from nmt.attention import Attention
+from nmt.core import DecoderState, Memory
 from nmt.dropout import Dropout
 from nmt.steps import StepProducts
 
 CELL_TYPES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
 
-@dataclass
-class Memory:
-    """What the decoder attends to: the encoded source of a batch."""
-    values: torch.Tensor  # [B, S, K] encoder outputs
-    keys: torch.Tensor  # [B, S, Q] attention keys (projected once)
-    mask: torch.Tensor  # [B, S] True at real source positions
-
-    def select(self, index: torch.Tensor) -> "Memory":
-        """Rows ``index`` (to drop finished sentences; beams share their sentence's row)."""
-        return Memory(self.values.index_select(0, index), self.keys.index_select(0, index),
-                      self.mask.index_select(0, index))
-
-
-@dataclass
-class DecoderState:
-    h: torch.Tensor  # [L, B, H] hidden state per layer
-    c: torch.Tensor | None  # [L, B, H] LSTM cell state per layer (None for GRU/RNN)
-    feed: torch.Tensor  # [B, H] last attentional vector, undropped (input feeding); zeros at first
-
-    def select(self, index: torch.Tensor) -> "DecoderState":
-        return DecoderState(self.h.index_select(1, index),
-                            None if self.c is None else self.c.index_select(1, index),
-                            self.feed.index_select(0, index))
-
-    def head(self, rows: int) -> "DecoderState":
-        """The first ``rows`` rows, as views."""
-        return DecoderState(self.h[:, :rows], None if self.c is None else self.c[:, :rows], self.feed[:rows])
-
-
 class Decoder(nn.Module):
-    """At each step: the previous output's embedding (and, with input feeding,
+    """Holds the decoder's weights and runs it teacher-forced (training); decoding's step is
+    ``nmt.core.decode_step``. At each step: the previous output's embedding (and, with input feeding,
     the previous attentional vector) goes through L stacked cells; one layer's
     state queries the source -- the top layer's (``kind`` "luong") or the first
     layer's ("gnmt", Wu et al. 2016: the context is also concatenated to the input
@@ -77,44 +47,10 @@ class Decoder(nn.Module):
         self.combine = nn.Linear(memory_size + hidden_size, hidden_size, bias=False)
         self.dropout = Dropout(dropout)
 
-    def step(self, emb: torch.Tensor, state: DecoderState, memory: Memory
-             ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """One step of decoding. emb: [B, E]. Returns attentional vector [B, H], state,
-        weights [B, S]. A row's results depend on that row alone (``nmt.invariant``)."""
-        x = torch.cat([emb, state.feed], dim=-1) if self.input_feeding else emb
-        hs = []
-        cs = []
-        context = None  # the attending layer's, read by the layers above it (gnmt)
-        for k, cell in enumerate(self.cells):
-            if k > self.query_layer:  # gnmt: the context goes into every layer above
-                x = torch.cat([x, context], dim=-1)
-            x = self.dropout(x)
-            h, c = self._cell_step(cell, x, state.h[k], None if state.c is None else state.c[k])
-            hs.append(h)
-            if c is not None:
-                cs.append(c)
-            x = h
-            if k == self.query_layer:
-                context, weights = self.attention(x, memory.keys, memory.values, memory.mask,
-                                                  batch_invariant=True)
-        vector = torch.tanh(invariant.rows(self.combine, torch.cat([context, x], dim=-1)))
-        # The fed-back vector is kept undropped: it is dropped once, as part of
-        # the next step's input into layer 1.
-        new = DecoderState(torch.stack(hs), torch.stack(cs) if cs else None, vector)
-        return self.dropout(vector), new, weights
-
-    def _cell_step(self, cell: nn.Module, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not isinstance(cell, nn.RNNCellBase):  # nmt.quantize's int8 cells
-            return (cell(x, h), None) if c is None else cell(x, (h, c))
-        x_gates = invariant.linear(x, cell.weight_ih, cell.bias_ih)
-        h_gates = invariant.linear(h, cell.weight_hh, cell.bias_hh)
-        return cell_update(self.cell, x_gates, h_gates, h, c, invariant.sigmoid)
-
     def forward(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
         """Teacher-forced decoding. emb: [B, T, E] -> attentional vectors [B, T, H].
 
-        The same computation as ``step`` at every t, arranged for training:
+        The same computation as ``nmt.core.decode_step`` at every t, arranged for training:
         layer 1's product with the embeddings runs for all steps in one
         product, and each weight's gradient is one product over all steps
         (``nmt.steps``). Layer 1's input [emb; feed] is dropped in two parts,
@@ -140,7 +76,7 @@ class Decoder(nn.Module):
                 else:
                     x_gates = input_products[k](self.dropout(h[k - 1])) + cell.bias_ih
                 h_gates = state_products[k](h[k]) + cell.bias_hh
-                h[k], c[k] = cell_update(self.cell, x_gates, h_gates, h[k], c[k])
+                h[k], c[k] = core.cell_update(core.BATCHED, self.cell, x_gates, h_gates, h[k], c[k])
             context, _ = self.attention(h[-1], memory.keys, memory.values, memory.mask)
             feed = torch.tanh(combine(torch.cat([context, h[-1]], dim=-1)))
             vectors.append(self.dropout(feed))
@@ -173,23 +109,3 @@ class Decoder(nn.Module):
         run = torch.gru if self.cell == "gru" else torch.rnn_tanh
         return run(x, h[None], weights, True, 1, 0.0, self.training, False, True)[0]
 
-
-def cell_update(cell: str, x_gates: torch.Tensor, h_gates: torch.Tensor, h: torch.Tensor,
-                c: torch.Tensor | None, sigmoid: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One step of an LSTM, GRU or tanh-RNN cell from its input and state products
-    (biases included), with PyTorch's gate order and equations (docs/model.md §2).
-    Decoding passes ``nmt.invariant.sigmoid``."""
-    if cell == "lstm":
-        gates = x_gates + h_gates
-        i, f, _, o = sigmoid(gates).chunk(4, 1)  # one call for the three gates (g's is unused)
-        c = f * c + i * torch.tanh(gates.chunk(4, 1)[2])
-        return o * torch.tanh(c), c
-    if cell == "gru":
-        x_r, x_z, x_n = x_gates.chunk(3, 1)
-        h_r, h_z, h_n = h_gates.chunk(3, 1)
-        r = sigmoid(x_r + h_r)
-        z = sigmoid(x_z + h_z)
-        n = torch.tanh(x_n + r * h_n)
-        return n + z * (h - n), None  # (1 - z) * n + z * h
-    return torch.tanh(x_gates + h_gates), None

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from nmt import invariant
-from nmt.decoder import cell_update
 from nmt.dropout import Dropout
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN is the plain tanh cell
@@ -68,57 +65,6 @@ class Encoder(nn.Module):
             finals.append((self._join(h), None if c is None else self._join(c)))
         outputs = data.new_zeros(batch * width, data.size(1)).index_copy(0, index, data)
         return outputs.view(batch, width, -1), finals
-
-    def encode_steps(self, x: torch.Tensor, lengths: np.ndarray | torch.Tensor
-                     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor | None]]]:
-        """``forward``'s result, computed so that a sentence's depends on that sentence alone
-        (decoding; ``nmt.invariant``): the layers' own weights run one time step at a time
-        over the packed batch (at step t the sentences longer than t, longest first),
-        with ``nmt.invariant``'s products and sigmoid. Same arguments and results as ``forward``."""
-        batch, width = x.shape[:2]
-        sizes, order, unsorted, index = packing(lengths, width)
-        starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-        unsorted, index = (torch.from_numpy(a).to(x.device) for a in (unsorted, index))
-        data = x.reshape(batch * width, -1).index_select(0, index)  # [N, input_size] packed rows
-        finals = []
-        for layer in self.layers:
-            data = self.dropout(data)
-            directions = [self._direction(layer, data, sizes.tolist(), starts, suffix)
-                          for suffix in ("", "_reverse")[:self.directions]]
-            data = torch.cat([out for out, _, _ in directions], dim=-1)
-            h = torch.cat([h for _, h, _ in directions], dim=-1).index_select(0, unsorted)
-            c = None if directions[0][2] is None else torch.cat(
-                [c for _, _, c in directions], dim=-1).index_select(0, unsorted)
-            finals.append((h, c))
-        outputs = data.new_zeros(batch * width, data.size(1)).index_copy(0, index, data)
-        return outputs.view(batch, width, -1), finals
-
-    def _direction(self, layer: nn.RNNBase, data: torch.Tensor, sizes: list[int], starts: list[int],
-                   suffix: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One direction of one layer over packed rows data [N, in] (step t's rows are
-        starts[t] .. starts[t] + sizes[t], the first sizes[t] sentences longest first):
-        outputs [N, H] and each sentence's last h and c [B, H], longest first."""
-        w_ih, w_hh, b_ih, b_hh = (getattr(layer, f"{name}_l0{suffix}")
-                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-        x_gates = invariant.linear(data, w_ih, b_ih)  # all steps at once
-        # The state rows, updated in place; a multiple of ROW_BLOCK of them, so that each
-        # step's product runs on whole blocks without a copy (rows past n are discarded).
-        h = data.new_zeros(invariant.whole_blocks(sizes[0]), layer.hidden_size)
-        c = h.clone() if self.cell == "lstm" else None
-        outputs = data.new_empty(len(data), layer.hidden_size)
-        for t in (reversed(range(len(sizes))) if suffix else range(len(sizes))):
-            n = sizes[t]
-            rows = slice(starts[t], starts[t] + sizes[t])
-            h_gates = F.linear(h[:invariant.whole_blocks(n)], w_hh, b_hh)[:n]
-            new_h, new_c = cell_update(self.cell, x_gates[rows], h_gates, h[:n],
-                                       None if c is None else c[:n], invariant.sigmoid)
-            h[:n] = new_h
-            outputs[rows] = new_h
-            if c is not None:
-                c[:n] = new_c
-        h = h[:sizes[0]]
-        c = None if c is None else c[:sizes[0]]
-        return outputs, h, c
 
     def _join(self, state: torch.Tensor) -> torch.Tensor:
         """[directions, B, H] -> [B, directions * H] (forward first, then backward)."""

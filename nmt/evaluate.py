@@ -5,9 +5,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from nmt.checkpoint import RunDir
+from nmt.rundir import RunDir
 from nmt.errors import ConfigError, DataError
-from nmt.export import is_model_folder
+from nmt.loading import is_model_folder
 from nmt.io import read_lines
 from nmt.report import System, build_report
 

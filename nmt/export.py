@@ -15,59 +15,16 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
 import yaml
 
-from nmt.checkpoint import Checkpoint, LoadedRun, RunDir, check_vocab, vocab_records
-from nmt.config import config_from_dict
-from nmt.device import pick_device
+from nmt.checkpoint import Checkpoint, vocab_records
 from nmt.directions import directions
-from nmt.errors import CheckpointError, ConfigError, NmtError
-from nmt.model import Seq2Seq
-from nmt.vocab import Vocab, vocab_paths
+from nmt.errors import CheckpointError, NmtError
+from nmt.loading import CONFIG, FORMAT, VERSION, WEIGHTS, LoadedRun
+from nmt.rundir import RunDir
 
-FORMAT = "nmt-model-folder"
-VERSION = 1
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
 CARD = "README.md"
 PATH_KEYS = ("train", "valid", "test")  # the data section's paths: only their last part is shared
-
-
-def is_model_folder(path: str | Path) -> bool:
-    return (Path(path) / CONFIG).is_file() and (Path(path) / WEIGHTS).is_file()
-
-
-def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """A model folder -> the model in eval mode with its vocabularies, checked."""
-    from safetensors.torch import load_model
-
-    folder = Path(folder)
-    device = pick_device(str(device))
-    path = folder / CONFIG
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: not readable as JSON ({type(err).__name__})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version") != VERSION:
-        raise CheckpointError(f"{path}: not an nmt model folder's config (format {FORMAT}, version {VERSION})")
-    try:
-        cfg = config_from_dict(record["config"], where=f"{path}: ")
-        step = int(record["step"])
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from None
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: missing or malformed field {err}") from None
-    src_vocab, tgt_vocab = (Vocab(p) for p in vocab_paths(folder, cfg.data.joint_vocab))
-    for side, vocab in (("src", src_vocab), ("tgt", tgt_vocab)):
-        check_vocab(record["vocab"], side, vocab, path)
-    model = Seq2Seq(cfg.model, len(src_vocab), len(tgt_vocab))
-    try:
-        load_model(model, folder / WEIGHTS, strict=True)
-    except Exception as err:  # safetensors raises its own errors, RuntimeError for wrong keys or shapes
-        reason = str(err).splitlines()[0][:200]
-        raise CheckpointError(f"{folder / WEIGHTS}: not this model's weights ({reason})") from None
-    return LoadedRun(cfg, model.to(device).eval(), src_vocab, tgt_vocab, folder / WEIGHTS, step)
 
 
 def save_folder(run: LoadedRun, out: str | Path, card: str, onnx: bool = False) -> Path:

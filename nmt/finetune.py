@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from nmt.checkpoint import LoadedRun, load_run
+from nmt.loading import LoadedRun, load_run
 from nmt.config import Config, ModelConfig
 from nmt.errors import ConfigError
 from nmt.io import write_bytes

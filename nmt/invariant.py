@@ -21,16 +21,23 @@ AVX2 and AVX-512), the leaks and how each is closed:
   and each context as a sum down the source positions, which ATen forms row by row
   from the first (padding rows add exact zeros).
 
-The encoder (``Encoder.encode_steps``) runs on these products and this sigmoid.
-Every other step of decoding is elementwise (exact), a reduction along the
-vocabulary (the same length for every row), or integer (int8 products). Training
-keeps the fast batched kernels: it makes no such promise.
+``EXACT`` runs ``nmt.core``'s equations on these products, this sigmoid and these sums;
+the encoder's layers one time step at a time. Every other step of decoding is
+elementwise (exact), a reduction along the vocabulary (the same length for every row),
+or integer (int8 products). Training keeps the fast batched kernels (``core.BATCHED``):
+it makes no such promise.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmt import core
+from nmt.encoder import packing
 
 CHUNK_FLOATS = 1 << 20  # attention's products are formed a few sentences at a time (4 MB: in cache)
 ROW_BLOCK = 4  # MKL's matrix product handles rows in blocks of 4, and a remainder otherwise
@@ -93,3 +100,81 @@ def by_sentences(attend_: Callable[..., tuple[torch.Tensor, torch.Tensor]], q: t
     parts = [attend_(q[i:i + step], keys[i:i + step], values[i:i + step], mask[i:i + step])
              for i in range(0, len(keys), step)]
     return torch.cat([context for context, _ in parts]), torch.cat([weights for _, weights in parts])
+
+
+class ExactOps(core.BatchedOps):
+    """``nmt.core``'s operations for decoding: each sentence's result from its own rows.
+    A layer replaced by ``nmt.quantize`` brings its int8 product; the rest stays float."""
+    sigmoid = staticmethod(sigmoid)
+    dot = staticmethod(dot)
+
+    def linear(self, x, layer):
+        return rows(layer, x)
+
+    def cell_products(self, cell, x, h):
+        if not isinstance(cell, nn.RNNCellBase):  # nmt.quantize.Int8Cell
+            return cell.products(x, h)
+        return linear(x, cell.weight_ih, cell.bias_ih), linear(h, cell.weight_hh, cell.bias_hh)
+
+    def weigh(self, hidden, v):
+        if isinstance(v, nn.Linear):  # a sum over Q alone
+            return (hidden * v.weight[0]).sum(-1)
+        return v(hidden).squeeze(-1)  # int8: an exact integer product
+
+    def attend(self, scores, values, mask):
+        return attend(scores, values, mask)
+
+    def per_sentence(self, attend_, query, memory):
+        rows_, sentences = query.size(0), memory.keys.size(0)
+        q = query.view(sentences, rows_ // sentences, -1)
+        context, weights = by_sentences(attend_, q, memory.keys, memory.values, memory.mask)
+        return context.view(rows_, -1), weights.view(rows_, -1)
+
+    def encoder_layers(self, encoder, x, lengths):
+        """``Encoder.forward``'s result with the layers' own weights run one time step at a
+        time over the packed batch (at step t the sentences longer than t, longest first)."""
+        batch, width = x.shape[:2]
+        sizes, order, unsorted, index = packing(lengths, width)
+        starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        unsorted, index = (torch.from_numpy(a).to(x.device) for a in (unsorted, index))
+        data = x.reshape(batch * width, -1).index_select(0, index)  # [N, input_size] packed rows
+        finals = []
+        for layer in encoder.layers:
+            directions = [self._direction(encoder.cell, layer, data, sizes.tolist(), starts, suffix)
+                          for suffix in ("", "_reverse")[:encoder.directions]]
+            data = torch.cat([out for out, _, _ in directions], dim=-1)
+            h = torch.cat([h for _, h, _ in directions], dim=-1).index_select(0, unsorted)
+            c = None if directions[0][2] is None else torch.cat(
+                [c for _, _, c in directions], dim=-1).index_select(0, unsorted)
+            finals.append((h, c))
+        outputs = data.new_zeros(batch * width, data.size(1)).index_copy(0, index, data)
+        return outputs.view(batch, width, -1), finals
+
+    def _direction(self, kind: str, layer: nn.RNNBase, data: torch.Tensor, sizes: list[int],
+                   starts: list[int], suffix: str
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One direction of one layer over packed rows data [N, in] (step t's rows are
+        starts[t] .. starts[t] + sizes[t], the first sizes[t] sentences longest first):
+        outputs [N, H] and each sentence's last h and c [B, H], longest first."""
+        w_ih, w_hh, b_ih, b_hh = (getattr(layer, f"{name}_l0{suffix}")
+                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        x_gates = linear(data, w_ih, b_ih)  # all steps at once
+        # The state rows, updated in place; a multiple of ROW_BLOCK of them, so that each
+        # step's product runs on whole blocks without a copy (rows past n are discarded).
+        h = data.new_zeros(whole_blocks(sizes[0]), layer.hidden_size)
+        c = h.clone() if kind == "lstm" else None
+        outputs = data.new_empty(len(data), layer.hidden_size)
+        for t in (reversed(range(len(sizes))) if suffix else range(len(sizes))):
+            n = sizes[t]
+            steps = slice(starts[t], starts[t] + n)
+            h_gates = F.linear(h[:whole_blocks(n)], w_hh, b_hh)[:n]
+            new_h, new_c = core.cell_update(self, kind, x_gates[steps], h_gates, h[:n],
+                                            None if c is None else c[:n])
+            h[:n] = new_h
+            outputs[steps] = new_h
+            if c is not None:
+                c[:n] = new_c
+        return outputs, h[:sizes[0]], None if c is None else c[:sizes[0]]
+
+
+EXACT = ExactOps()

@@ -5,10 +5,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from nmt import invariant
+from nmt import core
 from nmt.config import ModelConfig
-from nmt.decoder import Decoder, DecoderState, Memory
+from nmt.core import DecoderState, Memory
+from nmt.decoder import Decoder
 from nmt.encoder import Encoder
+from nmt.invariant import EXACT
 from nmt.vocab import PAD
 
 
@@ -44,29 +46,11 @@ class Seq2Seq(nn.Module):
             self.src_embed.weight[PAD].zero_()
             self.tgt_embed.weight[PAD].zero_()
 
-    def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor, batch_invariant: bool = True
+    def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor
                ) -> tuple[Memory, DecoderState]:
-        """src: [B, S] ids (end marker included), lengths: [B] -> memory, initial state.
-
-        ``batch_invariant`` (decoding): each sentence's encoding depends on that sentence
-        alone (``nmt.invariant``); training passes False for the packed cuDNN / oneDNN layers.
-        """
-        embedded = self.src_embed(src)
-        if batch_invariant:
-            outputs, finals = self.encoder.encode_steps(embedded, lengths)
-        else:
-            outputs, finals = self.encoder(embedded, lengths)
-        linear = invariant.rows if batch_invariant else (lambda layer, x: layer(x))
-        mask = src != PAD  # the real positions (from ids on the device: no host transfer)
-        memory = Memory(outputs, self.decoder.attention.project_keys(outputs, batch_invariant), mask)
-        layers = len(self.decoder.cells)
-        picks = [finals[max(0, len(finals) - layers + k)] for k in range(layers)]
-        h = torch.stack([torch.tanh(linear(self.bridge_h, f[0])) for f in picks])
-        c = None
-        if self.bridge_c is not None:
-            c = torch.stack([torch.tanh(linear(self.bridge_c, f[1])) for f in picks])
-        feed = outputs.new_zeros(src.size(0), self.cfg.decoder_hidden_size)
-        return memory, DecoderState(h, c, feed)
+        """src: [B, S] ids (end marker included), lengths: [B] -> memory, initial state; each
+        sentence's from its own rows alone (decoding: ``nmt.core`` on ``nmt.invariant.EXACT``)."""
+        return core.encode(EXACT, self, src, lengths)
 
     def forward(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor, tgt_in: torch.Tensor,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,14 +64,12 @@ class Seq2Seq(nn.Module):
         """
         if positions is None:
             positions = (tgt_in != PAD).view(-1).nonzero().squeeze(1)
-        memory, state = self.encode(src, lengths, batch_invariant=False)
+        memory, state = core.encode(core.BATCHED, self, src, lengths)
         vectors = self.decoder(self.tgt_embed(tgt_in), state, memory)  # [B, T, H]
         return self.output(vectors.flatten(0, 1).index_select(0, positions))
 
     def decode_step(self, prev: torch.Tensor, state: DecoderState, memory: Memory
                     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """prev: [B] last output ids -> log-probabilities [B, V], new state, attention [B, S];
-        each row's depend on that row alone (``nmt.invariant``)."""
-        vector, state, weights = self.decoder.step(self.tgt_embed(prev), state, memory)
-        return torch.log_softmax(invariant.rows(self.output, vector), dim=-1), state, weights
-
+        each row's depend on that row alone (``nmt.core.decode_step`` on ``nmt.invariant.EXACT``)."""
+        return core.decode_step(EXACT, self, prev, state, memory)

@@ -1,7 +1,7 @@
 """ONNX export: the encoder and one decoder step as ONNX graphs, and a model that runs them.
 
-The graphs are written with ``onnx.helper`` from the model's weights, op by op, as
-``Seq2Seq.encode`` and ``Seq2Seq.decode_step`` compute at decoding time -- not traced
+The graphs are emitted by running ``nmt.core``'s equations on ``OnnxOps``, whose operations
+write ``onnx.helper`` nodes from the model's weights -- not traced
 through ``torch.onnx``, whose exporter changes from one torch release to the next:
 these graphs are the same for every torch >= 2.2. The encoder is ONNX's own LSTM /
 GRU / RNN op per layer (``sequence_lens``: each direction starts and ends at a
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt.decoder import DecoderState, Memory
+from nmt import core
+from nmt.core import DecoderState, Memory
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq
 from nmt.vocab import PAD
@@ -110,132 +111,155 @@ def _rename(g: _Graph, source: str, name: str) -> str:
     return name
 
 
+class OnnxOps:
+    """``nmt.core``'s operations as ONNX nodes: running the equations on value names
+    builds the graph. ``int8``: products as ``nmt.quantize``'s (``_Graph.product``)."""
+
+    def __init__(self, g: _Graph):
+        self.g = g
+
+    def _axes(self, *axes: int) -> str:
+        return self.g.const(np.array(axes))
+
+    def linear(self, x, layer):
+        return self.g.product(x, layer.weight, layer.bias)
+
+    def cell_products(self, cell, x, h):
+        g = self.g
+        if g.int8 and not isinstance(cell, torch.nn.GRUCell):  # one product of [x; h]
+            both = torch.cat([cell.weight_ih, cell.weight_hh], 1)
+            return g.product(self.cat([x, h]), both, cell.bias_ih + cell.bias_hh), None
+        return g.product(x, cell.weight_ih, cell.bias_ih), g.product(h, cell.weight_hh, cell.bias_hh)
+
+    def add(self, a, b):
+        return self.g.op("Add", a, b)
+
+    def sub(self, a, b):
+        return self.g.op("Sub", a, b)
+
+    def mul(self, a, b):
+        return self.g.op("Mul", a, b)
+
+    def sigmoid(self, x):
+        return self.g.op("Sigmoid", x)
+
+    def tanh(self, x):
+        return self.g.op("Tanh", x)
+
+    def split(self, x, parts):
+        return self.g.op("Split", x, axis=-1, outputs=parts)
+
+    def cat(self, xs):
+        return self.g.op("Concat", *xs, axis=-1)
+
+    def embed(self, table, ids):
+        return self.g.op("Gather", self.g.const(table.weight), ids)
+
+    def log_softmax(self, x):
+        return self.g.op("LogSoftmax", x, axis=-1)
+
+    def layer(self, stacked, k):
+        return self.g.op("Gather", stacked, self.g.const(np.array(k)), axis=0)
+
+    def stack(self, xs):
+        return self.g.op("Concat", *[self.g.op("Unsqueeze", x, self._axes(0)) for x in xs], axis=0)
+
+    def mask(self, src):
+        return self.g.op("Not", self.g.op("Equal", src, self.g.const(np.array(PAD))))
+
+    def zeros_like_rows(self, x, width):
+        return None  # not a graph output: ``OnnxModel.encode`` makes the zeros
+
+    def dot(self, q, keys):
+        return self.g.op("MatMul", q, self.g.op("Transpose", keys, perm=[0, 2, 1]))
+
+    def weigh(self, hidden, v):
+        return self.g.op("Squeeze", self.g.op("MatMul", hidden, self.g.const(v.weight.t())),
+                         self._axes(3))
+
+    def outer_add(self, q, keys):
+        return self.g.op("Add", self.g.op("Unsqueeze", keys, self._axes(1)),
+                         self.g.op("Unsqueeze", q, self._axes(2)))
+
+    def attend(self, scores, values, mask):
+        scores = self.g.op("Where", self.g.op("Unsqueeze", mask, self._axes(1)), scores,
+                           self.g.const(np.array(-np.inf, dtype=np.float32)))
+        weights = self.g.op("Softmax", scores, axis=-1)
+        return self.g.op("MatMul", weights, values), weights
+
+    def per_sentence(self, attend_, query, memory):
+        g = self.g
+        sentences = g.op("Slice", g.op("Shape", memory.keys), self._axes(0), self._axes(1))
+        width = g.op("Slice", g.op("Shape", query), self._axes(1), self._axes(2))
+        q = g.op("Reshape", query, g.op("Concat", sentences, self._axes(-1), width, axis=0))
+        context, weights = attend_(q, memory.keys, memory.values, memory.mask)  # [A, W, .]
+        return g.op("Flatten", context, axis=2), g.op("Flatten", weights, axis=2)
+
+    def encoder_layers(self, encoder, x, lengths):
+        """ONNX's own LSTM / GRU / RNN op per layer (``sequence_lens``: each direction starts
+        and ends at a sentence's own length, as packing does)."""
+        g = self.g
+        cell, directions = encoder.cell, encoder.directions
+        order = GATE_ORDER[cell]
+        x = g.op("Transpose", x, perm=[1, 0, 2])  # [S, B, E]
+        lengths = g.op("Cast", lengths, to=6)  # int32
+        finals = []
+        for layer in encoder.layers:
+            size = layer.hidden_size
+
+            def stacked(name):  # [D, gates * H, ...] in ONNX's gate order
+                parts = [getattr(layer, f"{name}_l0{s}").detach() for s in ("", "_reverse")[:directions]]
+                return torch.stack([torch.cat([p.view(len(order), size, *p.shape[1:])[i] for i in order])
+                                    for p in parts])
+            extra = {"linear_before_reset": 1} if cell == "gru" else {}
+            if cell == "rnn":
+                extra["activations"] = ["Tanh"] * directions
+            y, h, *c = g.op(ONNX_RNN[cell], x, g.const(stacked("weight_ih")), g.const(stacked("weight_hh")),
+                            g.const(torch.cat([stacked("bias_ih"), stacked("bias_hh")], 1)), lengths,
+                            outputs=3 if cell == "lstm" else 2, hidden_size=size,
+                            direction="bidirectional" if directions == 2 else "forward", **extra)
+            x = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]), g.const(np.array([0, 0, -1])))
+
+            def join(state):  # [D, B, H] -> [B, D * H], forward first
+                return g.op("Reshape", g.op("Transpose", state, perm=[1, 0, 2]), g.const(np.array([0, -1])))
+            finals.append((join(h), join(c[0]) if c else None))
+        return g.op("Transpose", x, perm=[1, 0, 2]), finals  # [B, S, D * H]
+
+
 def _encoder_graph(model: Seq2Seq):
     g = _Graph()
-    cell = model.cfg.cell
-    encoder = model.encoder
-    order = GATE_ORDER[cell]
-    directions = encoder.directions
-    x = g.op("Transpose", g.op("Gather", g.const(model.src_embed.weight), "src"), perm=[1, 0, 2])  # [S, B, E]
-    lengths = g.op("Cast", "lengths", to=6)  # int32
-    finals = []
-    for layer in encoder.layers:
-        size = layer.hidden_size
-
-        def stacked(name):  # [D, gates * H, ...] in ONNX's gate order
-            parts = [getattr(layer, f"{name}_l0{s}").detach() for s in ("", "_reverse")[:directions]]
-            return torch.stack([torch.cat([p.view(len(order), size, *p.shape[1:])[i] for i in order]) for p in parts])
-        extra = {"linear_before_reset": 1} if cell == "gru" else {}
-        if cell == "rnn":
-            extra["activations"] = ["Tanh"] * directions
-        y, h, c = g.op(ONNX_RNN[cell], x, g.const(stacked("weight_ih")), g.const(stacked("weight_hh")),
-                       g.const(torch.cat([stacked("bias_ih"), stacked("bias_hh")], 1)), lengths,
-                       outputs=3 if cell == "lstm" else 2, hidden_size=size,
-                       direction="bidirectional" if directions == 2 else "forward", **extra) + \
-            ([] if cell == "lstm" else [None])
-        x = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]), g.const(np.array([0, 0, -1])))  # [S, B, D*H]
-
-        def join(state):  # [D, B, H] -> [B, D * H], forward first
-            return g.op("Reshape", g.op("Transpose", state, perm=[1, 0, 2]), g.const(np.array([0, -1])))
-        finals.append((join(h), None if c is None else join(c)))
-    values = _rename(g, g.op("Transpose", x, perm=[1, 0, 2]), "values")
-    keys = "values" if model.decoder.attention.kind == "dot" else g.linear(values, model.decoder.attention.key_proj)
-    _rename(g, keys, "keys")
-    _rename(g, g.op("Not", g.op("Equal", "src", g.const(np.array(PAD)))), "mask")
-    layers = len(model.decoder.cells)
-    picks = [finals[max(0, len(finals) - layers + k)] for k in range(layers)]
-    outputs = [("values", "float", ["B", "S", encoder.output_size]), ("keys", "float", ["B", "S", "Q"]),
-               ("mask", "bool", ["B", "S"])]
-    for i, (bridge, name) in enumerate(((model.bridge_h, "h"), (model.bridge_c, "c"))):
-        if bridge is not None:
-            rows = [g.op("Unsqueeze", g.op("Tanh", g.linear(f[i], bridge)), g.const(np.array([0]))) for f in picks]
-            _rename(g, g.op("Concat", *rows, axis=0), name)
-            outputs.append((name, "float", [layers, "B", model.cfg.decoder_hidden_size]))
+    memory, state = core.encode(OnnxOps(g), model, "src", "lengths")
+    layers, size = len(model.decoder.cells), model.cfg.decoder_hidden_size
+    outputs = [("values", "float", ["B", "S", model.encoder.output_size]),
+               ("keys", "float", ["B", "S", "Q"]), ("mask", "bool", ["B", "S"]),
+               ("h", "float", [layers, "B", size])]
+    if state.c is not None:
+        outputs.append(("c", "float", [layers, "B", size]))
+    for (name, *_), value in zip(outputs, (memory.values, memory.keys, memory.mask, state.h, state.c)):
+        _rename(g, value, name)
     return g.finish("nmt_encoder", [("src", "int64", ["B", "S"]), ("lengths", "int64", ["B"])], outputs)
-
-
-def _cell(g: _Graph, kind: str, cell, x: str, h: str, c: str | None) -> tuple[str, str | None]:
-    """One decoder cell step, as ``nmt.decoder.cell_update``."""
-    if g.int8 and kind != "gru":  # one product of [x; h], as nmt.quantize.Int8Cell
-        gates = g.product(g.op("Concat", x, h, axis=1), torch.cat([cell.weight_ih, cell.weight_hh], 1),
-                          cell.bias_ih + cell.bias_hh)
-    else:
-        x_gates = g.product(x, cell.weight_ih, cell.bias_ih)
-        h_gates = g.product(h, cell.weight_hh, cell.bias_hh)
-        gates = g.op("Add", x_gates, h_gates)
-    if kind == "lstm":
-        i, f, cand, o = g.op("Split", gates, axis=1, outputs=4)
-        c = g.op("Add", g.op("Mul", g.op("Sigmoid", f), c), g.op("Mul", g.op("Sigmoid", i), g.op("Tanh", cand)))
-        return g.op("Mul", g.op("Sigmoid", o), g.op("Tanh", c)), c
-    if kind == "gru":
-        x_r, x_z, x_n = g.op("Split", x_gates, axis=1, outputs=3)
-        h_r, h_z, h_n = g.op("Split", h_gates, axis=1, outputs=3)
-        r = g.op("Sigmoid", g.op("Add", x_r, h_r))
-        z = g.op("Sigmoid", g.op("Add", x_z, h_z))
-        n = g.op("Tanh", g.op("Add", x_n, g.op("Mul", r, h_n)))
-        return g.op("Add", n, g.op("Mul", z, g.op("Sub", h, n))), None
-    return g.op("Tanh", gates), None
-
-
-def _attend(g: _Graph, attention, query: str, width: int) -> tuple[str, str]:
-    """Context [R, K] and weights [R, S] for queries [R, width]; the R rows are A sentences' beams."""
-    sentences = g.op("Slice", g.op("Shape", "keys"), g.const(np.array([0])), g.const(np.array([1])))
-    if attention.kind == "mlp":
-        query = g.linear(query, attention.query_proj)  # on the rows [R, Q], as int8 quantizes them
-    q = g.op("Reshape", query, g.op("Concat", sentences, g.const(np.array([-1, width])), axis=0))  # [A, W, Q]
-    if attention.kind == "mlp":
-        hidden = g.op("Tanh", g.op("Add", g.op("Unsqueeze", "keys", g.const(np.array([1]))),
-                                   g.op("Unsqueeze", q, g.const(np.array([2])))))
-        scores = g.op("Squeeze", g.op("MatMul", hidden, g.const(attention.v.weight.t())), g.const(np.array([3])))
-    else:
-        scores = g.op("MatMul", q, g.op("Transpose", "keys", perm=[0, 2, 1]))  # [A, W, S]
-    scores = g.op("Where", g.op("Unsqueeze", "mask", g.const(np.array([1]))), scores,
-                  g.const(np.array(-np.inf, dtype=np.float32)))
-    weights = g.op("Softmax", scores, axis=-1)
-    context = g.op("MatMul", weights, "values")  # [A, W, K]
-    return g.op("Flatten", context, axis=2), g.op("Flatten", weights, axis=2)
 
 
 def _decoder_graph(model: Seq2Seq, int8: bool = False):
     g = _Graph(int8)
-    decoder = model.decoder
-    kind = model.cfg.cell
-    x = g.op("Gather", g.const(model.tgt_embed.weight), "prev")  # [R, E]
-    if decoder.input_feeding:
-        x = g.op("Concat", x, "feed", axis=1)
-    hs = []
-    cs = []
-    context = None  # context: the attending layer's, for the layers above
-    weights = None
-    for k, cell in enumerate(decoder.cells):
-        if k > decoder.query_layer:
-            x = g.op("Concat", x, context, axis=1)
-        layer = g.const(np.array(k))
-        h, c = _cell(g, kind, cell, x, g.op("Gather", "h", layer, axis=0),
-                     g.op("Gather", "c", layer, axis=0) if kind == "lstm" else None)
-        hs.append(g.op("Unsqueeze", h, g.const(np.array([0]))))
-        if c is not None:
-            cs.append(g.op("Unsqueeze", c, g.const(np.array([0]))))
-        x = h
-        if k == decoder.query_layer:
-            context, weights = _attend(g, decoder.attention, x, model.cfg.decoder_hidden_size)
-    vector = g.op("Tanh", g.product(g.op("Concat", context, x, axis=1), decoder.combine.weight, None))
-    _rename(g, g.op("LogSoftmax", g.linear(vector, model.output), axis=-1), "logp")
-    _rename(g, g.op("Concat", *hs, axis=0), "h_out")
-    _rename(g, vector, "feed_out")
-    _rename(g, weights, "weights")
-    layers = len(decoder.cells)
-    size = model.cfg.decoder_hidden_size
-    state = [("h", "float", [layers, "R", size])] + ([("c", "float", [layers, "R", size])] if kind == "lstm" else [])
+    lstm = model.cfg.cell == "lstm"
+    logp, state, weights = core.decode_step(OnnxOps(g), model, "prev",
+                                            DecoderState("h", "c" if lstm else None, "feed"),
+                                            Memory("values", "keys", "mask"))
+    layers, size = len(model.decoder.cells), model.cfg.decoder_hidden_size
     outputs = [("logp", "float", ["R", "V"]), ("h_out", "float", [layers, "R", size]),
                ("feed_out", "float", ["R", size]), ("weights", "float", ["R", "S"])]
-    if kind == "lstm":
-        _rename(g, g.op("Concat", *cs, axis=0), "c_out")
+    values = [logp, state.h, state.feed, weights]
+    if lstm:
         outputs.append(("c_out", "float", [layers, "R", size]))
+        values.append(state.c)
+    for (name, *_), value in zip(outputs, values):
+        _rename(g, value, name)
+    states = [("h", "float", [layers, "R", size])] + ([("c", "float", [layers, "R", size])] if lstm else [])
     return g.finish("nmt_decoder_step",
-           [("prev", "int64", ["R"]), *state, ("feed", "float", ["R", size]),
-            ("values", "float", ["A", "S", model.encoder.output_size]), ("keys", "float", ["A", "S", "Q"]),
-            ("mask", "bool", ["A", "S"])], outputs)
+                    [("prev", "int64", ["R"]), *states, ("feed", "float", ["R", size]),
+                     ("values", "float", ["A", "S", model.encoder.output_size]),
+                     ("keys", "float", ["A", "S", "Q"]), ("mask", "bool", ["A", "S"])], outputs)
 
 
 def export_onnx(model: Seq2Seq, folder: str | Path) -> list[Path]:

@@ -18,8 +18,9 @@ import functools
 import torch
 from torch import nn
 
+from nmt import core
 from nmt.errors import ConfigError
-from nmt.invariant import sigmoid
+from nmt.invariant import EXACT
 
 
 @functools.cache
@@ -82,22 +83,17 @@ class Int8Cell(nn.Module):
             self.both = Int8Linear(torch.cat([cell.weight_ih, cell.weight_hh], dim=1),
                                    cell.bias_ih + cell.bias_hh)
 
-    def forward(self, x: torch.Tensor, state):
-        """The equations of torch's cells (gate order i, f, g, o and r, z, n); the sigmoid is
-        nmt.invariant's, so a row's result depends on that row alone."""
-        if self.kind == "lstm":
-            h, c = state
-            i, f, g, o = self.both(torch.cat([x, h], dim=1)).chunk(4, dim=1)
-            c = sigmoid(f) * c + sigmoid(i) * torch.tanh(g)
-            return sigmoid(o) * torch.tanh(c), c
+    def products(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The input and state products, or (LSTM, RNN) their sum as one product."""
         if self.kind == "gru":
-            ir, iz, in_ = self.ih(x).chunk(3, dim=1)
-            hr, hz, hn = self.hh(state).chunk(3, dim=1)
-            r = sigmoid(ir + hr)
-            z = sigmoid(iz + hz)
-            n = torch.tanh(in_ + r * hn)
-            return (1 - z) * n + z * state
-        return torch.tanh(self.both(torch.cat([x, state], dim=1)))
+            return self.ih(x), self.hh(h)
+        return self.both(torch.cat([x, h], dim=1)), None
+
+    def forward(self, x: torch.Tensor, state):
+        """The equations of torch's cells (``nmt.core.cell_update``) on these products."""
+        h, c = state if self.kind == "lstm" else (state, None)
+        h, c = core.cell_step(EXACT, self.kind, self, x, h, c)
+        return (h, c) if self.kind == "lstm" else h
 
 
 def int8_supported() -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 import sacrebleu
 from sacrebleu.metrics import BLEU, CHRF, TER
 
-from nmt.checkpoint import Metric, RunDir
+from nmt.rundir import Metric, RunDir
 from nmt.errors import DataError
 from nmt.io import write_bytes, write_text
 

@@ -43,7 +43,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nmt.checkpoint import Metric, RunDir, TrainState, load_for_resume, restore_training, save_training
+from nmt.checkpoint import TrainState, load_for_resume, restore_training, save_training
+from nmt.rundir import Metric, RunDir
 from nmt.config import Config, TrainConfig, check_decode, save_config
 from nmt.corpus import Corpus
 from nmt.data import Batch, absolute_paths, batch_of, check_inputs, length_batches

@@ -11,8 +11,8 @@ import logging
 
 import torch
 
-from nmt import export
-from nmt.checkpoint import LoadedRun, load_run
+from nmt import export, loading
+from nmt.loading import LoadedRun, load_run
 from nmt.device import fast_int8
 from nmt.config import DecodeConfig, decode_settings
 from nmt.ensemble import Ensemble
@@ -378,7 +378,7 @@ def _onnx_model(run: LoadedRun, device, ensemble, int8: bool):
     from nmt.onnx_model import OnnxModel
     if ensemble or str(device) != "cpu":
         raise ConfigError("backend onnx: one model, on the CPU (drop --ensemble, --device)")
-    if run.checkpoint.name != export.WEIGHTS:
+    if run.checkpoint.name != loading.WEIGHTS:
         raise ConfigError(f"backend onnx: {run.checkpoint} is a checkpoint; export a model folder "
                           "with 'nmt-export RUN OUT --onnx' and load that")
     return OnnxModel(run.checkpoint.parent, run.cfg.model.cell, torch.get_num_threads(), int8)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from nmt.checkpoint import RunDir, load_checkpoint
+from nmt.checkpoint import load_checkpoint
+from nmt.rundir import RunDir
 from nmt.cli import average_main
 from nmt.config import config_from_dict
 from nmt.train import train

@@ -12,7 +12,7 @@ import torch
 
 from conftest import reversal_pairs
 from nmt import invariant
-from nmt.checkpoint import load_run
+from nmt.loading import load_run
 from nmt.config import DecodeConfig
 from nmt.quantize import quantize_int8
 from nmt.serve import Limits

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from nmt.checkpoint import Checkpoint, Metric, RunDir, TrainState
+from nmt.checkpoint import Checkpoint, TrainState
+from nmt.rundir import Metric, RunDir
 from nmt.config import TrainConfig
 from nmt.errors import CheckpointError
 from nmt.schedule import Schedule, ScheduleState

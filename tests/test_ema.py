@@ -4,7 +4,8 @@ import torch
 
 from conftest import HostTransfers, reversal_config
 from nmt.average import average
-from nmt.checkpoint import decoding_weights, load_checkpoint, load_run
+from nmt.checkpoint import decoding_weights, load_checkpoint
+from nmt.loading import load_run
 from nmt.config import config_from_dict
 from nmt.train import Trainer, train
 

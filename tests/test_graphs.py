@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import HostTransfers, reversal_pairs
-from nmt.checkpoint import load_run
+from nmt.loading import load_run
 from nmt.config import DecodeConfig, config_from_dict
 from nmt.ensemble import Ensemble
 from nmt.graphs import SOURCE_BLOCK, bucket, graphed

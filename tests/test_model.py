@@ -58,18 +58,21 @@ def test_model_variants_train_and_decode(overrides):
     assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
 
 
-@pytest.mark.parametrize("cell, input_feeding, decoder", [
-    ("lstm", True, "luong"), ("lstm", False, "luong"), ("gru", True, "luong"), ("rnn", True, "luong"),
-    ("gru", False, "luong"), ("lstm", False, "gnmt"), ("gru", False, "gnmt"), ("rnn", False, "gnmt")])
-def test_teacher_forced_logits_match_step_by_step_decoding(cell, input_feeding, decoder):
+@pytest.mark.parametrize("cell, input_feeding, decoder, attention", [
+    ("lstm", True, "luong", "general"), ("lstm", False, "luong", "mlp"), ("gru", True, "luong", "mlp"),
+    ("rnn", True, "luong", "dot"), ("gru", False, "luong", "general"), ("lstm", False, "gnmt", "dot"),
+    ("gru", False, "gnmt", "general"), ("rnn", False, "gnmt", "mlp")])
+def test_teacher_forced_logits_match_step_by_step_decoding(cell, input_feeding, decoder, attention):
     """Training scores only real target positions; they must be the very scores
     the step-by-step decoder (used by greedy and beam search) gives there -- also
-    when the training path (batched products, nmt.steps) runs with gradients."""
+    when the training path (batched products, nmt.steps) runs with gradients. This ties
+    training's kernels (nn.LSTM, bmm: ``core.BATCHED``) to decoding's (``invariant.EXACT``)
+    for every cell, attention and decoder."""
     torch.manual_seed(1)
     cfg = config_from_dict({"model": {"embedding_size": 16, "encoder_hidden_size": 16,
                                       "decoder_hidden_size": 32, "decoder_layers": 2, "cell": cell,
                                       "input_feeding": input_feeding, "decoder": decoder,
-                                      "tie_output": False}})
+                                      "attention": attention, "tie_output": False}})
     model = Seq2Seq(cfg.model, 40, 40).eval()
     batch = batch_of([[5, 6, 7, 8], [9, 10], [11]], [[12], [13, 14, 15, 16], [17, 18]])
     logits = model(batch.src, batch.src_lengths, batch.tgt_in, batch.positions).detach()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import HostTransfers
-from nmt.checkpoint import load_run
+from nmt.loading import load_run
 from nmt.config import DecodeConfig, config_from_dict
 from nmt.data import Batch, batch_of
 from nmt.io import read_lines

@@ -138,28 +138,22 @@ def test_decoder_dropout_never_touches_the_carried_state():
     torch.manual_seed(5)
     dec = Decoder("lstm", embedding_size=6, hidden_size=8, num_layers=2, memory_size=8,
                   attention="general", input_feeding=True, dropout=0.5).train()
-    calls = []
-    cell_step = dec._cell_step
-
-    def spy(cell, x, h, c):  # what each layer's cell is given
-        calls.append((x, (h, c)))
-        return cell_step(cell, x, h, c)
-
-    dec._cell_step = spy
+    dropped = []  # what dropout is given, in order
+    drop = dec.dropout.forward
+    dec.dropout.forward = lambda x: dropped.append(x) or drop(x)
     state = DecoderState(torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.randn(3, 8))
     values = torch.randn(3, 4, 8)
     memory = Memory(values, dec.attention.project_keys(values), torch.ones(3, 4, dtype=torch.bool))
-    emb = torch.randn(3, 6)
-    out, new, _ = dec.step(emb, state, memory)
-    for k, (x, (h, c)) in enumerate(calls):
-        assert torch.equal(h, state.h[k]) and torch.equal(c, state.c[k])  # state passed as is
-    # the vector fed back to the next step is kept undropped (it is dropped once, at layer 1's
-    # input); the output layer gets the dropped copy
-    assert not (new.feed == 0).any()
-    assert torch.all((out == 0) | torch.isclose(out, new.feed * 2)) and (out == 0).any()
-    assert (calls[0][0] == 0).any()
-    # the input into layer 1 ([embedding; fed vector]) and into layer 2 are dropped
-    full_in = torch.cat([emb, state.feed], -1)
-    assert torch.all((calls[0][0] == 0) | torch.isclose(calls[0][0], full_in * 2))
-    assert torch.all((calls[1][0] == 0) | torch.isclose(calls[1][0], new.h[0] * 2))
-    assert (calls[1][0] == 0).any()
+    emb = torch.randn(3, 1, 6)
+    out = dec(emb, state, memory)[:, 0]
+    # dropped: layer 1's input in its two parts (the embeddings, the fed vector), layer 2's
+    # input (layer 1's new state), and the attentional vector -- never a state carried over
+    assert len(dropped) == 4
+    assert torch.equal(dropped[0], emb) and torch.equal(dropped[1], state.feed)
+    for x in dropped:
+        for carried in (*state.h, *state.c):
+            assert x.shape != carried.shape or not torch.equal(x, carried)
+    # the fed-back vector is kept undropped; the output layer gets the dropped copy
+    vector = dropped[3]
+    assert not (vector == 0).any()
+    assert torch.all((out == 0) | torch.isclose(out, vector * 2)) and (out == 0).any()

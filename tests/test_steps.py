@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from nmt import core
 from nmt.decoder import Decoder, DecoderState, Memory
 from nmt.steps import StepProducts
 
@@ -31,7 +32,7 @@ def test_one_weight_used_at_every_step_gets_the_summed_gradient():
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_decoder_gradients_match_the_step_by_step_decoder(cell):
     """Decoder.forward (layer 1's embedding product for all steps, batched weight
-    gradients) gives the gradients of running Decoder.step at every t."""
+    gradients) gives the outputs and gradients of decoding's equations (nmt.core) at every t."""
     torch.manual_seed(1)
     B, T, S, E, H, K = 4, 6, 5, 8, 12, 10
     decoder = Decoder(cell, E, H, 2, K, "general", input_feeding=True).eval()  # no dropout: same masks
@@ -51,7 +52,7 @@ def test_decoder_gradients_match_the_step_by_step_decoder(cell):
     def stepwise(memory, state):
         vectors = []
         for t in range(T):
-            vector, state, _ = decoder.step(emb[:, t], state, memory)
+            vector, state, _ = core.decoder_step(core.BATCHED, decoder, emb[:, t], state, memory)
             vectors.append(vector)
         return torch.stack(vectors, 1)
 

@@ -1,0 +1,134 @@
+"""A run directory's paths and its metrics file (no torch: reports and tools read them cheaply).
+
+A run directory holds ``config.yaml`` (the resolved config), the sentencepiece
+model(s) (named by ``nmt.vocab.vocab_paths``), ``checkpoints/{last,best}.pt`` (and
+``step-N.pt``, ``averaged.pt``), ``train.log``, ``metrics.jsonl``, ``tensorboard/``,
+``cache/`` and ``reports/``.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from nmt.errors import CheckpointError
+from nmt.io import write_text
+
+STEP_FILE = re.compile(r"step-(\d+)\.pt")
+
+
+class RunDir:
+    """The paths of a run directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"  # the resolved config
+        self.checkpoints = self.root / "checkpoints"
+        self.last = self.checkpoint("last")  # written at validations, by time and at the end
+        self.best = self.checkpoint("best")  # the best validation BLEU's
+        self.averaged = self.checkpoint("averaged")  # nmt-average's
+        self.train_log = self.root / "train.log"
+        self.metrics = MetricsFile(self.root / "metrics.jsonl")
+        self.tensorboard = self.root / "tensorboard"
+        self.cache = self.root / "cache"  # the prepared data, unless data.cache_dir
+        self.reports = self.root / "reports"  # nmt-evaluate's
+
+    def checkpoint(self, name: str) -> Path:
+        """``name``: "best", "last", "averaged" or "step-N"."""
+        return self.checkpoints / f"{name}.pt"
+
+    def step_checkpoint(self, step: int) -> Path:
+        return self.checkpoint(f"step-{step}")
+
+    def step_checkpoints(self) -> list[Path]:
+        """The run's kept validation checkpoints (train.keep_checkpoints), oldest first."""
+        found = [(int(m.group(1)), p) for p in self.checkpoints.glob("step-*.pt")
+                 if (m := STEP_FILE.fullmatch(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def drop_step_checkpoints_before_the_last(self, keep: int) -> None:
+        for old in self.step_checkpoints()[:-keep]:
+            old.unlink()
+
+    @classmethod
+    def of_checkpoint(cls, path: Path) -> RunDir | None:
+        """The run directory a checkpoint file lies in, or None (a file elsewhere)."""
+        return cls(path.parent.parent) if path.parent.name == "checkpoints" else None
+
+
+# ----------------------------------------------------------------------------- metrics
+
+class Metric:
+    """The curves' names: the keys of metrics.jsonl, and TensorBoard's tags with the first
+    _ written as / (train/loss)."""
+    TRAIN_LOSS = "train_loss"
+    TRAIN_LR = "train_lr"
+    TRAIN_SPEED = "train_target_tokens_per_s"
+    VALID_LOSS = "valid_loss"
+    VALID_PPL = "valid_ppl"
+    VALID_BLEU = "valid_bleu"
+
+    @staticmethod
+    def tag(name: str) -> str:
+        return name.replace("_", "/", 1)
+
+
+@dataclass(frozen=True)
+class MetricsFile:
+    """metrics.jsonl: one JSON object per log line or validation, its step and its values."""
+    path: Path
+    STEP: ClassVar[str] = "step"
+
+    def append(self, step: int, values: dict[str, float]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({self.STEP: step, **values}) + "\n")
+
+    def _rows(self) -> list[tuple[str, dict | None]]:
+        """(line, its object, or None for a line cut short by a kill)."""
+        rows = []
+        for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                row = json.loads(line)
+                int(row[self.STEP])
+            except (ValueError, KeyError, TypeError):
+                row = None
+            rows.append((line, row))
+        return rows
+
+    def forget_after(self, step: int) -> None:
+        """Keep the points up to ``step`` (a resumed run's checkpoint): those after it are
+        trained (and logged) again, and each step must appear once."""
+        if not self.path.exists():
+            return
+        rows = self._rows()
+        kept = [line for line, row in rows if row is not None and int(row[self.STEP]) <= step]
+        if len(kept) != len(rows):
+            write_text(self.path, "".join(kept))
+
+    def curves(self) -> dict[str, list[tuple[int, float]]]:
+        """Each metric's (step, value) points in step order; a resumed run's point overwrites."""
+        if not self.path.is_file():
+            return {}
+        curves: dict[str, dict[int, float]] = {}
+        for _, row in self._rows():
+            for name, value in (row or {}).items():
+                if name != self.STEP:
+                    curves.setdefault(name, {})[row[self.STEP]] = value
+        return {name: sorted(points.items()) for name, points in curves.items()}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
+    """A name in the run's checkpoints folder ("best", "last", "averaged", "step-500") or a
+    path (with a "/" or ending in .pt) -> an existing checkpoint file."""
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: run directory not found")
+    is_path = "/" in checkpoint or checkpoint.endswith(".pt")
+    path = Path(checkpoint) if is_path else RunDir(run_dir).checkpoint(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return path
