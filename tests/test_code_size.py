@@ -1,4 +1,5 @@
-"""The package stays readable: no function over 60 lines, the Trainer and the training loop short."""
+"""The package stays readable: no function over 60 lines, the Trainer and the training loop short,
+no import cycle."""
 import ast
 import inspect
 from pathlib import Path
@@ -27,3 +28,32 @@ def test_the_training_loop_reads_top_to_bottom():
 def test_the_trainer_only_trains():
     """The schedule (nmt.schedule) and saving and restoring (nmt.checkpoint) live elsewhere."""
     assert len(inspect.getsource(train.Trainer).splitlines()) <= 150
+
+
+def _imports_of(path: Path) -> set[str]:
+    """The nmt modules a module imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "nmt":
+            parts = node.module.split(".")
+            found |= {alias.name for alias in node.names} if len(parts) == 1 else {parts[1]}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("nmt.")}
+    return found - {path.stem}
+
+
+def test_the_package_has_no_import_cycle():
+    graph = {path.stem: _imports_of(path) for path in PACKAGE.glob("*.py") if path.stem != "__init__"}
+    order = []  # modules in an order where each comes after everything it imports
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, "import cycle: " + " -> ".join(path[path.index(module):] + (module,))
+        if module in order or module not in graph:
+            return
+        for dep in sorted(graph[module]):
+            visit(dep, path + (module,))
+        order.append(module)
+    for module in sorted(graph):
+        visit(module, ())
+    assert len(order) == len(graph)
+    assert not graph["rundir"] & {"model", "checkpoint", "corpus"}  # paths need no torch model
