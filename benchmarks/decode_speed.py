@@ -39,7 +39,7 @@ from machine import describe, summary  # noqa: E402
 from nmt.data import load_split  # noqa: E402
 from nmt.quantize import quantize_int8  # noqa: E402
 from nmt.report import corpus_scores  # noqa: E402
-from nmt.translate import Translator, decode_corpus  # noqa: E402
+from nmt.translate import Engine, Translator, decode_corpus  # noqa: E402
 
 
 def main() -> None:
@@ -73,11 +73,12 @@ def main() -> None:
                                      backend="onnx" if onnx else "torch")
         if mode == "int8-forced":  # what int8 would cost where Translator declines it (no VNNI)
             translator.model = translator.run.model = quantize_int8(translator.model)
-            translator.int8 = True
+            translator.engine = Engine("pytorch", "int8")
         # Without fast int8 kernels, Translator decodes int8 on onnxruntime (ONNX graphs made in
         # memory) or, without the onnx extra, declines it and decodes in float32.
-        int8, on_ort = getattr(translator, "int8", None), type(translator.model).__name__ == "OnnxModel"
-        ran = mode if int8 is None or onnx else ("fp32" if not int8 else "onnx-int8" if on_ort else "int8")
+        engine = str(getattr(translator, "engine", ""))  # absent before nmt.translate.Engine
+        ran = mode if onnx or not engine else {"pytorch float32": "fp32", "pytorch int8": "int8",
+                                               "onnxruntime int8": "onnx-int8"}[engine]
         cfg = translator.run.cfg
         test = args.test or cfg.data.test or str(ROOT / "data" / "multi30k" / "test2016")
         sources, references = load_split(cfg.data, test, "test")

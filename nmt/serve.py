@@ -146,6 +146,7 @@ class Server:
             "src_lang": run.cfg.data.src_lang, "tgt_lang": run.cfg.data.tgt_lang,
             "directions": [label(d) for d in directions(run.cfg.data)],
             "checkpoint": str(run.checkpoint), "step": run.step, "int8": self.translator.int8,
+            "engine": str(self.translator.engine),
             "decode": {k: v for k, v in asdict(self.translator.decode).items() if k != "batch_size"},
             "limits": asdict(self.limits)})
 

@@ -16,7 +16,7 @@ from nmt.loading import LoadedRun, load_run
 from nmt.device import fast_int8
 from nmt.config import DecodeConfig, decode_settings
 from nmt.ensemble import Ensemble
-from nmt.errors import CheckpointError, ConfigError, NmtError
+from nmt.errors import CheckpointError, ConfigError
 from nmt.graphs import graphed
 from nmt.data import batch_of, by_length
 from nmt.directions import for_target, source_tags
@@ -97,20 +97,37 @@ class Prepared:
     keep_markup: bool
 
 
+@dataclass(frozen=True)
+class Engine:
+    """What runs a translator's model: ``runtime`` "pytorch" or "onnxruntime" (nmt's own search
+    either way), ``precision`` "float32" or "int8"."""
+    runtime: str
+    precision: str
+
+    def __str__(self) -> str:
+        return f"{self.runtime} {self.precision}"
+
+
 class Translator:
     """Raw text in, raw text out.
 
     >>> Translator.load("runs/demo").translate(["Ein Hund läuft."], beam_size=5)
     """
 
-    def __init__(self, run: LoadedRun, device: torch.device | str = "cpu", int8: bool = False):
+    def __init__(self, run: LoadedRun, device: torch.device | str = "cpu",
+                 engine: Engine = Engine("pytorch", "float32")):
         self.run = run
         self.device = device
-        self.int8 = int8  # int8: whether the model is quantized
+        self.engine = engine  # what runs the model: reported by the API and the server, logged
         self.model = run.model
         self.src_vocab = run.src_vocab
         self.tgt_vocab = run.tgt_vocab
         self.decode = run.cfg.decode
+
+    @property
+    def int8(self) -> bool:
+        """Whether the model decodes with int8 products."""
+        return self.engine.precision == "int8"
 
     @classmethod
     def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
@@ -131,50 +148,28 @@ class Translator:
         5-12x slower than float32, the same int8 arithmetic runs as ONNX graphs
         on onnxruntime (``nmt[onnx]``; not batch-invariant bit for bit); without
         the extra, int8 is declined with a warning and the model decodes in
-        float32. ``translator.int8`` says whether int8 ran.
+        float32. ``translator.engine`` says what runs (``Engine``), logged at load.
         """
+        if backend not in ("torch", "onnx"):
+            raise ConfigError(f"backend: {backend!r}; choose torch or onnx")
+        if int8 and ensemble:
+            raise ConfigError("int8 decoding of an ensemble is not supported; drop --int8")
+        if int8 and backend == "torch" and str(device) != "cpu":
+            raise ConfigError("int8 decoding runs on the CPU only (use --device cpu)")
         run = load_run(run_dir, checkpoint, device)
         if ensemble:
-            if int8:
-                raise ConfigError("int8 decoding of an ensemble is not supported; drop --int8")
-            members = [load_run(*_member(name), device) for name in ensemble]
-            for member in members:
-                for side in ("src_vocab", "tgt_vocab"):
-                    if getattr(member, side).fingerprint != getattr(run, side).fingerprint:
-                        raise CheckpointError(f"{member.checkpoint}: its {side[:3]} vocabulary differs from "
-                                              f"{run.checkpoint}'s; an ensemble needs one vocabulary")
-            run.model = Ensemble([run.model] + [member.model for member in members])
-        if backend == "onnx":  # its int8 products are onnxruntime's: they pay without VNNI too
-            translator = cls(run, device, int8)
-            translator.model = _onnx_model(run, device, ensemble, int8)
-            return translator
-        if backend != "torch":
-            raise ConfigError(f"backend: {backend!r}; choose torch or onnx")
-        if int8 and str(device) != "cpu":
-            raise ConfigError("int8 decoding runs on the CPU only (use --device cpu)")
-        if int8 and not fast_int8(torch.device("cpu")):
-            return cls._int8_without_vnni(run)
-        if int8:
-            run.model = quantize_int8(run.model)
-        return cls(run, device, int8)
-
-    @classmethod
-    def _int8_without_vnni(cls, run: LoadedRun) -> "Translator":
-        """On a CPU without fast int8 products PyTorch's int8 is slower than float32, but
-        onnxruntime's int8 kernels pay: decode the model's ONNX int8 graphs (made in memory)."""
-        from nmt.onnx_model import OnnxModel
-        try:
-            onnx_model = OnnxModel.of(run.model, torch.get_num_threads(), int8=True)
-        except NmtError:  # onnx or onnxruntime is not installed
-            log.warning("int8 decoding declined: this CPU has no fast int8 products (AVX512-VNNI, AVX-VNNI "
-                        "or AMX), where PyTorch's int8 is slower than float32, and onnxruntime's int8 needs "
-                        "pip install 'nmt[onnx]'; decoding in float32")
-            return cls(run, "cpu", False)
-        log.info("int8 decoding: this CPU has no fast int8 products for PyTorch; decoding "
-                 "through onnxruntime's int8 kernels (ONNX graphs made in memory)")
-        translator = cls(run, "cpu", True)
-        translator.model = onnx_model
-        return translator
+            run.model = Ensemble([run.model] + [member.model for member in _members(run, ensemble, device)])
+        engine = _engine(backend, int8)
+        if backend == "onnx":  # a model folder's graphs
+            model = _onnx_model(run, device, ensemble, int8)
+        elif engine == Engine("onnxruntime", "int8"):  # the model's int8 graphs, made in memory
+            from nmt.onnx_model import OnnxModel
+            model = OnnxModel.of(run.model, torch.get_num_threads(), int8=True)
+        else:
+            model = quantize_int8(run.model) if engine.precision == "int8" else run.model
+        run.model = model
+        log.info("decoding with %s", engine)
+        return cls(run, device, engine)
 
     @classmethod
     def from_pretrained(cls, name: str | Path, device: str = "cpu", int8: bool = False) -> "Translator":
@@ -372,6 +367,36 @@ class Translator:
         return {"sentence": sentence, "source": self.src_vocab.pieces(src_ids),
                 "target": self.tgt_vocab.pieces(hyp.tokens + ([END] if hyp.ended else [])),
                 "weights": hyp.attention[:, :len(src_ids)].tolist()}
+
+
+def _engine(backend: str, int8: bool) -> Engine:
+    """The one choice of engine. int8 on PyTorch needs fast int8 products (VNNI): without
+    them PyTorch's int8 is slower than float32 and onnxruntime's int8 kernels run instead;
+    without the onnx extra int8 is declined (a warning) and float32 runs."""
+    if backend == "onnx":
+        return Engine("onnxruntime", "int8" if int8 else "float32")
+    if not int8 or fast_int8(torch.device("cpu")):
+        return Engine("pytorch", "int8" if int8 else "float32")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        log.warning("int8 decoding declined: this CPU has no fast int8 products (AVX512-VNNI, AVX-VNNI "
+                    "or AMX), where PyTorch's int8 is slower than float32, and onnxruntime's int8 needs "
+                    "pip install 'nmt[onnx]'; decoding in float32")
+        return Engine("pytorch", "float32")
+    return Engine("onnxruntime", "int8")
+
+
+def _members(run: LoadedRun, ensemble: Sequence[str], device) -> list[LoadedRun]:
+    """An ensemble's other members, with this run's vocabularies."""
+    members = [load_run(*_member(name), device) for name in ensemble]
+    for member in members:
+        for side in ("src_vocab", "tgt_vocab"):
+            if getattr(member, side).fingerprint != getattr(run, side).fingerprint:
+                raise CheckpointError(f"{member.checkpoint}: its {side[:3]} vocabulary differs from "
+                                      f"{run.checkpoint}'s; an ensemble needs one vocabulary")
+    return members
 
 
 def _onnx_model(run: LoadedRun, device, ensemble, int8: bool):

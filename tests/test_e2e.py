@@ -20,7 +20,7 @@ def test_int8_decoding_keeps_the_quality(reversal_run, reversal_data, monkeypatc
     ref = read_lines(reversal_data["test"] + ".tgt")
     monkeypatch.setattr(translate, "fast_int8", lambda device: True)  # the int8 path on any CPU
     translator = Translator.load(reversal_run, int8=True)
-    assert translator.int8
+    assert translator.int8 and str(translator.engine) == "pytorch int8"
     kinds = {type(m).__name__ for m in translator.model.modules()}
     assert {"Int8Cell", "Int8Linear"} <= kinds and "Linear" not in kinds and "LSTMCell" not in kinds
     out = translator.translate(src, beam_size=4)
@@ -42,6 +42,7 @@ def test_int8_runs_on_onnxruntime_where_the_cpu_has_no_fast_int8(reversal_run, r
     monkeypatch.setattr(translate, "fast_int8", lambda device: False)
     translator = Translator.load(reversal_run, int8=True)
     assert translator.int8 and isinstance(translator.model, OnnxModel)
+    assert str(translator.engine) == "onnxruntime int8"
     out = translator.translate(src, beam_size=4)
     assert sum(o == r for o, r in zip(out, ref)) / len(ref) >= 0.9
     assert sum(o == t for o, t in zip(out, torch_int8)) >= 0.99 * len(src)
@@ -56,5 +57,6 @@ def test_int8_is_declined_without_vnni_or_onnxruntime(reversal_run, reversal_dat
     declined = Translator.load(reversal_run, int8=True)
     warning = capsys.readouterr().err
     assert not declined.int8 and "int8 decoding declined" in warning and "nmt[onnx]" in warning
+    assert str(declined.engine) == "pytorch float32"
     assert not any("Int8" in type(m).__name__ for m in declined.model.modules())
     assert declined.translate(src) == Translator.load(reversal_run).translate(src)

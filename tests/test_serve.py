@@ -125,6 +125,7 @@ def test_health_and_info(served, translator):
     info = get(f"{served.url}/info")
     assert (info["src_lang"], info["tgt_lang"]) == ("src", "tgt")
     assert info["step"] == translator.run.step and info["checkpoint"].endswith("best.pt")
+    assert info["engine"] == "pytorch float32" and not info["int8"]
     assert info["decode"]["beam_size"] == translator.decode.beam_size and info["limits"]["max_sentences"] == 50
 
 
