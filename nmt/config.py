@@ -143,29 +143,34 @@ class TrainConfig:
     init_sha256: str = ""  # of init_from's weights file, recorded at the start; if given, it must match
 
 
+KEEP = "keep"  # an option's ``validation`` rule: validation decodes with the config's value
+
+
 def option(default: Any, doc: str, *, bounds: tuple | None = None, choices: tuple | None = None,
-           flag: bool = True, served: bool = False) -> Any:
+           flag: bool = True, served: bool = False, validation: Any = None) -> Any:
     """A decode option, declared once (fairseq's ``field(metadata=...)``): its default, and in the
     metadata its help text (the command-line flag's, the configs' comment), its range (as in
     RANGES: ``"("`` marks an open lower end) or choices, whether the decoding commands take it as
-    a flag, and whether a request to ``nmt-serve`` may set it."""
+    a flag, whether a request to ``nmt-serve`` may set it, and what validation decodes with
+    (``validation_decode``): None = the default, ``KEEP`` = the config's value, or a value."""
     return field(default=default, metadata={"help": doc, "range": bounds, "choices": choices,
-                                            "flag": flag, "served": served})
+                                            "flag": flag, "served": served, "validation": validation})
 
 
 @dataclass
 class DecodeConfig:
-    beam_size: int = option(5, "hypotheses kept at each step; 1 = greedy", bounds=(1, 1000), served=True)
+    beam_size: int = option(5, "hypotheses kept at each step; 1 = greedy", bounds=(1, 1000), served=True,
+                            validation=1)
     length_penalty: float = option(1.0, "finished beams ranked by score / length ** L (length_penalty_type)",
                                    bounds=(0.0, 10.0), served=True)
     length_penalty_type: str = option("length", "length: score / length ** L; "
                                       "gnmt: score / ((5 + length) / 6) ** L (Wu et al.)",
                                       choices=("length", "gnmt"), served=True)
     max_length_ratio: float = option(2.0, "output at most ratio x source pieces + 5 ...",
-                                     bounds=("(", 0.0, 1000.0), served=True)
+                                     bounds=("(", 0.0, 1000.0), served=True, validation=KEEP)
     max_length: int = option(0, "... and at most this many output pieces; 0 = no such cap",
-                             bounds=(0, 10**6), served=True)
-    batch_size: int = option(64, "sentences per decoding batch", bounds=(1, 10**6))
+                             bounds=(0, 10**6), served=True, validation=KEEP)
+    batch_size: int = option(64, "sentences per decoding batch", bounds=(1, 10**6), validation=KEEP)
     # No shared flag: nmt-translate's own --n-best also chooses its output format, and
     # nmt-evaluate scores one translation per sentence.
     n_best: int = option(1, "translations returned per sentence, best first; at most beam_size",
@@ -188,7 +193,16 @@ class DecodeConfig:
                          choices=("none", "keep"), served=True)
     # One graph per bucket of batch and source length (nmt.graphs); off CUDA the same code runs eagerly.
     cuda_graphs: bool = option(False, "GPU: replay each decoder step as a CUDA graph "
-                               "(same output, fewer launches)")
+                               "(same output, fewer launches)", validation=KEEP)
+
+
+def validation_decode(decode: DecodeConfig) -> DecodeConfig:
+    """Validation's decoding settings, by each option's ``validation`` rule: greedy, and every
+    search control at its default unless it says otherwise -- a new control stays out of
+    validation BLEU without anyone listing it."""
+    fixed = {spec.name: spec.default if spec.metadata["validation"] is None else spec.metadata["validation"]
+             for spec in dataclasses.fields(DecodeConfig) if spec.metadata["validation"] != KEEP}
+    return dataclasses.replace(decode, **fixed)
 
 
 def decode_fields(mark: str) -> list[dataclasses.Field]:

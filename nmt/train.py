@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from nmt.checkpoint import TrainState, load_for_resume, restore_training, save_training
 from nmt.rundir import Metric, RunDir
-from nmt.config import Config, TrainConfig, check_decode, save_config
+from nmt.config import Config, TrainConfig, check_decode, save_config, validation_decode
 from nmt.corpus import Corpus
 from nmt.data import Batch, absolute_paths, batch_of, check_inputs, length_batches
 from nmt.device import check_fits, describe, fused_adam, pick_device, set_tf32, use_bf16
@@ -195,7 +195,7 @@ def validate(model: Seq2Seq, corpus: Corpus, cfg: Config, device: torch.device) 
     total = 0.0  # summed loss
     tokens = 0
     bleu = {}
-    greedy = replace(cfg.decode, beam_size=1, n_best=1, samples=0, min_length=0, no_repeat_ngram_size=0)
+    greedy = validation_decode(cfg.decode)
     for valid in corpus.valid_sets:
         for idx in length_batches([len(ids) for ids in valid.src], cfg.decode.batch_size):
             batch = batch_of([valid.src[i] for i in idx], [valid.tgt[i] for i in idx])

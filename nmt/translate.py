@@ -148,7 +148,8 @@ class Translator:
         5-12x slower than float32, the same int8 arithmetic runs as ONNX graphs
         on onnxruntime (``nmt[onnx]``; not batch-invariant bit for bit); without
         the extra, int8 is declined with a warning and the model decodes in
-        float32. ``translator.engine`` says what runs (``Engine``), logged at load.
+        float32. ``translator.engine`` says what runs (``Engine``), logged at load unless
+        it is PyTorch float32.
         """
         if backend not in ("torch", "onnx"):
             raise ConfigError(f"backend: {backend!r}; choose torch or onnx")
@@ -168,7 +169,8 @@ class Translator:
         else:
             model = quantize_int8(run.model) if engine.precision == "int8" else run.model
         run.model = model
-        log.info("decoding with %s", engine)
+        if engine != Engine("pytorch", "float32"):  # the default goes unsaid
+            log.info("decoding with %s", engine)
         return cls(run, device, engine)
 
     @classmethod

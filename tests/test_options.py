@@ -152,3 +152,21 @@ def test_any_sine_forecast_setting(key, value, capsys, tmp_path_factory):
     if status == 2:
         one_clean_line(err.strip(), "forecast_sine: error:")
     torch.set_num_threads(2)
+
+
+def test_validation_decodes_greedily_with_every_search_control_at_its_default():
+    """A rule on each option (``validation``), not a hand list: a control a config sets does not
+    reach validation BLEU unless the option keeps the config's value (lengths, batch size)."""
+    from dataclasses import fields, replace
+
+    from nmt.config import KEEP, DecodeConfig, validation_decode
+    changed = replace(DecodeConfig(), beam_size=7, n_best=3, length_penalty=0.5, min_length=2,
+                      no_repeat_ngram_size=3, samples=2, temperature=0.5, top_k=4, top_p=0.5, seed=9,
+                      max_length_ratio=1.5, max_length=80, batch_size=16, markup="keep")
+    greedy = validation_decode(changed)
+    for spec in fields(DecodeConfig):
+        rule = spec.metadata["validation"]
+        want = getattr(changed, spec.name) if rule == KEEP else spec.default if rule is None else rule
+        assert getattr(greedy, spec.name) == want, spec.name
+    assert (greedy.beam_size, greedy.n_best, greedy.samples, greedy.min_length) == (1, 1, 0, 0)
+    assert (greedy.max_length_ratio, greedy.max_length, greedy.batch_size) == (1.5, 80, 16)
