@@ -8,12 +8,10 @@ cores, length-filtered with array operations and appended to flat arrays in
 ``lengths`` (int32), described by ``meta.json``. The fingerprint hashes all that
 produced it: the files' content (nmt.data.file_identity), the sentencepiece
 model(s), ``data.max_len``, ``data.max_len_ratio``, the sentencepiece version and
-FORMAT; anything that changed gets a folder of its own. A folder is written under a
-temporary name and renamed when complete, so an interrupted preparation leaves
-nothing that could be taken for a finished one. ``vocab-<fingerprint>/`` keeps the
-sentencepiece model(s) trained on the same data and settings for other runs.
-Under torchrun rank 0 prepares and the others map the same files (the page cache
-holds one copy for all the processes of a machine).
+FORMAT; anything that changed gets a folder of its own, written whole or not at all
+(``nmt.io.building_folder``). ``vocab-<fingerprint>/`` keeps the sentencepiece model(s)
+trained on the same data and settings for other runs. Under torchrun rank 0 prepares and
+the others map the same files (the page cache holds one copy per machine).
 """
 from __future__ import annotations
 
@@ -22,35 +20,33 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from hashlib import sha256
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import sentencepiece
 from tqdm import tqdm
 
-from nmt.rundir import RunDir
+from nmt import collectives
 from nmt.config import Config, DataConfig, Direction
-from nmt.data import CHUNK, Batch, DatasetPairs, Pieces, TextPairs, batch_of, epoch_batches, length_filter, \
-    load_split, pair_source, with_end_marker
+from nmt.data import (CHUNK, Batch, DatasetPairs, Pieces, TextPairs, batch_of, epoch_batches,
+                      length_filter, load_split, pair_source, with_end_marker)
 from nmt.directions import control_symbols, directions, entries, label, side_config, source_tags
 from nmt.errors import ConfigError, DataError, NmtError
-from nmt.io import describe_os_error, write_bytes
+from nmt.io import (building_folder, describe_os_error, sweep_stale_folders, terminate_as_interrupt,
+                    write_bytes)
+from nmt.rundir import RunDir
 from nmt.vocab import Vocab, train_vocab, vocab_paths
 
 log = logging.getLogger("nmt")
 
 FORMAT = 1  # of the prepared folder; a new layout gets a new number (and new folders)
 SIDES = ("src", "tgt")
-SAMPLE_SEED = 0  # fixed, not train.seed: runs of other seeds get the same vocabulary (ensembles need it)
+# Fixed, not train.seed: runs of other seeds get the same vocabulary (ensembles need it).
+SAMPLE_SEED = 0
 
 
 def _key(*parts) -> str:
@@ -60,33 +56,6 @@ def _key(*parts) -> str:
 def _progress(what: str, total: int) -> tqdm:
     return tqdm(total=total, desc=what, unit=" lines", unit_scale=True, dynamic_ncols=True,
                 mininterval=1.0, disable=None)
-
-
-def on_rank0(work: Callable[[], object], rank: int, world: int):
-    """``work()`` run by rank 0 alone; every rank gets its result, or its error.
-
-    The others wait in a gloo group of its own with a long timeout: preparing a large
-    corpus can outlast the training group's (NCCL's is 10 minutes)."""
-    if world == 1:
-        return work()
-    import torch.distributed as dist
-    group = dist.new_group(backend="gloo", timeout=timedelta(hours=12))
-    tell = lambda box: dist.broadcast_object_list(box, src=0, group=group)  # noqa: E731
-    if rank == 0:
-        try:
-            value = work()
-        except BaseException as err:  # the others get its message; rank 0 raises it as it was
-            tell([("error", str(err) if isinstance(err, NmtError) else
-                   "rank 0 failed while preparing the training data (see its error)")])
-            raise
-        tell([("ok", value)])
-        return value
-    box: list = [None]
-    tell(box)
-    status, value = box[0]
-    if status == "error":
-        raise NmtError(value)
-    return value
 
 
 def _sample(source: TextPairs | DatasetPairs, sides: tuple[int, ...], pairs: int, limit: int
@@ -142,8 +111,8 @@ def _vocabularies(data: DataConfig, source, identity: dict, cache: Path, run_dir
     limit = data.spm_sample_sentences
     sample = limit if limit and limit < n * (2 if data.joint_vocab else 1) else "all"
     tags = control_symbols(data)
-    folder = cache / ("vocab-" + _key(identity, data.vocab_size, data.subword_type, data.joint_vocab,
-                                      sample, FORMAT, *([tags] if tags else [])))
+    folder = cache / ("vocab-" + _key(identity, data.vocab_size, data.subword_type,
+                                      data.joint_vocab, sample, FORMAT, *([tags] if tags else [])))
     if all((folder / p.name).is_file() for p in paths):
         for path in paths:
             write_bytes(path, (folder / path.name).read_bytes())
@@ -156,63 +125,18 @@ def _vocabularies(data: DataConfig, source, identity: dict, cache: Path, run_dir
     for path, which in sides:
         start = time.perf_counter()
         total = n * len(which)
-        log.info(f"vocabulary {path.name}: training sentencepiece on {min(total, limit or total):,} "
-                 f"of {total:,} sentences")
-        _train_on_sample(_sample(source, which, n, limit), path, data, source.where, tags if 0 in which else [])
+        log.info(f"vocabulary {path.name}: training sentencepiece on "
+                 f"{min(total, limit or total):,} of {total:,} sentences")
+        _train_on_sample(_sample(source, which, n, limit), path, data, source.where,
+                         tags if 0 in which else [])
         log.info(f"vocabulary {path.name}: trained in {time.perf_counter() - start:.1f} s")
     try:  # for other runs on the same data; this run does not need it
-        with _building(folder) as tmp:
+        with building_folder(folder) as tmp:
             for path in paths:
                 shutil.copyfile(path, tmp / path.name)
     except OSError as err:
-        log.warning(f"the vocabulary could not be kept in {cache} for other runs: {describe_os_error(err)}")
-
-
-@contextmanager
-def _building(folder: Path) -> Iterator[Path]:
-    """A temporary folder that becomes ``folder`` when the block ends without error, and is
-    removed otherwise. If another process completed ``folder`` first, its copy is kept."""
-    tmp = folder.parent / f".{folder.name}.{socket.gethostname()}-{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        for path in tmp.iterdir():  # on disk before the rename makes the folder complete
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not folder.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-        directory = os.open(folder.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself on disk
-        finally:
-            os.close(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _sweep(cache: Path) -> None:
-    """Remove the temporary folders of preparations on this machine whose process is gone
-    (killed: an error or a signal removes its own)."""
-    for stale in cache.glob(f".*.{socket.gethostname()}-*.tmp"):
-        pid = stale.name.rsplit("-", 1)[1][:-len(".tmp")]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except OSError:
-        pass  # it exists, as another user's process
-    return True
+        log.warning(f"the vocabulary could not be kept in {cache} for other runs: "
+                    f"{describe_os_error(err)}")
 
 
 class _Entries:
@@ -235,8 +159,8 @@ class _Entries:
             source.check_unchanged()
 
 
-def _segmentations(vocabs: tuple[Vocab, Vocab], chunk: tuple[list[str], list[str]], data: DataConfig,
-                   seed: tuple[int, int], threads: int) -> list[list[list[int]]]:
+def _segmentations(vocabs: tuple[Vocab, Vocab], chunk: tuple[list[str], list[str]],
+                   data: DataConfig, seed: tuple[int, int], threads: int) -> list[list[list[int]]]:
     """Per side, the pieces of the chunk's sentences: one segmentation each, or with
     data.subword_sampling that many sampled ones, pair after pair (row pair x K + k)."""
     if not data.subword_sampling:
@@ -250,45 +174,23 @@ def _segmentations(vocabs: tuple[Vocab, Vocab], chunk: tuple[list[str], list[str
     return sides
 
 
-def _write(tmp: Path, sources: list, tags: list[list[int]], identity: dict, vocabs: tuple[Vocab, Vocab],
-           data: DataConfig) -> dict:
-    """Encode, filter and write the corpus into ``tmp`` (the entries' sources one after the other,
-    each source sentence after its ``tags``); its meta.json record."""
+def _write(tmp: Path, sources: list, tags: list[list[int]], identity: dict,
+           vocabs: tuple[Vocab, Vocab], data: DataConfig) -> dict:
+    """Encode, filter and write the corpus into ``tmp`` (the entries' sources one after the
+    other, each source sentence after its ``tags``); its meta.json record."""
     start = time.perf_counter()
     pairs = identity["pairs"]
     copies = data.subword_segmentations if data.subword_sampling else 1
     dtypes = [np.dtype("<u2") if len(v) < 65536 else np.dtype("<i4") for v in vocabs]
     counts = dict.fromkeys(("kept", "empty", "too_long", "bad_ratio"), 0)
     lengths: tuple[list, list] = ([], [])
-    # The cores this process may use (sentencepiece's default counts the machine's).
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else -1
-    read = 0
     where = ", ".join(dict.fromkeys(source.where for source in sources))
     log.info(f"preparing the training data: {pairs:,} pairs from {where} into {tmp.parent}"
              + (f" ({copies} sampled segmentations each)" if copies > 1 else ""))
     with _progress("preparing", pairs) as bar, open(tmp / "src.ids", "wb") as src_ids, \
             open(tmp / "tgt.ids", "wb") as tgt_ids:
-        for entry, (source, tag) in enumerate(zip(sources, tags)):
-            for n, chunk in enumerate(zip(source.side(0), source.side(1))):
-                if len(chunk[0]) != len(chunk[1]):
-                    source.check_unchanged()  # names the file
-                    raise DataError(f"{source.where}: changed while it was read; run again")
-                ids = _segmentations(vocabs, chunk, data, (entry, n), threads)
-                ids[0] = [tag + x for x in ids[0]] if tag else ids[0]
-                lens = [np.fromiter(map(len, x), dtype=np.int32, count=len(x)) for x in ids]
-                # A pair is kept when each of its segmentations passes: filtered on the longest
-                longest = [side.reshape(-1, copies).max(1) for side in lens]
-                keep, dropped = length_filter(*longest, data.max_len, data.max_len_ratio)
-                for key, value in dropped.items():
-                    counts[key] += value
-                keep = np.repeat(keep, copies)
-                for side, out in enumerate((src_ids, tgt_ids)):
-                    kept = itertools.chain.from_iterable(itertools.compress(ids[side], keep))
-                    out.write(np.fromiter(kept, dtype=dtypes[side], count=int(lens[side][keep].sum())).tobytes())
-                    lengths[side].append(lens[side][keep])
-                read += len(chunk[0])
-                bar.update(len(chunk[0]))
-            source.check_unchanged()
+        read = _encode(sources, tags, vocabs, data, (src_ids, tgt_ids), dtypes, counts, lengths,
+                       bar)
     if read != pairs:
         raise DataError(f"{where}: changed while it was read; run again")
     if not counts["kept"]:
@@ -312,6 +214,39 @@ def _write(tmp: Path, sources: list, tags: list[list[int]], identity: dict, voca
     return meta
 
 
+def _encode(sources: list, tags: list[list[int]], vocabs: tuple[Vocab, Vocab], data: DataConfig,
+            outs: tuple, dtypes: list, counts: dict, lengths: tuple[list, list], bar: tqdm) -> int:
+    """Encode the sources chunk by chunk, append each kept pair's pieces to ``outs`` and their
+    lengths to ``lengths``, count what the filter dropped in ``counts``; the pairs read."""
+    copies = data.subword_segmentations if data.subword_sampling else 1
+    # The cores this process may use (sentencepiece's default counts the machine's).
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else -1
+    read = 0
+    for entry, (source, tag) in enumerate(zip(sources, tags)):
+        for n, chunk in enumerate(zip(source.side(0), source.side(1))):
+            if len(chunk[0]) != len(chunk[1]):
+                source.check_unchanged()  # names the file
+                raise DataError(f"{source.where}: changed while it was read; run again")
+            ids = _segmentations(vocabs, chunk, data, (entry, n), threads)
+            ids[0] = [tag + x for x in ids[0]] if tag else ids[0]
+            lens = [np.fromiter(map(len, x), dtype=np.int32, count=len(x)) for x in ids]
+            # A pair is kept when each of its segmentations passes: filtered on the longest
+            longest = [side.reshape(-1, copies).max(1) for side in lens]
+            keep, dropped = length_filter(*longest, data.max_len, data.max_len_ratio)
+            for key, value in dropped.items():
+                counts[key] += value
+            keep = np.repeat(keep, copies)
+            for side, out in enumerate(outs):
+                kept = itertools.chain.from_iterable(itertools.compress(ids[side], keep))
+                count = int(lens[side][keep].sum())
+                out.write(np.fromiter(kept, dtype=dtypes[side], count=count).tobytes())
+                lengths[side].append(lens[side][keep])
+            read += len(chunk[0])
+            bar.update(len(chunk[0]))
+        source.check_unchanged()
+    return read
+
+
 def prepare(data: DataConfig, run_dir: Path, reuse_vocab: bool) -> Path:
     """The prepared folder of the run's training data, made now unless it exists; the run's
     sentencepiece model(s) in ``run_dir`` (trained, or copied from the cache, unless
@@ -325,12 +260,13 @@ def prepare(data: DataConfig, run_dir: Path, reuse_vocab: bool) -> Path:
         raise DataError(f"{source.where}: the training corpus is empty")
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        _sweep(cache)
+        sweep_stale_folders(cache)
         if not reuse_vocab:
             _vocabularies(data, source, identity, cache, run_dir)
         vocabs = tuple(Vocab(p) for p in vocab_paths(run_dir, data.joint_vocab))
         tags = [vocabs[0].tag_ids(source_tags(data, entry, training=True)) for entry in chosen]
-        sampling = [data.subword_sampling, data.subword_segmentations] if data.subword_sampling else []
+        sampling = [data.subword_sampling, data.subword_segmentations] \
+            if data.subword_sampling else []
         folder = cache / ("corpus-" + _key(identity, [v.fingerprint for v in vocabs], data.max_len,
                                            data.max_len_ratio, sentencepiece.__version__, FORMAT,
                                            *([tags] if data.directions else []), *sampling))
@@ -342,7 +278,7 @@ def prepare(data: DataConfig, run_dir: Path, reuse_vocab: bool) -> Path:
             log.info(f"training data: mapped {folder} ({meta['pairs']:,} pairs prepared from "
                      f"{meta['from']} on {meta['prepared']}, in {meta['seconds']:.0f} s)")
             return folder
-        with _terminate_as_interrupt(), _building(folder) as tmp:  # its fsyncs and rename too
+        with terminate_as_interrupt(), building_folder(folder) as tmp:
             _write(tmp, sources, tags, identity, vocabs, data)
         return folder
     except OSError as err:  # the disk filled, or the cache folder cannot be written
@@ -350,26 +286,10 @@ def prepare(data: DataConfig, run_dir: Path, reuse_vocab: bool) -> Path:
                        "(data.cache_dir chooses where it goes)") from None
 
 
-@contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (what a batch scheduler sends) stops a preparation as Ctrl-C does, so that its
-    temporary folder is removed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _mapped(folder: Path) -> tuple[Pieces, Pieces, dict]:
     """The two sides of a prepared folder as memory-mapped arrays (read-only)."""
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    n = meta["pairs"] * meta.get("segmentations", 1)  # pair p's segmentation k is sentence p x K + k
+    n = meta["pairs"] * meta.get("segmentations", 1)  # pair p's segmentation k: sentence p x K + k
     sides = []
     for side in SIDES:
         shapes = {"ids": (meta[side]["dtype"], meta[side]["pieces"]), "offsets": ("<i8", n),
@@ -390,20 +310,22 @@ class Corpus:
     vocabularies (trained on the training side, or read back from the run directory on
     --resume)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, reuse_vocab: bool, rank: int = 0, world: int = 1):
+    def __init__(self, cfg: Config, run_dir: Path, reuse_vocab: bool, rank: int = 0,
+                 world: int = 1):
         data = cfg.data
-        self.folder = on_rank0(lambda: prepare(data, run_dir, reuse_vocab), rank, world)
+        self.folder = collectives.on_rank0(lambda: prepare(data, run_dir, reuse_vocab), rank, world)
         self.src_vocab, self.tgt_vocab = (Vocab(p) for p in vocab_paths(run_dir, data.joint_vocab))
         self.src, self.tgt, meta = _mapped(self.folder)
         self.fingerprint = self.folder.name
         counts = self.filter_counts = meta["filter"]
         log.info(f"training pairs: {meta['read']:,} read, {counts['kept']:,} kept, dropped "
-                 f"{counts['empty']:,} empty, {counts['too_long']:,} longer than {data.max_len} pieces, "
-                 f"{counts['bad_ratio']:,} with length ratio over {data.max_len_ratio}")
+                 f"{counts['empty']:,} empty, {counts['too_long']:,} longer than "
+                 f"{data.max_len} pieces, {counts['bad_ratio']:,} with length ratio over "
+                 f"{data.max_len_ratio}")
         log.info(f"vocabulary: {len(self.src_vocab)} source, {len(self.tgt_vocab)} target pieces")
         self.segmentations = meta.get("segmentations", 1)  # 1: made before sampling existed
-        self.valid_sets = [ValidSet.of(data, d, self.src_vocab, self.tgt_vocab) for d in directions(data)
-                           if d.valid]
+        self.valid_sets = [ValidSet.of(data, d, self.src_vocab, self.tgt_vocab)
+                           for d in directions(data) if d.valid]
 
     def batch(self, idx: np.ndarray) -> Batch:
         """The training batch of sentences ``idx`` (rows of ``epoch``'s batches)."""
@@ -421,8 +343,10 @@ class Corpus:
         if k == 1:
             return epoch_batches(self.src.lengths, self.tgt.lengths, batch_size, unit, seed, epoch)
         pairs = len(self.src.lengths) // k
-        rows = np.arange(pairs) * k + np.random.default_rng([seed, epoch, k]).integers(k, size=pairs)
-        batches = epoch_batches(self.src.lengths[rows], self.tgt.lengths[rows], batch_size, unit, seed, epoch)
+        chosen = np.random.default_rng([seed, epoch, k]).integers(k, size=pairs)
+        rows = np.arange(pairs) * k + chosen
+        batches = epoch_batches(self.src.lengths[rows], self.tgt.lengths[rows], batch_size, unit,
+                                seed, epoch)
         return [rows[b] for b in batches]
 
 
@@ -436,8 +360,9 @@ class ValidSet:
     tgt: list[list[int]]
 
     @classmethod
-    def of(cls, data: DataConfig, direction: Direction, src_vocab: Vocab, tgt_vocab: Vocab) -> "ValidSet":
+    def of(cls, data: DataConfig, direction: Direction, src_vocab: Vocab, tgt_vocab: Vocab
+           ) -> "ValidSet":
         src_text, ref = load_split(side_config(data, direction), direction.valid, "validation")
         tags = src_vocab.tag_ids(source_tags(data, direction, training=False))
-        return cls(label(direction), src_text, ref, [tags + ids for ids in src_vocab.encode(src_text)],
-                   tgt_vocab.encode(ref))
+        return cls(label(direction), src_text, ref,
+                   [tags + ids for ids in src_vocab.encode(src_text)], tgt_vocab.encode(ref))

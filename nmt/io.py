@@ -13,15 +13,22 @@ models, reports) goes through ``write_file``:
   renaming over it would replace the device node or the pipe with a regular file;
 - ``-``, ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N`` write to the open
   file descriptor, where the shell put it (``>>`` still appends).
+
+A folder of files (a prepared corpus, a model folder) is written by ``building_folder``
+under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
 import errno
 import os
 import secrets
+import shutil
+import signal
+import socket
 import stat
 import sys
-from contextlib import nullcontext, suppress
+import threading
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
@@ -98,6 +105,76 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     write_file(path, lambda f: f.write(data))
+
+
+def _fsync_folder(folder: Path) -> None:
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@contextmanager
+def building_folder(folder: Path) -> Iterator[Path]:
+    """A temporary folder beside ``folder`` that becomes ``folder`` (its files and the rename
+    on disk) when the block ends without error, and is removed otherwise: a reader never
+    takes a partial folder for a complete one. ``folder`` may be missing or empty; if
+    another process completed it first, its copy is kept."""
+    tmp = folder.parent / f".{folder.name}.{socket.gethostname()}-{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not folder.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_folder(folder.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sweep_stale_folders(parent: Path) -> None:
+    """Remove the temporary folders ``building_folder`` left in ``parent`` on this machine
+    when its process was killed (an error or a signal removes its own)."""
+    for stale in parent.glob(f".*.{socket.gethostname()}-*.tmp"):
+        pid = stale.name.rsplit("-", 1)[1][:-len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # it exists, as another user's process
+    return True
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what a batch scheduler sends) stops the block as Ctrl-C does, so that a
+    ``building_folder`` inside it removes its temporary folder."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def refuse_output_that_is_an_input(output: str | Path | None, inputs: Iterable[str | Path | None],

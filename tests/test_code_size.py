@@ -43,11 +43,13 @@ def _imports_of(path: Path) -> set[str]:
 
 
 def test_the_package_has_no_import_cycle():
-    graph = {path.stem: _imports_of(path) for path in PACKAGE.glob("*.py") if path.stem != "__init__"}
+    graph = {path.stem: _imports_of(path) for path in PACKAGE.glob("*.py")
+             if path.stem != "__init__"}
     order = []  # modules in an order where each comes after everything it imports
 
     def visit(module: str, path: tuple[str, ...]) -> None:
-        assert module not in path, "import cycle: " + " -> ".join(path[path.index(module):] + (module,))
+        cycle = path[path.index(module):] + (module,) if module in path else ()
+        assert not cycle, "import cycle: " + " -> ".join(cycle)
         if module in order or module not in graph:
             return
         for dep in sorted(graph[module]):
@@ -57,3 +59,15 @@ def test_the_package_has_no_import_cycle():
         visit(module, ())
     assert len(order) == len(graph)
     assert not graph["rundir"] & {"model", "checkpoint", "corpus"}  # paths need no torch model
+
+
+def test_the_low_modules_import_nothing_above_them():
+    """Files, collectives and the run directory's paths sit under the corpus, training and
+    reports; the corpus under training; reports under evaluation and export."""
+    graph = {path.stem: _imports_of(path) for path in PACKAGE.glob("*.py")}
+    assert graph["errors"] == set()
+    assert graph["io"] <= {"errors"} and graph["collectives"] <= {"errors"}
+    assert graph["rundir"] <= {"errors", "io"}
+    above_the_corpus = {"train", "checkpoint", "loading", "export", "evaluate", "report", "cli"}
+    assert not graph["corpus"] & above_the_corpus
+    assert not graph["report"] & {"evaluate", "export", "train", "model", "checkpoint"}

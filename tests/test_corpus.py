@@ -49,7 +49,8 @@ def test_a_second_run_maps_what_the_first_prepared(small, tmp_path, caplog):
     assert first == second and folders(cache, "corpus") == [first.name]
     assert "vocabulary: copied from" in caplog.text and "training data: mapped" in caplog.text
     assert "preparing the training data" not in caplog.text
-    assert (tmp_path / "run1" / "spm.model").read_bytes() == (tmp_path / "run2" / "spm.model").read_bytes()
+    vocab = [(tmp_path / run / "spm.model").read_bytes() for run in ("run1", "run2")]
+    assert vocab[0] == vocab[1]
     meta = json.loads((first / "meta.json").read_text())
     assert meta["pairs"] == 400 and meta["src"]["dtype"] == "<u2"
     assert sorted(p.name for p in cache.iterdir()) == sorted([first.name] + folders(cache, "vocab"))
@@ -62,7 +63,8 @@ def test_what_is_mapped_is_what_the_vocabulary_encodes(small, tmp_path):
     src, tgt = load_split(cfg.data, small)
     assert isinstance(corpus.src.flat, np.memmap) and corpus.src.flat.dtype == np.uint16
     for i in (0, 17, 399):
-        for pieces, text, vocab in ((corpus.src, src, corpus.src_vocab), (corpus.tgt, tgt, corpus.tgt_vocab)):
+        for pieces, text, vocab in ((corpus.src, src, corpus.src_vocab),
+                                    (corpus.tgt, tgt, corpus.tgt_vocab)):
             start, length = pieces.offsets[i], pieces.lengths[i]
             assert pieces.flat[start:start + length].tolist() == vocab.encode([text[i]])[0]
     assert corpus.target_tokens([np.array([0, 1]), np.array([5])]) == sum(
@@ -87,7 +89,8 @@ def test_any_change_to_the_corpus_or_the_settings_prepares_again(small, tmp_path
     assert run("c") == first  # the same content again: the first preparation
     assert len(folders(cache, "vocab")) == 2
     shorter = run("d", data_config(small, cache_dir=str(cache), max_len=5))
-    assert shorter not in (first, changed) and len(folders(cache, "vocab")) == 2  # vocabulary reused
+    assert shorter not in (first, changed)
+    assert len(folders(cache, "vocab")) == 2  # the vocabulary reused
     bigger = run("e", data_config(small, cache_dir=str(cache), subword_type="unigram"))
     assert bigger not in (first, changed, shorter) and len(folders(cache, "vocab")) == 3
     assert json.loads((cache / shorter / "meta.json").read_text())["filter"]["too_long"] > 0
@@ -98,12 +101,14 @@ def test_an_interrupted_preparation_leaves_nothing_taken_for_complete(tmp_path):
     cache = tmp_path / "cache"
     script = (f"import logging, sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path; "
               "from nmt.corpus import prepare; from nmt.config import DataConfig; "
-              f"prepare(DataConfig(train={prefix!r}, src_lang='src', tgt_lang='tgt', vocab_size=300, "
-              f"cache_dir={str(cache)!r}), Path({str(tmp_path / 'run')!r}), False)")
+              f"prepare(DataConfig(train={prefix!r}, src_lang='src', tgt_lang='tgt', "
+              f"vocab_size=300, cache_dir={str(cache)!r}), Path({str(tmp_path / 'run')!r}), "
+              "False)")
     for sent in (signal.SIGTERM, signal.SIGKILL):
         child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
-        while not list(cache.glob(".corpus-*.tmp")) and time.time() < deadline and child.poll() is None:
+        while not list(cache.glob(".corpus-*.tmp")) and time.time() < deadline \
+                and child.poll() is None:
             time.sleep(0.05)
         assert child.poll() is None, "the preparation ended before it could be stopped"
         child.send_signal(sent)
@@ -130,7 +135,8 @@ def test_an_error_while_preparing_removes_the_partial_folder(small, tmp_path, mo
         return f
 
     monkeypatch.setattr(corpus_module, "open", disk_fills, raising=False)
-    with pytest.raises(NmtError, match=r"preparing the training data in .*cache: no space left on the device"):
+    with pytest.raises(NmtError, match=r"preparing the training data in .*cache: no space left "
+                                       "on the device"):
         prepare(data, tmp_path / "run", reuse_vocab=False)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == folders(tmp_path / "cache", "vocab")
 
@@ -140,7 +146,8 @@ def test_a_damaged_cache_is_refused_with_one_line(small, tmp_path):
     folder = Corpus(cfg, tmp_path / "run", reuse_vocab=False).folder
     with open(folder / "src.ids", "r+b") as f:
         f.truncate(10)
-    with pytest.raises(DataError, match=r"src\.ids: damaged .* delete .* to prepare the data again"):
+    with pytest.raises(DataError,
+                       match=r"src\.ids: damaged .* delete .* to prepare the data again"):
         Corpus(cfg, tmp_path / "run", reuse_vocab=True)
 
 
@@ -164,7 +171,8 @@ def test_sentencepiece_trains_on_a_fixed_sample_and_on_all_of_a_small_corpus(sma
     source = pair_source(data_config(small), small)
     n = source.identity()["pairs"]
     src, tgt = load_split(data_config(small), small)
-    assert list(_sample(source, (0, 1), n, 0)) == src + tgt == list(_sample(source, (0, 1), n, 10**6))
+    everything = list(_sample(source, (0, 1), n, 0))
+    assert everything == src + tgt == list(_sample(source, (0, 1), n, 10**6))
     drawn = list(_sample(source, (0, 1), n, 150))
     assert len(drawn) == 150 and drawn == list(_sample(source, (0, 1), n, 150))
     assert set(drawn) <= set(src + tgt) and len(set(drawn) & set(tgt)) > 0
@@ -190,14 +198,16 @@ def test_datasets_records_are_streamed_in_batches(tmp_path):
 
 @pytest.mark.parametrize("loader", ["json", "hub"])
 def test_a_datasets_corpus_is_prepared_once(tmp_path, loader):
-    """json files, and the hub path (load_dataset(name, split=...)) run offline on a local folder."""
+    """json files, and the hub path (load_dataset(name, split=...)) run offline on a local
+    folder."""
     src, tgt = reversal_pairs(300, seed=8)
     folder = tmp_path / "corpus"
     folder.mkdir()
     path = folder / "train.jsonl"
     path.write_text("".join(json.dumps({"src": s, "tgt": t}) + "\n" for s, t in zip(src, tgt)))
     split, name = (str(path), "json") if loader == "json" else ("train", str(folder))
-    cfg = config_from_dict(reversal_config({"train": split, "valid": "", "test": ""}, data__loader=name))
+    cfg = config_from_dict(reversal_config({"train": split, "valid": "", "test": ""},
+                                           data__loader=name))
     corpus = Corpus(cfg, tmp_path / "run", reuse_vocab=False)
     assert len(corpus.src.lengths) == 300
     assert corpus.src.flat[:corpus.src.lengths[0]].tolist() == corpus.src_vocab.encode([src[0]])[0]
@@ -236,12 +246,14 @@ def test_vectorised_batches_are_the_batches_of_the_loop(budget, unit):
         assert all(np.array_equal(a, b) for a, b in zip(ours, again))
 
 
-def test_missing_validation_file_is_found_before_the_training_data_is_read(small, tmp_path, monkeypatch):
+def test_missing_validation_file_is_found_before_the_training_data_is_read(small, tmp_path,
+                                                                            monkeypatch):
     def never(self):
         raise AssertionError("the training data was read")
 
     monkeypatch.setattr(TextPairs, "identity", never)
-    cfg = config_from_dict(reversal_config({"train": small, "valid": str(tmp_path / "nope"), "test": ""}))
+    cfg = config_from_dict(reversal_config({"train": small, "valid": str(tmp_path / "nope"),
+                                            "test": ""}))
     with pytest.raises(DataError, match=r"nope\.src: file not found"):
         train(cfg, tmp_path / "run")
 
@@ -264,7 +276,8 @@ def test_resume_from_another_directory_with_a_shared_cache_is_exact(tmp_path, mo
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     from nmt.cli import train_main
-    assert train_main(["--run-dir", str(half), "--resume", "--set", "train.max_steps=12", "--no-test"]) == 0
+    assert train_main(["--run-dir", str(half), "--resume", "--set", "train.max_steps=12",
+                       "--no-test"]) == 0
     log = (half / "train.log").read_text()
     assert log.count("training data: mapped") == 2 and "preparing the training data" not in log
     a = torch.load(straight / "checkpoints" / "last.pt", weights_only=False)
@@ -338,8 +351,10 @@ def test_paths_are_recorded_absolute_with_the_home_directory_expanded(tmp_path, 
     from nmt.data import absolute_paths
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    data = absolute_paths(DataConfig(train="corpus/train", valid="~/val", test="", cache_dir="~/cache"))
-    assert (data.train, data.valid, data.test) == (str(tmp_path / "corpus/train"), str(tmp_path / "val"), "")
+    data = absolute_paths(DataConfig(train="corpus/train", valid="~/val", test="",
+                                     cache_dir="~/cache"))
+    assert (data.train, data.valid, data.test) == \
+        (str(tmp_path / "corpus/train"), str(tmp_path / "val"), "")
     assert data.cache_dir == str(tmp_path / "cache") and data.loader == "text"
     hub = absolute_paths(DataConfig(loader="wmt16", train="train", valid="validation"))
     assert (hub.loader, hub.train, hub.valid) == ("wmt16", "train", "validation")

@@ -37,8 +37,8 @@ def test_two_gloo_processes_match_one_process_with_the_combined_batch(reversal_d
     (tmp_path / "counting_train.py").write_text(COUNTING)
     for name, world, accumulate in (("single", 1, 2), ("ddp", 2, 1)):
         config = tmp_path / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(reversal_config(reversal_data, train__accumulate=accumulate,
-                                                         **settings)))
+        config.write_text(yaml.safe_dump(reversal_config(
+            reversal_data, train__accumulate=accumulate, **settings)))
         runs[name] = tmp_path / name
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={world}", str(tmp_path / "counting_train.py"), str(config),

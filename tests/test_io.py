@@ -1,13 +1,17 @@
 """Outputs are written as a careful Unix tool writes them (nmt.io.write_file)."""
 import errno
 import os
+import socket
 import stat
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from nmt.errors import NmtError
-from nmt.io import describe_os_error, refuse_output_that_is_an_input, write_file, write_text
+from nmt.io import (building_folder, describe_os_error, refuse_output_that_is_an_input,
+                    sweep_stale_folders, write_file, write_text)
 
 
 @pytest.fixture
@@ -40,7 +44,8 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     with pytest.raises(OSError) as caught:
         write_file(target, DiskFull(1000))
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
-    assert describe_os_error(caught.value) == f"{target}: no space left on the device; free some space"
+    assert describe_os_error(caught.value) == \
+        f"{target}: no space left on the device; free some space"
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
@@ -114,3 +119,37 @@ def test_an_output_that_is_an_input_is_refused(tmp_path):
     refuse_output_that_is_an_input(tmp_path / "new.en", [source])  # a new file
     refuse_output_that_is_an_input("/dev/null", ["/dev/null"])  # a device is no regular file
     assert source.read_text() == "Hallo\n"
+
+
+def test_a_folder_is_built_whole_or_not_at_all(tmp_path):
+    folder = tmp_path / "made"
+    with building_folder(folder) as tmp:
+        (tmp / "a").write_text("1")
+        assert not folder.exists()  # a reader never sees it before it is complete
+    assert [p.name for p in tmp_path.iterdir()] == ["made"] and (folder / "a").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with building_folder(tmp_path / "failed") as tmp:
+            (tmp / "a").write_text("1")
+            raise RuntimeError
+    assert [p.name for p in tmp_path.iterdir()] == ["made"]  # nothing of the failed one
+    with building_folder(folder) as tmp:  # another process completed it first: its copy stays
+        (tmp / "a").write_text("2")
+    assert [p.name for p in tmp_path.iterdir()] == ["made"] and (folder / "a").read_text() == "1"
+    (tmp_path / "empty").mkdir()
+    with building_folder(tmp_path / "empty") as tmp:  # an empty folder is replaced
+        (tmp / "b").write_text("3")
+    assert (tmp_path / "empty" / "b").read_text() == "3"
+
+
+def test_only_the_folders_of_dead_processes_on_this_machine_are_swept(tmp_path):
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    names = {"dead": f".corpus-a.{host}-{exited}.tmp",
+             "alive": f".corpus-b.{host}-{os.getpid()}.tmp",
+             "elsewhere": f".corpus-c.another-machine-{exited}.tmp", "done": "corpus-d"}
+    for name in names.values():
+        (tmp_path / name).mkdir()
+    sweep_stale_folders(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        sorted(names[k] for k in ("alive", "elsewhere", "done"))
