@@ -10,9 +10,7 @@ protobufs: no code in the folder runs. A loaded folder decodes exactly as the ru
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -20,6 +18,7 @@ import yaml
 from nmt.checkpoint import Checkpoint, vocab_records
 from nmt.directions import directions
 from nmt.errors import CheckpointError, NmtError
+from nmt.io import building_folder
 from nmt.loading import CONFIG, FORMAT, VERSION, WEIGHTS, LoadedRun
 from nmt.rundir import RunDir
 
@@ -46,25 +45,17 @@ def save_folder(run: LoadedRun, out: str | Path, card: str, onnx: bool = False) 
     cfg.pop("train")
     record = {"format": FORMAT, "version": VERSION, "config": cfg, "step": run.step,
               "vocab": vocab_records(run.src_vocab, run.tgt_vocab)}
-    part = out.with_name(f".{out.name}.part-{os.getpid()}")
-    shutil.rmtree(part, ignore_errors=True)
-    part.mkdir(parents=True)
-    try:
+    vocabs = {v.path.name: v for v in (run.src_vocab, run.tgt_vocab)}  # one when joint
+    with building_folder(out) as part:
         (part / CONFIG).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         save_model(run.model, str(part / WEIGHTS))  # tied weights are written once
         (part / WEIGHTS).chmod(0o644)  # as the other files (safetensors writes it private)
-        for vocab in {run.src_vocab.path.name: run.src_vocab, run.tgt_vocab.path.name: run.tgt_vocab}.values():
-            (part / vocab.path.name).write_bytes(vocab.model_bytes)
+        for name, vocab in vocabs.items():
+            (part / name).write_bytes(vocab.model_bytes)
         (part / CARD).write_text(card, encoding="utf-8")
         if onnx:
             from nmt.onnx_model import export_onnx
             export_onnx(run.model, part)
-        if out.exists():
-            out.rmdir()
-        part.rename(out)
-    except BaseException:
-        shutil.rmtree(part, ignore_errors=True)
-        raise
     return out
 
 
@@ -82,7 +73,8 @@ def fetch(name: str | Path) -> Path:
     return Path(snapshot_download(str(name)))
 
 
-def push(run: LoadedRun, repo_id: str, card: str, private: bool = False, token: str | None = None) -> str:
+def push(run: LoadedRun, repo_id: str, card: str, private: bool = False,
+         token: str | None = None) -> str:
     """Save ``run`` as a model folder and upload it to the Hub repo ``repo_id`` (made if new)."""
     import tempfile
     try:
@@ -93,93 +85,135 @@ def push(run: LoadedRun, repo_id: str, card: str, private: bool = False, token: 
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_folder(run, Path(tmp) / "model", card)
         api.create_repo(repo_id, private=private, exist_ok=True)
-        return str(api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="nmt model folder"))
+        return str(api.upload_folder(repo_id=repo_id, folder_path=folder,
+                                     commit_message="nmt model folder"))
 
 
 def _test_report(run_dir: RunDir, run: LoadedRun) -> dict | None:
-    """The newest test report of this checkpoint at this step in the run directory."""
-    found = []
-    for path in run_dir.reports.glob(f"test-{run.checkpoint.stem}-beam*/report.json"):
-        try:
-            system = json.loads(path.read_text(encoding="utf-8"))["systems"][0]
-        except (OSError, ValueError, KeyError, IndexError):
+    """The newest report recorded in run.json on the test set by this checkpoint at this step
+    (the model alone: not an ensemble)."""
+    for folder, record in reversed(run_dir.facts.reports()):
+        if (record.get("set"), record.get("checkpoint"), record.get("step")) != \
+                ("test", run.checkpoint.stem, run.step) or record.get("ensemble"):
             continue
-        if system.get("step") == run.step:
-            found.append((path.stat().st_mtime, system))
-    return max(found, key=lambda item: item[0])[1] if found else None
+        try:
+            return json.loads((folder / "report.json").read_text(encoding="utf-8"))["systems"][0]
+        except (OSError, ValueError, KeyError, IndexError):
+            continue  # removed or damaged since: an older one may do
+    return None
 
 
-def _run_facts(run: LoadedRun) -> tuple[dict | None, float | None, str | None]:
-    """(test report, training seconds, hardware) from the run directory the checkpoint lies in."""
+@dataclass(frozen=True)
+class _Facts:
+    system: dict | None = None  # the test report's, or None
+    seconds: float | None = None  # of training
+    hardware: str | None = None
+    recorded: bool = True  # False: the run predates run.json (and records neither of those)
+
+
+def _run_facts(run: LoadedRun) -> _Facts:
+    """What the run directory the checkpoint lies in says of it (nothing: a file elsewhere)."""
     run_dir = RunDir.of_checkpoint(run.checkpoint)
     if run_dir is None:
-        return None, None, None
+        return _Facts()
     seconds = Checkpoint.load(run.checkpoint, mmap=True).progress.train_seconds
-    log = run_dir.train_log
-    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
-    lines = re.findall(r"parameters on (.+?); run directory", text)
-    return _test_report(run_dir, run), seconds, lines[-1] if lines else None
+    if not run_dir.facts.path.is_file():
+        return _Facts(seconds=seconds, recorded=False)
+    return _Facts(_test_report(run_dir, run), seconds, run_dir.facts.read().get("hardware"))
+
+
+def _metadata(run: LoadedRun, system: dict | None, license_id: str) -> dict:
+    """The card's YAML header: languages, license, tags and the test scores' model-index."""
+    pairs = directions(run.cfg.data)
+    meta = {"language": list(dict.fromkeys(lang for d in pairs for lang in (d.src, d.tgt))),
+            "license": license_id, "library_name": "nmt", "pipeline_tag": "translation",
+            "tags": ["translation", "lstm", "attention", "nmt"]}
+    if system:
+        src = "+".join(dict.fromkeys(d.src for d in pairs))
+        tgt = "+".join(dict.fromkeys(d.tgt for d in pairs))
+        test = Path(run.cfg.data.test).name or "test"
+        meta["metrics"] = ["bleu", "chrf", "ter"]
+        meta["model-index"] = [{"name": f"nmt {src}-{tgt}", "results": [{
+            "task": {"type": "translation", "name": f"Translation {src}-{tgt}"},
+            "dataset": {"name": test, "type": test},
+            "metrics": [{"type": m, "value": system["scores"][m],
+                         "name": m.upper() if m != "chrf" else "chrF"}
+                        for m in ("bleu", "chrf", "ter")]}]}]
+    return meta
+
+
+def _architecture(run: LoadedRun) -> str:
+    m = run.cfg.model
+    data = run.cfg.data
+    return (f"An LSTM encoder–decoder with attention trained with "
+            f"[nmt](https://pypi.org/project/nmt/): encoder {m.encoder_layers} × "
+            f"{'bidirectional ' if m.bidirectional else ''}{m.cell.upper()} "
+            f"{m.encoder_hidden_size}, decoder {m.decoder_layers} × {m.cell.upper()} "
+            f"{m.decoder_hidden_size} ({m.decoder} decoder, {m.attention} attention"
+            f"{', input feeding' if m.input_feeding else ''}), sentencepiece "
+            f"{data.subword_type} {data.vocab_size:,} "
+            f"({'joint' if data.joint_vocab else 'one per side'}); "
+            f"{sum(p.numel() for p in run.model.parameters()):,} parameters.")
+
+
+def _training(run: LoadedRun, facts: _Facts, multi30k: bool) -> list[str]:
+    cfg = run.cfg
+    hardware = facts.hardware or \
+        ("not recorded" if facts.recorded else "not recorded (the run predates run.json)")
+    source = cfg.train.init_from
+    given = 'Multi30k task 1, 29,000 pairs' if multi30k else 'the training set the run was given'
+    return [
+        f"- Data: `{Path(cfg.data.train).name or '(not recorded)'}` ({given}).",
+        f"- Steps: {run.step:,}"
+        + (f", {facts.seconds / 60:.1f} minutes of training" if facts.seconds else "") + ".",
+        *([f"- Fine-tuned from `{Path(source).name}` (weights sha256 `{cfg.train.init_sha256}`)."]
+          if source else []),
+        f"- Hardware: {hardware}."]
+
+
+def _scores(run: LoadedRun, facts: _Facts) -> list[str]:
+    system = facts.system
+    if not system and not facts.recorded:
+        return ["No test report is recorded (the run predates run.json; `nmt-evaluate RUN` "
+                "records one).", ""]
+    if not system:
+        return ["No test report was found in the run directory (`nmt-evaluate RUN` writes one).",
+                ""]
+    scores = system["scores"]
+    return [f"`{Path(run.cfg.data.test).name}`, {scores['sentences']:,} sentences, "
+            f"beam {system['decoding']['beam_size']}, sacreBLEU:", "",
+            "| metric | score | signature |", "| --- | ---: | --- |",
+            *[f"| {name} | {scores[m]} | `{scores[m + '_signature']}` |"
+              for m, name in (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER"))], ""]
 
 
 def model_card(run: LoadedRun, license_id: str = "other") -> str:
     """README.md in the Hub's model-card format: YAML metadata, then what the model is,
     how it was trained and scored, the two lines that use it, and its limits."""
     cfg = run.cfg
-    pairs = directions(cfg.data)
-    src = "+".join(dict.fromkeys(d.src for d in pairs))
-    tgt = "+".join(dict.fromkeys(d.tgt for d in pairs))
-    system, seconds, hardware = _run_facts(run)
-    languages = list(dict.fromkeys(lang for d in pairs for lang in (d.src, d.tgt)))
-    meta = {"language": languages, "license": license_id, "library_name": "nmt", "pipeline_tag": "translation",
-            "tags": ["translation", "lstm", "attention", "nmt"]}
-    rows = []
-    if system:
-        scores = system["scores"]
-        meta["metrics"] = ["bleu", "chrf", "ter"]
-        meta["model-index"] = [{"name": f"nmt {src}-{tgt}", "results": [{
-            "task": {"type": "translation", "name": f"Translation {src}-{tgt}"},
-            "dataset": {"name": Path(cfg.data.test).name or "test", "type": Path(cfg.data.test).name or "test"},
-            "metrics": [{"type": m, "value": scores[m], "name": m.upper() if m != "chrf" else "chrF"}
-                        for m in ("bleu", "chrf", "ter")]}]}]
-        rows = [f"| {name} | {scores[m]} | `{scores[m + '_signature']}` |"
-                for m, name in (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER"))]
-    m = cfg.model
+    facts = _run_facts(run)
     multi30k = cfg.data.train.rstrip("/").endswith("multi30k/train")
     body = [
-        f"# nmt {', '.join(f'{d.src} → {d.tgt}' for d in pairs)}", "",
-        f"An LSTM encoder–decoder with attention trained with [nmt](https://pypi.org/project/nmt/): "
-        f"encoder {m.encoder_layers} × {'bidirectional ' if m.bidirectional else ''}{m.cell.upper()} "
-        f"{m.encoder_hidden_size}, decoder {m.decoder_layers} × {m.cell.upper()} {m.decoder_hidden_size} "
-        f"({m.decoder} decoder, {m.attention} attention{', input feeding' if m.input_feeding else ''}), "
-        f"sentencepiece {cfg.data.subword_type} {cfg.data.vocab_size:,} "
-        f"({'joint' if cfg.data.joint_vocab else 'one per side'}); "
-        f"{sum(p.numel() for p in run.model.parameters()):,} parameters.", "",
+        f"# nmt {', '.join(f'{d.src} → {d.tgt}' for d in directions(cfg.data))}", "",
+        _architecture(run), "",
         "## Use", "", "```python", "from nmt import Translator",
-        'Translator.from_pretrained("PATH_OR_REPO_ID").translate(["A sentence."], beam_size=5)', "```", "",
+        'Translator.from_pretrained("PATH_OR_REPO_ID").translate(["A sentence."], beam_size=5)',
+        "```", "",
         "or `nmt-translate PATH_OR_FOLDER -i input.txt` (one sentence per line in, one out).", "",
-        "## Training", "",
-        f"- Data: `{Path(cfg.data.train).name or '(not recorded)'}` "
-        f"({'Multi30k task 1, 29,000 pairs' if multi30k else 'the training set the run was given'}).",
-        f"- Steps: {run.step:,}" + (f", {seconds / 60:.1f} minutes of training" if seconds else "") + ".",
-        *([f"- Fine-tuned from `{Path(cfg.train.init_from).name}` (weights sha256 `{cfg.train.init_sha256}`)."]
-          if cfg.train.init_from else []),
-        f"- Hardware: {hardware or 'not recorded'}.", "",
-        "## Scores", ""]
-    if rows:
-        body += [f"`{Path(cfg.data.test).name}`, {system['scores']['sentences']:,} sentences, "
-                 f"beam {system['decoding']['beam_size']}, sacreBLEU:", "",
-                 "| metric | score | signature |", "| --- | ---: | --- |", *rows, ""]
-    else:
-        body += ["No test report was found in the run directory (`nmt-evaluate RUN` writes one).", ""]
-    body += ["## Limitations", "",
-             f"- Trained on {'image descriptions (Multi30k): short, literal sentences' if multi30k else 'one corpus'}; "
-             "expect weaker output on other domains and on sentences much longer than the training "
-             f"data's ({cfg.data.max_len} pieces at most).",
-             "- Greedy or beam search; no document context.",
-             "- The training data's terms apply: " + (
-                 "Multi30k is for non-commercial research and educational use." if multi30k
-                 else "nmt does not record them; the publisher of this model states them."), ""]
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
+        "## Training", "", *_training(run, facts, multi30k), "",
+        "## Scores", "", *_scores(run, facts),
+        "## Limitations", "",
+        "- Trained on "
+        f"{'image descriptions (Multi30k): short, literal sentences' if multi30k else 'one corpus'}"
+        "; expect weaker output on other domains and on sentences much longer than the training "
+        f"data's ({cfg.data.max_len} pieces at most).",
+        "- Greedy or beam search; no document context.",
+        "- The training data's terms apply: " + (
+            "Multi30k is for non-commercial research and educational use." if multi30k
+            else "nmt does not record them; the publisher of this model states them."), ""]
+    meta = yaml.safe_dump(_metadata(run, facts.system, license_id), sort_keys=False,
+                          allow_unicode=True)
+    return "---\n" + meta + "---\n\n" + "\n".join(body)
 
 
 def card_of(run: LoadedRun, license_id: str = "other") -> str:

@@ -76,11 +76,12 @@ def example_sets(sources: list[str], hypotheses: list[str], references: list[str
                  seed: int = 1) -> dict:
     """The best, the worst and a random sample of sentences by sentence chrF."""
     chrf = [sacrebleu.sentence_chrf(h, [r]).score for h, r in zip(hypotheses, references)]
-    rows = [{"line": i + 1, "chrf": round(chrf[i], 2), "source": sources[i], "reference": references[i],
-             "hypothesis": hypotheses[i]} for i in range(len(sources))]
+    rows = [{"line": i + 1, "chrf": round(chrf[i], 2), "source": sources[i],
+             "reference": references[i], "hypothesis": hypotheses[i]} for i in range(len(sources))]
     ranked = sorted(rows, key=lambda r: (-r["chrf"], r["line"]))
+    sample = random.Random(seed).sample(rows, min(n, len(rows)))
     return {"best": ranked[:n], "worst": ranked[::-1][:n],
-            "random": sorted(random.Random(seed).sample(rows, min(n, len(rows))), key=lambda r: r["line"])}
+            "random": sorted(sample, key=lambda r: r["line"])}
 
 
 def learning_curves(run_dir: Path) -> dict:
@@ -126,19 +127,23 @@ def _png(figure) -> bytes:
 def plot_curves(curves: dict, title: str) -> bytes:
     import matplotlib.pyplot as plt
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, label in ((Metric.TRAIN_LOSS, "training loss"), (Metric.VALID_LOSS, "validation loss")):
+    for key, label in ((Metric.TRAIN_LOSS, "training loss"),
+                       (Metric.VALID_LOSS, "validation loss")):
         if key in curves:
-            left.plot(*zip(*curves[key]), label=label, marker="o" if key == Metric.VALID_LOSS else None)
+            left.plot(*zip(*curves[key]), label=label,
+                      marker="o" if key == Metric.VALID_LOSS else None)
     left.set_xlabel("step")
     left.set_ylabel("loss (nats/token)")
     left.legend()
     left.grid(alpha=0.3)
     if Metric.VALID_BLEU in curves:
-        right.plot(*zip(*curves[Metric.VALID_BLEU]), color="tab:green", marker="o", label="validation BLEU")
+        right.plot(*zip(*curves[Metric.VALID_BLEU]), color="tab:green", marker="o",
+                   label="validation BLEU")
         right.set_ylabel("validation BLEU (greedy)")
     if Metric.TRAIN_LR in curves:
         twin = right.twinx()
-        twin.plot(*zip(*curves[Metric.TRAIN_LR]), color="tab:gray", linestyle="--", label="learning rate")
+        twin.plot(*zip(*curves[Metric.TRAIN_LR]), color="tab:gray", linestyle="--",
+                  label="learning rate")
         twin.set_ylabel("learning rate")
     right.set_xlabel("step")
     right.grid(alpha=0.3)
@@ -169,7 +174,8 @@ def plot_attention(example: dict) -> bytes:
     import matplotlib.pyplot as plt
     source = example["source"]
     target = example["target"]
-    figure, axis = plt.subplots(figsize=(max(4, 0.42 * len(source) + 1.5), max(3, 0.36 * len(target) + 1)))
+    size = (max(4, 0.42 * len(source) + 1.5), max(3, 0.36 * len(target) + 1))
+    figure, axis = plt.subplots(figsize=size)
     axis.imshow(example["weights"], cmap="Blues", vmin=0, vmax=1, aspect="auto")
     axis.set_xticks(range(len(source)), source, rotation=60, ha="right", fontsize=8)
     axis.set_yticks(range(len(target)), target, fontsize=8)
@@ -197,6 +203,7 @@ def build_report(systems: list[System], sources: list[str], references: list[str
                  "examples": example_sets(sources, system.hypotheses, references)}
         buckets[system.name] = entry["buckets"]
         if system.run_dir is not None:
+            entry["training"] = RunDir(system.run_dir).facts.training()  # {} before run.json
             entry["curves"] = learning_curves(system.run_dir)
             if entry["curves"]:
                 name = f"curves_{k + 1}.png"
@@ -308,6 +315,17 @@ def _score_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def _training_rows(report: dict) -> list[list[str]]:
+    rows = [["system", "steps", "minutes of training", "hardware", "torch"]]
+    for s in report["systems"]:
+        if s.get("training"):
+            t = s["training"]
+            rows.append([s["name"], f"{t['steps']:,}" if "steps" in t else "-",
+                         f"{t['train_minutes']:.1f}" if "train_minutes" in t else "-",
+                         t.get("hardware", "-"), t.get("torch", "-")])
+    return rows
+
+
 def _significance_rows(report: dict) -> list[list[str]]:
     rows = [["system", "BLEU (95% CI)", "p", "chrF (95% CI)", "p"]]
     for r in report["significance"]["rows"]:
@@ -315,14 +333,16 @@ def _significance_rows(report: dict) -> list[list[str]]:
         for m in ("bleu", "chrf"):
             cells.append(f"{r[f'{m}_mean']:.2f} ± {r[f'{m}_ci95']:.2f}")
             p = r[f"{m}_p"]
-            cells.append("baseline" if p is None else f"{p:.4f}{' *' if r[f'{m}_significant'] else ''}")
+            star = " *" if r[f"{m}_significant"] else ""
+            cells.append("baseline" if p is None else f"{p:.4f}{star}")
         rows.append(cells)
     return rows
 
 
 def _bucket_rows(report: dict) -> list[list[str]]:
     systems = report["systems"]
-    rows = [["words", "sentences"] + [f"{s['name']} {m}" for s in systems for m in ("BLEU", "chrF")]]
+    rows = [["words", "sentences"] +
+            [f"{s['name']} {m}" for s in systems for m in ("BLEU", "chrF")]]
     for i, bucket in enumerate(systems[0]["buckets"]):
         rows.append([bucket["bucket"], str(bucket["sentences"])] +
                     [f"{s['buckets'][i][m]:.2f}" for s in systems for m in ("bleu", "chrf")])
@@ -334,13 +354,13 @@ def _system_blocks(s: dict) -> list:
     blocks = []
     if s["attention"]:
         blocks += [Heading(f"Attention: {s['name']}"),
-                   Images([(a["image"], f"attention {j + 1}") for j, a in enumerate(s["attention"])],
-                          row=True)]
+                   Images([(a["image"], f"attention {j + 1}")
+                           for j, a in enumerate(s["attention"])], row=True)]
     for kind in ("best", "worst", "random"):
         blocks += [Heading(f"{kind.capitalize()} sentences by chrF: {s['name']}"),
                    Table([["line", "chrF", "source", "reference", "hypothesis"]] +
-                         [[str(e["line"]), f"{e['chrf']:.1f}", e["source"], e["reference"], e["hypothesis"]]
-                          for e in s["examples"][kind]])]
+                         [[str(e["line"]), f"{e['chrf']:.1f}", e["source"], e["reference"],
+                           e["hypothesis"]] for e in s["examples"][kind]])]
     return blocks
 
 
@@ -349,12 +369,16 @@ def report_blocks(report: dict) -> list:
     first = report["systems"][0]["scores"]
     blocks = [Heading(report["title"], level=1), Paragraph(f"{report['sentences']} sentences."),
               Heading("Scores"), Table(_score_rows(report)),
-              CodeList([(m, first[f"{k}_signature"]) for m, k in (("BLEU", "bleu"), ("chrF", "chrf"),
-                                                                  ("TER", "ter"))])]
+              CodeList([(m, first[f"{k}_signature"])
+                        for m, k in (("BLEU", "bleu"), ("chrF", "chrf"), ("TER", "ter"))])]
+    training = _training_rows(report)
+    if len(training) > 1:  # a run's run.json said how it was trained
+        blocks += [Heading("Training"), Table(training)]
     if "significance" in report:
         sig = report["significance"]
         blocks += [Heading("Significance"),
-                   Paragraph(f"Paired bootstrap resampling ({sig['samples']} samples, sacreBLEU) against ",
+                   Paragraph(f"Paired bootstrap resampling ({sig['samples']} samples, "
+                             "sacreBLEU) against ",
                              bold=sig["baseline"], after="; * = p < 0.05."),
                    Table(_significance_rows(report))]
     for s in report["systems"]:
@@ -376,7 +400,8 @@ def render_markdown(report: dict) -> str:
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
          "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-         "th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}.row img{max-width:48%;margin-right:1%}"
+         "th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}"
+         ".row img{max-width:48%;margin-right:1%}"
          "code{font-size:12px}")
 
 

@@ -2,8 +2,8 @@
 
 A run directory holds ``config.yaml`` (the resolved config), the sentencepiece
 model(s) (named by ``nmt.vocab.vocab_paths``), ``checkpoints/{last,best}.pt`` (and
-``step-N.pt``, ``averaged.pt``), ``train.log``, ``metrics.jsonl``, ``tensorboard/``,
-``cache/`` and ``reports/``.
+``step-N.pt``, ``averaged.pt``), ``train.log``, ``metrics.jsonl``, ``run.json``,
+``tensorboard/``, ``cache/`` and ``reports/``.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class RunDir:
         self.averaged = self.checkpoint("averaged")  # nmt-average's
         self.train_log = self.root / "train.log"
         self.metrics = MetricsFile(self.root / "metrics.jsonl")
+        self.facts = RunFacts(self.root / "run.json")
         self.tensorboard = self.root / "tensorboard"
         self.cache = self.root / "cache"  # the prepared data, unless data.cache_dir
         self.reports = self.root / "reports"  # nmt-evaluate's
@@ -117,6 +118,51 @@ class MetricsFile:
                 if name != self.STEP:
                     curves.setdefault(name, {})[row[self.STEP]] = value
         return {name: sorted(points.items()) for name, points in curves.items()}
+
+
+# ----------------------------------------------------------------------------- facts
+
+@dataclass(frozen=True)
+class RunFacts:
+    """run.json: what export and reports say about a run, so that no log is scraped.
+
+    Training writes ``hardware`` (the device, and processes under torchrun), ``torch`` (its
+    version), ``steps``, ``train_minutes`` and ``stopped`` (why it stopped) at each checkpoint;
+    nmt-evaluate appends each report folder it writes to ``reports``, with ``set``,
+    ``checkpoint`` (its name), ``step``, ``beam_size``, ``int8`` and ``ensemble`` (the members
+    added). A run made before run.json existed has none of these: ``read`` gives {}."""
+    path: Path
+    TRAINING: ClassVar[tuple[str, ...]] = ("hardware", "torch", "steps", "train_minutes")
+
+    def read(self) -> dict:
+        """The facts; {} without run.json, or with one that is not a JSON object."""
+        try:
+            facts = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return facts if isinstance(facts, dict) else {}
+
+    def update(self, **facts) -> None:
+        # Read again just before writing: nmt-evaluate may add a report while training runs.
+        write_text(self.path, json.dumps({**self.read(), **facts}, indent=1) + "\n")
+
+    def training(self) -> dict:
+        """The facts training wrote (``TRAINING``), those there are."""
+        facts = self.read()
+        return {name: facts[name] for name in self.TRAINING if name in facts}
+
+    def add_report(self, folder: Path, **facts) -> None:
+        """Record the report in ``folder`` (replacing an earlier record of the same folder)."""
+        root = self.path.parent.resolve()
+        folder = Path(folder).resolve()
+        name = str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder)
+        reports = [r for r in self.read().get("reports", []) if r.get("folder") != name]
+        self.update(reports=reports + [{"folder": name, **facts}])
+
+    def reports(self) -> list[tuple[Path, dict]]:
+        """(report folder, its record), oldest first."""
+        return [(self.path.parent / r["folder"], r) for r in self.read().get("reports", [])
+                if isinstance(r, dict) and "folder" in r]
 
 
 # ----------------------------------------------------------------------------- checkpoints

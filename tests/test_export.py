@@ -34,12 +34,14 @@ def folder(evaluated_run, tmp_path_factory):
 
 
 def _found(translator, **options):
-    return [[(h.tokens, h.score) for h in hyps] for hyps in translator.hypotheses(SENTENCES, **options)]
+    return [[(h.tokens, h.score) for h in hyps]
+            for hyps in translator.hypotheses(SENTENCES, **options)]
 
 
 def test_a_model_folder_decodes_exactly_as_its_run(evaluated_run, folder):
     run, loaded = Translator.load(evaluated_run), Translator.from_pretrained(folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "spm.model"]
+    assert sorted(p.name for p in folder.iterdir()) == \
+        ["README.md", "config.json", "model.safetensors", "spm.model"]
     for options in ({"beam_size": 1}, {"beam_size": 3, "n_best": 2}, {"samples": 2, "seed": 5}):
         assert _found(loaded, **options) == _found(run, **options), options
     assert loaded.run.step == run.run.step
@@ -49,7 +51,8 @@ def test_the_card_is_in_the_hubs_format_with_the_runs_scores(evaluated_run, fold
     text = (folder / "README.md").read_text(encoding="utf-8")
     _, header, body = text.split("---\n", 2)
     meta = yaml.safe_load(header)
-    report = json.loads(next((evaluated_run / "reports").glob("test-best-*/report.json")).read_text())
+    report = json.loads(next((evaluated_run / "reports").glob("test-best-*/report.json"))
+                        .read_text())
     scores = report["systems"][0]["scores"]
     assert meta["language"] == ["src", "tgt"] and meta["library_name"] == "nmt"
     assert meta["pipeline_tag"] == "translation" and "license" in meta
@@ -58,7 +61,11 @@ def test_the_card_is_in_the_hubs_format_with_the_runs_scores(evaluated_run, fold
     for signature in ("bleu_signature", "chrf_signature", "ter_signature"):
         assert scores[signature] in body
     assert 'Translator.from_pretrained("' in body and "## Limitations" in body
-    assert str(evaluated_run) not in text + (folder / "config.json").read_text()  # no local paths shared
+    facts = json.loads((evaluated_run / "run.json").read_text())  # the card's source
+    assert f"- Hardware: {facts['hardware']}." in body
+    assert [r["folder"] for r in facts["reports"]] == ["reports/test-best-beam3"]
+    # no local paths shared
+    assert str(evaluated_run) not in text + (folder / "config.json").read_text()
 
 
 def test_the_commands_take_a_model_folder(folder, tmp_path, capsys):
@@ -81,16 +88,56 @@ def test_export_refuses_what_it_cannot_write(evaluated_run, folder, tmp_path, ca
     assert export_main([str(evaluated_run), str(folder)]) == 2  # not empty: nothing is replaced
     assert "already exists" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    assert export_main([str(evaluated_run), str(tmp_path / "e"), "--ensemble", str(evaluated_run)]) == 2
+    assert export_main([str(evaluated_run), str(tmp_path / "e"),
+                        "--ensemble", str(evaluated_run)]) == 2
     assert "--ensemble" in capsys.readouterr().err and not (tmp_path / "e").exists()
-    assert export_main([str(evaluated_run), str(tmp_path / "s"), "--checkpoint", "step-999999"]) == 2
-    assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s.part-*"))
+    assert export_main([str(evaluated_run), str(tmp_path / "s"),
+                        "--checkpoint", "step-999999"]) == 2
+    assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s.*"))
     pair = Translator.load(evaluated_run, ensemble=[str(evaluated_run)])
     with pytest.raises(ConfigError, match="ensemble"):
         pair.save_pretrained(tmp_path / "pair")
     (tmp_path / "empty").mkdir()  # an empty folder is fine
     assert export_main([str(evaluated_run), str(tmp_path / "empty"), "--checkpoint", "last"]) == 0
-    assert Translator.from_pretrained(tmp_path / "empty").run.step == Translator.load(evaluated_run, "last").run.step
+    assert Translator.from_pretrained(tmp_path / "empty").run.step == \
+        Translator.load(evaluated_run, "last").run.step
+
+
+def _card_bleu(run) -> float:
+    from nmt.export import model_card
+    from nmt.loading import load_run
+    meta = yaml.safe_load(model_card(load_run(run)).split("---\n", 2)[1])
+    return meta["model-index"][0]["results"][0]["metrics"][0]["value"]
+
+
+def test_the_card_takes_the_newest_report_run_json_records(evaluated_run, tmp_path):
+    from nmt.rundir import RunDir
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    recorded = json.loads((run / "reports" / "test-best-beam3" / "report.json").read_text())
+    stray = run / "reports" / "test-best-beam9"  # named as nmt-evaluate names, not recorded
+    shutil.copytree(run / "reports" / "test-best-beam3", stray)
+    changed = json.loads((stray / "report.json").read_text())
+    changed["systems"][0]["scores"]["bleu"] = 1.5
+    (stray / "report.json").write_text(json.dumps(changed))
+    assert _card_bleu(run) == recorded["systems"][0]["scores"]["bleu"] != 1.5
+    RunDir(run).facts.add_report(stray, set="test", checkpoint="best",
+                                 step=recorded["systems"][0]["step"], beam_size=9, int8=False,
+                                 ensemble=0)
+    assert _card_bleu(run) == 1.5
+
+
+def test_a_run_older_than_run_json_exports_and_says_what_is_missing(evaluated_run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(evaluated_run, old)
+    (old / "run.json").unlink()
+    assert export_main([str(old), str(tmp_path / "model")]) == 0
+    card = (tmp_path / "model" / "README.md").read_text(encoding="utf-8")
+    assert "- Hardware: not recorded (the run predates run.json)." in card
+    assert "No test report is recorded (the run predates run.json; `nmt-evaluate RUN` " \
+        "records one)." in card
+    assert "model-index" not in card and "minutes of training" in card  # time: the checkpoint's
+    assert _found(Translator.from_pretrained(tmp_path / "model")) == _found(Translator.load(old))
 
 
 class _Payload:
@@ -118,7 +165,8 @@ def test_a_damaged_folder_is_refused_in_one_line(folder, tmp_path):
         shutil.copytree(folder, copy)
         change(copy)
         return copy
-    wrong_format = damaged("format", lambda f: (f / "config.json").write_text('{"format": "other"}'))
+    wrong_format = damaged("format",
+                           lambda f: (f / "config.json").write_text('{"format": "other"}'))
     with pytest.raises(CheckpointError, match="not an nmt model folder"):
         Translator.from_pretrained(wrong_format)
 
@@ -148,7 +196,8 @@ def test_hub_names_go_through_huggingface_hub(folder, tmp_path, monkeypatch):
     """The Hub path, on local files: snapshot_download's answer is a folder like this one."""
     import huggingface_hub
     asked = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo: asked.append(repo) or str(folder))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo: asked.append(repo) or str(folder))
     assert Translator.from_pretrained("someone/nmt-src-tgt").translate(SENTENCES[:5]) == \
         Translator.from_pretrained(folder).translate(SENTENCES[:5])
     assert asked == ["someone/nmt-src-tgt"]
@@ -190,5 +239,6 @@ def test_the_server_serves_a_model_folder(folder):
         info = get(f"{running.url}/info")
     finally:
         running.stop()
-    assert status == 200 and answer["translations"] == translator.translate(SENTENCES[:5], beam_size=2)
+    assert status == 200
+    assert answer["translations"] == translator.translate(SENTENCES[:5], beam_size=2)
     assert info["step"] == translator.run.step

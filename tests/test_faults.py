@@ -33,7 +33,8 @@ def assert_same_run(a, b):
     assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
     assert all(torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_a for k in opt_a[i])
     drop = ("train_seconds",)
-    assert {k: v for k, v in ts_a.items() if k not in drop} == {k: v for k, v in ts_b.items() if k not in drop}
+    assert {k: v for k, v in ts_a.items() if k not in drop} == \
+        {k: v for k, v in ts_b.items() if k not in drop}
     assert all(torch.equal(x, y) for x, y in zip(rng_a, rng_b))
 
 
@@ -53,8 +54,8 @@ def tensorboard_steps(run_dir, tag):
 def straight(reversal_data, tmp_path_factory):
     """The uninterrupted run, checkpointed only at validations."""
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    train(config_from_dict(reversal_config(reversal_data, **dict(SMALL, train__checkpoint_every_minutes=0))),
-          run_dir)
+    settings = dict(SMALL, train__checkpoint_every_minutes=0)
+    train(config_from_dict(reversal_config(reversal_data, **settings)), run_dir)
     return run_dir
 
 
@@ -74,18 +75,20 @@ def test_kill_9_at_a_random_step_then_resume_is_bit_identical(reversal_data, str
     config.write_text(yaml.safe_dump(reversal_config(
         reversal_data, **dict(SMALL, train__checkpoint_every_minutes=1e-9))))
     run_dir, last = tmp_path / "killed", tmp_path / "killed" / "checkpoints" / "last.pt"
-    kill_9_at_a_random_step([shutil.which("nmt-train"), str(config), "--run-dir", str(run_dir), "--no-test"],
-                            last, 40)
+    kill_9_at_a_random_step([shutil.which("nmt-train"), str(config), "--run-dir", str(run_dir),
+                             "--no-test"], last, 40)
     assert train_main([str(config), "--run-dir", str(run_dir), "--resume", "--no-test"]) == 0
     assert_same_run(straight, run_dir)
     assert metric_steps(run_dir, "train_loss") == metric_steps(straight, "train_loss")
     assert tensorboard_steps(run_dir, "train/loss") == [5, 10, 15, 20, 25, 30, 35, 40]
 
 
-def test_after_a_crash_the_resumed_run_logs_each_step_once(reversal_data, straight, tmp_path, monkeypatch):
+def test_after_a_crash_the_resumed_run_logs_each_step_once(reversal_data, straight, tmp_path,
+                                                           monkeypatch):
     """A crash at step 27 (last checkpoint: step 15) and a resume: steps 16-27 are trained
     and logged again, and the logs hold each step once, as the uninterrupted run's do."""
-    cfg = config_from_dict(reversal_config(reversal_data, **dict(SMALL, train__checkpoint_every_minutes=0)))
+    cfg = config_from_dict(reversal_config(reversal_data,
+                                           **dict(SMALL, train__checkpoint_every_minutes=0)))
     original = Trainer.step
 
     def crashing(self, group):
@@ -106,8 +109,8 @@ def test_after_a_crash_the_resumed_run_logs_each_step_once(reversal_data, straig
     assert_same_run(straight, tmp_path / "run")
 
 
-def test_a_full_disk_while_checkpointing_is_reported_and_resumable(reversal_data, straight, tmp_path,
-                                                                    monkeypatch, capsys):
+def test_a_full_disk_while_checkpointing_is_reported_and_resumable(reversal_data, straight,
+                                                                    tmp_path, monkeypatch, capsys):
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump(reversal_config(
         reversal_data, **dict(SMALL, train__checkpoint_every_minutes=0))))
@@ -126,10 +129,11 @@ def test_a_full_disk_while_checkpointing_is_reported_and_resumable(reversal_data
     everything = capsys.readouterr().err
     assert "Traceback" not in everything
     err = everything.strip().splitlines()[-1]  # after the run's log lines
-    assert err.startswith(f"nmt-train: error: {run_dir}/checkpoints/last.pt: no space left on the device; "
-                          "free some space; ")
+    assert err.startswith(f"nmt-train: error: {run_dir}/checkpoints/last.pt: no space left on "
+                          "the device; free some space; ")
     assert f"'nmt-train --resume --run-dir {run_dir}' continues from it" in err
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["step"] == 15  # intact
+    intact = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert intact["train_state"]["step"] == 15
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     monkeypatch.setattr(torch, "save", real_save)  # space freed
     assert train_main([str(config), "--run-dir", str(run_dir), "--resume", "--no-test"]) == 0
@@ -168,17 +172,20 @@ def test_yaml_tags_never_run_code(tmp_path):
     assert not marker.exists()
 
 
-def test_a_model_too_large_for_the_machine_is_refused_before_allocating(reversal_data, tmp_path, capsys):
+def test_a_model_too_large_for_the_machine_is_refused_before_allocating(reversal_data, tmp_path,
+                                                                         capsys):
     config = tmp_path / "huge.yaml"
     config.write_text(yaml.safe_dump(reversal_config(
         reversal_data, model__encoder_layers=64, model__encoder_hidden_size=16384)))
     assert train_main([str(config), "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("nmt-train: error: model: ") and "parameters need" in err and "GiB" in err, err
+    assert err.startswith("nmt-train: error: model: "), err
+    assert "parameters need" in err and "GiB" in err, err
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_a_run_directory_that_vanishes_mid_run_is_one_line(reversal_data, tmp_path, monkeypatch, capsys):
+def test_a_run_directory_that_vanishes_mid_run_is_one_line(reversal_data, tmp_path, monkeypatch,
+                                                           capsys):
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump(reversal_config(reversal_data, **SMALL)))
     run_dir = tmp_path / "run"
@@ -193,5 +200,5 @@ def test_a_run_directory_that_vanishes_mid_run_is_one_line(reversal_data, tmp_pa
     assert train_main([str(config), "--run-dir", str(run_dir), "--no-test"]) == 2
     everything = capsys.readouterr().err
     assert "Traceback" not in everything
-    assert (f"nmt-train: error: {run_dir}/metrics.jsonl: no such file or folder (did it vanish while "
-            "nmt ran?)") in everything.splitlines()
+    assert (f"nmt-train: error: {run_dir}/metrics.jsonl: no such file or folder (did it vanish "
+            "while nmt ran?)") in everything.splitlines()

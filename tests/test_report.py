@@ -46,17 +46,20 @@ def test_scores_match_sacrebleu(two_system_report, reversal_data):
             assert bucket["bleu"] == round(sacrebleu.corpus_bleu(
                 [hyps[i] for i in index], [[refs[i] for i in index]]).score, 2)
         examples = system["examples"]
-        assert [e["chrf"] for e in examples["best"]] == sorted((e["chrf"] for e in examples["best"]), reverse=True)
+        best = [e["chrf"] for e in examples["best"]]
+        assert best == sorted(best, reverse=True)
         assert examples["best"][0]["chrf"] >= examples["worst"][0]["chrf"]
         e = examples["worst"][0]
-        assert e["chrf"] == round(sacrebleu.sentence_chrf(e["hypothesis"], [e["reference"]]).score, 2)
+        score = sacrebleu.sentence_chrf(e["hypothesis"], [e["reference"]]).score
+        assert e["chrf"] == round(score, 2)
 
 
 def test_significance_is_sacrebleus_paired_bootstrap(two_system_report):
     folder, report, refs, worse = two_system_report
     sig = report["significance"]
     assert sig["baseline"] == report["systems"][0]["name"] and sig["samples"] == 1000
-    hyps = [read_lines(folder / f"hypotheses.{s['name'].replace(':', '_')}.txt") for s in report["systems"]]
+    hyps = [read_lines(folder / f"hypotheses.{s['name'].replace(':', '_')}.txt")
+            for s in report["systems"]]
     _, direct = PairedTest([("a", hyps[0]), ("b", hyps[1])], {"BLEU": sacrebleu.BLEU()}, [refs],
                            test_type="bs", n_samples=1000)()
     assert sig["rows"][1]["bleu_p"] == round(direct["BLEU"][1].p_value, 4)
@@ -102,7 +105,8 @@ def test_html_renders_in_headless_chromium(two_system_report, tmp_path):
     shot = tmp_path / "shot.png"
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync",
                     f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400",
                     f"--screenshot={shot}", (folder / "report.html").as_uri()],
                    check=True, capture_output=True, timeout=120)
@@ -110,3 +114,14 @@ def test_html_renders_in_headless_chromium(two_system_report, tmp_path):
         assert img.size == (1200, 2400)
         colours = img.convert("L").getextrema()
         assert colours[0] < 100 < colours[1]  # text and images drawn, not a blank page
+
+
+def test_the_runs_facts_come_from_its_run_json(two_system_report, reversal_run):
+    folder, report, _, worse = two_system_report
+    facts = json.loads((reversal_run / "run.json").read_text())
+    run, file = report["systems"]
+    assert run["training"] == {k: facts[k] for k in ("hardware", "torch", "steps", "train_minutes")}
+    assert "training" not in file  # a hypothesis file has no run
+    markdown = (folder / "report.md").read_text()
+    assert f"| {run['name']} | {facts['steps']:,} | {facts['train_minutes']:.1f} | " \
+           f"{facts['hardware']} | {facts['torch']} |" in markdown

@@ -1,3 +1,4 @@
+import json
 import shutil
 import signal
 import subprocess
@@ -33,7 +34,8 @@ def test_fixed_seed_repeats_and_resume_continues_exactly(reversal_data, tmp_path
     half = config_from_dict(reversal_config(reversal_data, **dict(TINY, train__max_steps=20)))
     train(half, resumed)
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["train_state"]["step"] == 20
-    with pytest.raises(CheckpointError, match=r"last\.pt: model\.dropout was 0\.3 in this run; it cannot change"):
+    with pytest.raises(CheckpointError,
+                       match=r"last\.pt: model\.dropout was 0\.3 in this run; it cannot change"):
         train(config_from_dict(reversal_config(reversal_data, **dict(TINY, model__dropout=0.2))),
               resumed, resume=True)
     assert load_config(resumed / "config.yaml").model.dropout == 0.3  # left as it was
@@ -55,10 +57,16 @@ def test_run_directory_contents(reversal_data, tmp_path):
     run = tmp_path / "run"
     train(cfg, run)
     assert load_config(run / "config.yaml") == cfg
-    assert (run / "spm.model").is_file() and (run / "train.log").read_text().count("valid loss") == 2
+    assert (run / "spm.model").is_file()
+    assert (run / "train.log").read_text().count("valid loss") == 2
     assert any((run / "tensorboard").iterdir())
     leftovers = [p.name for p in (run / "checkpoints").iterdir()]
     assert sorted(leftovers) == ["best.pt", "last.pt"]  # no temporary files left behind
+    facts = json.loads((run / "run.json").read_text())  # what export and reports read
+    seconds = load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["train_seconds"]
+    assert facts["steps"] == 40 and facts["train_minutes"] == round(seconds / 60, 2)
+    assert facts["torch"] == torch.__version__
+    assert f"parameters on {facts['hardware']}; run directory" in (run / "train.log").read_text()
     with pytest.raises(CheckpointError, match="already holds a run; pass --resume"):
         train(cfg, run)
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
@@ -77,7 +85,7 @@ def test_separate_vocabularies(reversal_data, tmp_path):
     cfg = config_from_dict(reversal_config(reversal_data, data__joint_vocab=False,
                                            train__max_steps=5, train__valid_every=5))
     train(cfg, tmp_path / "run")
-    assert (tmp_path / "run" / "spm.src.model").is_file() and (tmp_path / "run" / "spm.tgt.model").is_file()
+    assert all((tmp_path / "run" / f"spm.{side}.model").is_file() for side in ("src", "tgt"))
     assert len(Translator.load(tmp_path / "run").translate(["a b"])) == 1
 
 
@@ -85,7 +93,8 @@ def test_vocabulary_mismatch_is_refused(reversal_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(reversal_run, run)
     train_vocab(["ganz andere Sätze hier"] * 10, run / "spm.model", 280)
-    with pytest.raises(CheckpointError, match=r"best\.pt: src vocabulary .* does not match .*spm\.model"):
+    with pytest.raises(CheckpointError,
+                       match=r"best\.pt: src vocabulary .* does not match .*spm\.model"):
         Translator.load(run)
 
 
@@ -103,8 +112,8 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(reversal_data, tmp_path)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(reversal_config(reversal_data, **settings)))
     run_dir = tmp_path / "interrupted"
-    proc = subprocess.Popen([shutil.which("nmt-train"), str(config), "--run-dir", str(run_dir), "--no-test"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([shutil.which("nmt-train"), str(config), "--run-dir", str(run_dir),
+                             "--no-test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and "step 30 epoch" not in _text(run_dir / "train.log"):
         time.sleep(0.01)
@@ -123,7 +132,8 @@ def _text(path):
 
 
 def test_a_step_needing_more_batches_than_an_epoch_is_refused(reversal_data, tmp_path):
-    cfg = config_from_dict(reversal_config(reversal_data, train__accumulate=10000, train__max_steps=1))
+    cfg = config_from_dict(reversal_config(reversal_data, train__accumulate=10000,
+                                           train__max_steps=1))
     with pytest.raises(ConfigError, match="train.accumulate: a step needs 10000 batches"):
         train(cfg, tmp_path / "run")
 
@@ -135,7 +145,8 @@ def test_auto_precision_takes_native_bf16_and_still_resumes_exactly(reversal_dat
     settings = dict(TINY, train__precision="auto", train__max_steps=20, train__valid_every=10)
     straight, resumed = tmp_path / "a", tmp_path / "b"
     train(config_from_dict(reversal_config(reversal_data, **settings)), straight)
-    train(config_from_dict(reversal_config(reversal_data, **dict(settings, train__max_steps=10))), resumed)
+    half = dict(settings, train__max_steps=10)
+    train(config_from_dict(reversal_config(reversal_data, **half)), resumed)
     train(config_from_dict(reversal_config(reversal_data, **settings)), resumed, resume=True)
     expected = "bf16 autocast" if device.native_bf16(torch.device("cpu")) else "fp32"
     assert f"), {expected}; run directory" in (straight / "train.log").read_text()
