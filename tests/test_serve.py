@@ -53,9 +53,11 @@ def test_concurrent_requests_are_batched_and_get_what_they_would_alone(served, t
 
 def test_requests_steer_their_sentences_and_get_what_they_would_alone(served, translator):
     src, _ = reversal_pairs(12, seed=12)
-    bodies = [{"sentences": src[:4], "constraints": [["q"], None, ["r s", "t"], []], "beam_size": 3},
+    bodies = [{"sentences": src[:4], "constraints": [["q"], None, ["r s", "t"], []],
+               "beam_size": 3},
               {"sentences": src[4:8], "prefix": ["k", None, "", "j i"]},
-              {"sentences": src[8:10], "prefix": ["k", "l"], "constraints": [["q"], ["r"]], "n_best": 2},
+              {"sentences": src[8:10], "prefix": ["k", "l"], "constraints": [["q"], ["r"]],
+               "n_best": 2},
               {"sentences": ["<b>a b</b> {1} c", "a <i>b</i>"], "markup": "keep"},
               {"sentences": src[10:12]}]
     answers = post_all(served.url, bodies)
@@ -63,19 +65,27 @@ def test_requests_steer_their_sentences_and_get_what_they_would_alone(served, tr
         assert status == 200, answer
         steering = {key: body[key] for key in ("constraints", "prefix") if key in body}
         options = {key: body[key] for key in ("beam_size", "markup") if key in body}
-        assert answer["translations"] == translator.translate(body["sentences"], **steering, **options)
-    assert all(hyps[0]["translation"].startswith(p) for hyps, p in zip(answers[2][1]["n_best"], "kl"))
-    [(status, answer)] = post_all(served.url, [{"sentences": ["a"], "constraints": [["a"]], "beam_size": 1}])
+        assert answer["translations"] == translator.translate(body["sentences"], **steering,
+                                                              **options)
+    assert all(hyps[0]["translation"].startswith(p)
+               for hyps, p in zip(answers[2][1]["n_best"], "kl"))
+    [(status, answer)] = post_all(served.url, [{"sentences": ["a"], "constraints": [["a"]],
+                                                "beam_size": 1}])
     assert status == 400 and "beam search only" in answer["error"]
 
 
 BAD = [
-    (b'{"sentences": ["a", "b"], "constraints": [["q"]]}', 400, "constraints: 1 entries for 2 sentences"),
-    (b'{"sentences": ["a"], "constraints": ["q"]}', 400, "constraints[0]: expected a list of phrases"),
-    (b'{"sentences": ["a"], "constraints": [[""]]}', 400, "constraints[0][0]: '' is an empty phrase"),
+    (b'{"sentences": ["a", "b"], "constraints": [["q"]]}', 400,
+     "constraints: 1 entries for 2 sentences"),
+    (b'{"sentences": ["a"], "constraints": ["q"]}', 400,
+     "constraints[0]: expected a list of phrases"),
+    (b'{"sentences": ["a"], "constraints": [[""]]}', 400,
+     "constraints[0][0]: '' is an empty phrase"),
     (b'{"sentences": ["a"], "prefix": [3]}', 400, "prefix[0]: expected str, got int"),
-    (b'{"sentences": ["a"], "prefix": {"a": 1}}', 400, "prefix: expected a list with one entry per sentence"),
-    (b'{"sentences": ["a"], "constraints": [{"a": 1}]}', 400, "constraints[0]: expected a list of phrases"),
+    (b'{"sentences": ["a"], "prefix": {"a": 1}}', 400,
+     "prefix: expected a list with one entry per sentence"),
+    (b'{"sentences": ["a"], "constraints": [{"a": 1}]}', 400,
+     "constraints[0]: expected a list of phrases"),
     (json.dumps({"sentences": ["a " * 90], "constraints": [["b " * 65]]}).encode(), 400,
      "constraints[0]: 65 target pieces, at most 64"),
     (b'{"sentences": ["a"], "markup": "drop"}', 400, "decode.markup"),
@@ -89,10 +99,13 @@ BAD = [
     (b'{"sentences": ["a"], "beam_size": 151}', 400, "too large for a target vocabulary"),
     (b'{"sentences": ["a"], "length_penalty": NaN}', 400, "must be a finite number"),
     (b'{"sentences": ["a"], "attention": "yes"}', 400, "attention: expected true or false"),
-    (b"[" * 5000 + b"]" * 5000, 400, "request body: not valid JSON"),  # nested deeper than Python recurses
+    # nested deeper than Python recurses
+    (b"[" * 5000 + b"]" * 5000, 400, "request body: not valid JSON"),
     (json.dumps({"sentences": ["a"] * 51}).encode(), 413, "51 in one request, at most 50"),
-    (json.dumps({"sentences": ["a " * 101]}).encode(), 413, "sentences[0]: 202 characters, at most 200"),
-    (json.dumps({"sentences": ["a"], "pad": "x" * 30_000}).encode(), 413, "larger than 20000 bytes"),
+    (json.dumps({"sentences": ["a " * 101]}).encode(), 413,
+     "sentences[0]: 202 characters, at most 200"),
+    (json.dumps({"sentences": ["a"], "pad": "x" * 30_000}).encode(), 413,
+     "larger than 20000 bytes"),
 ]
 
 
@@ -104,11 +117,12 @@ def test_bad_requests_get_a_4xx_naming_the_problem(served, body, status, message
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                 max_size=4), max_leaves=10)
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=10)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.one_of(JSON, st.fixed_dictionaries(
     {"sentences": st.lists(st.text(max_size=20), max_size=4)},
     optional={"beam_size": JSON, "n_best": JSON, "length_penalty": JSON, "max_length_ratio": JSON,
@@ -126,7 +140,8 @@ def test_health_and_info(served, translator):
     assert (info["src_lang"], info["tgt_lang"]) == ("src", "tgt")
     assert info["step"] == translator.run.step and info["checkpoint"].endswith("best.pt")
     assert info["engine"] == "pytorch float32" and not info["int8"]
-    assert info["decode"]["beam_size"] == translator.decode.beam_size and info["limits"]["max_sentences"] == 50
+    assert info["decode"]["beam_size"] == translator.decode.beam_size
+    assert info["limits"]["max_sentences"] == 50
 
 
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
@@ -155,21 +170,26 @@ async def _post(url: str, body: dict, timeout: float | None = None) -> tuple[int
 @pytest.fixture(scope="module")
 def guarded(translator):
     running = Running(translator, Limits(max_output_pieces=4, max_length_ratio_cap=3.0,
-                                         max_attention_mb=1, max_queued_sentences=6, batch_wait_ms=50))
+                                         max_attention_mb=1, max_queued_sentences=6,
+                                         batch_wait_ms=50))
     yield running
     running.stop()
 
 
 def test_what_one_request_may_cost_is_bounded_before_it_is_decoded(guarded, translator):
     long = " ".join("abcdefghij" * 2)
-    for body, message in (({"max_length": 5}, "max_length: 5 is more than this server's --max-output-pieces (4)"),
-                          ({"max_length_ratio": 3.5}, "max_length_ratio: 3.5 is more than this server's"),
+    for body, message in (({"max_length": 5},
+                           "max_length: 5 is more than this server's --max-output-pieces (4)"),
+                          ({"max_length_ratio": 3.5},
+                           "max_length_ratio: 3.5 is more than this server's"),
                           ({"attention": True, "beam_size": 10, "sentences": ["ab " * 600] * 6},
                            "attention: keeping it for"),
-                          ({"sentences": ["a"] * 7}, "7 in one request, more than this server queues (6)")):
+                          ({"sentences": ["a"] * 7},
+                           "7 in one request, more than this server queues (6)")):
         status, answer, _ = asyncio.run(_post(guarded.url, {"sentences": [long], **body}))
         assert status in (400, 413) and message in answer["error"], answer
-    status, answer, _ = asyncio.run(_post(guarded.url, {"sentences": [long], "max_length_ratio": 3.0}))
+    status, answer, _ = asyncio.run(_post(guarded.url, {"sentences": [long],
+                                                        "max_length_ratio": 3.0}))
     assert status == 200  # no more output pieces than --max-output-pieces, also unasked
     assert answer["translations"] == [translator.translate(long, max_length=4)]
     assert len(translator.tgt_vocab.encode(answer["translations"])[0]) <= 4
