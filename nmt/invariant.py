@@ -6,10 +6,15 @@ promise holds only where every sum a sentence's result comes from is formed in a
 order set by that sentence alone. Measured on the CPU (MKL and ATen, torch 2.13,
 AVX2 and AVX-512), the leaks and how each is closed:
 
-- A matrix product's rows are computed four at a time, and the rows left over
-  another way (below 12 rows); ``rows`` pads a product to a multiple of 4 rows, and
-  then a row's result is the same whatever the number of rows, its position, or the
-  other rows (checked for every count up to 200, and up to 6,000).
+- A matrix product's rows are not computed alike: MKL picks its kernel by the shapes,
+  and with few rows (below 2 to 256, growing with the inner width and the threads) it
+  sums each row in another order. ``linear`` therefore forms ``weight @ x.T``: the
+  weight's rows are the product's rows (their number is fixed by the model), a
+  sentence's input is a column (at least 2 columns: one would be a matrix-vector
+  product), and inner widths over ``K_BLOCK`` are summed a block at a time, in order
+  (MKL splits a wide one across threads for few columns). Checked for every count of
+  rows up to 69 and others up to 6,000, 70 weight shapes, 1 and 2 threads, AVX-512
+  and AVX2 (Intel Xeon with AMX, torch 2.13); see docs/BENCHMARKS.md.
 - ``torch.sigmoid`` computes a tensor's vectorized part and its remainder by
   different formulas, so an element's value depends on where it falls in the tensor
   (and where threads split it); ``sigmoid`` uses exp, add and divide, which agree.
@@ -33,35 +38,38 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nmt import core
 from nmt.encoder import packing
 
 CHUNK_FLOATS = 1 << 20  # attention's products are formed a few sentences at a time (4 MB: in cache)
-ROW_BLOCK = 4  # MKL's matrix product handles rows in blocks of 4, and a remainder otherwise
-
-
-def whole_blocks(n: int) -> int:
-    """The fewest rows, at least n, that a product runs on: a multiple of ROW_BLOCK."""
-    return n + -n % ROW_BLOCK
-
-
-def rows(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` for a linear map ``layer`` and x [..., in], run on a multiple of ROW_BLOCK
-    rows (zero rows added, their results dropped)."""
-    flat = x.reshape(-1, x.size(-1))
-    missing = whole_blocks(flat.size(0)) - flat.size(0)
-    if missing == 0:
-        return layer(x)
-    out = layer(torch.cat([flat, flat.new_zeros(missing, flat.size(1))]))[:flat.size(0)]
-    return out.reshape(*x.shape[:-1], out.size(-1))
+ROW_BLOCK = 4  # CUDA graphs are captured for sentence counts in multiples of this
+K_BLOCK = 512  # inner widths up to this are one product; MKL splits wider ones across threads
+MIN_COLUMNS = 2  # one column would be a matrix-vector product, summed in another order
+MIN_OUTPUTS = 16  # fewer weight rows are padded: MKL sums a product with very few another way
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` on whole row blocks (``rows``)."""
-    return rows(lambda block: torch.nn.functional.linear(block, weight, bias), x)
+    """``F.linear(x, weight, bias)`` with each row of x [..., in] summed in an order set by
+    the weight's shape alone: ``weight [out, in] @ x.T`` a ``K_BLOCK`` of ``in`` at a time."""
+    flat = x.reshape(-1, x.size(-1))
+    n, out_features = flat.size(0), weight.size(0)
+    if n < MIN_COLUMNS:
+        flat = torch.cat([flat, flat.new_zeros(MIN_COLUMNS - n, flat.size(1))])
+    if out_features < MIN_OUTPUTS:
+        weight = torch.cat([weight, weight.new_zeros(MIN_OUTPUTS - out_features, weight.size(1))])
+        bias = None if bias is None else torch.cat([bias, bias.new_zeros(MIN_OUTPUTS - out_features)])
+    columns = flat.t()
+    out = None
+    for start in range(0, weight.size(1), K_BLOCK):
+        w, c = weight[:, start:start + K_BLOCK], columns[start:start + K_BLOCK]
+        if out is None:
+            out = w @ c if bias is None else torch.addmm(bias.unsqueeze(1), w, c)
+        else:
+            out.add_(w @ c)
+    # Contiguous: a sum over a transposed result's rows would run in another order.
+    return out[:out_features, :n].t().contiguous().view(*x.shape[:-1], out_features)
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +117,9 @@ class ExactOps(core.BatchedOps):
     dot = staticmethod(dot)
 
     def linear(self, x, layer):
-        return rows(layer, x)
+        if isinstance(layer, nn.Linear):
+            return linear(x, layer.weight, layer.bias)
+        return layer(x)  # nmt.quantize.Int8Linear: exact integer sums, row by row
 
     def cell_products(self, cell, x, h):
         if not isinstance(cell, nn.RNNCellBase):  # nmt.quantize.Int8Cell
@@ -159,15 +169,13 @@ class ExactOps(core.BatchedOps):
         w_ih, w_hh, b_ih, b_hh = (getattr(layer, f"{name}_l0{suffix}")
                                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
         x_gates = linear(data, w_ih, b_ih)  # all steps at once
-        # The state rows, updated in place; a multiple of ROW_BLOCK of them, so that each
-        # step's product runs on whole blocks without a copy (rows past n are discarded).
-        h = data.new_zeros(whole_blocks(sizes[0]), layer.hidden_size)
+        h = data.new_zeros(sizes[0], layer.hidden_size)  # the state rows, updated in place
         c = h.clone() if kind == "lstm" else None
         outputs = data.new_empty(len(data), layer.hidden_size)
         for t in (reversed(range(len(sizes))) if suffix else range(len(sizes))):
             n = sizes[t]
             steps = slice(starts[t], starts[t] + n)
-            h_gates = F.linear(h[:whole_blocks(n)], w_hh, b_hh)[:n]
+            h_gates = linear(h[:n], w_hh, b_hh)
             new_h, new_c = core.cell_update(self, kind, x_gates[steps], h_gates, h[:n],
                                             None if c is None else c[:n])
             h[:n] = new_h

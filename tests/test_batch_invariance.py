@@ -79,9 +79,16 @@ def test_through_the_server_one_request_equals_single_requests(reversal_run, sen
     assert whole[1]["n_best"] == [answer["n_best"][0] for _, answer in singles]
 
 
-def test_each_invariant_product_runs_on_whole_row_blocks():
-    seen = []
-    invariant.rows(lambda x: seen.append(x.shape) or x @ torch.ones(3, 2), torch.ones(5, 3))
-    assert seen == [(8, 3)]
-    out = invariant.rows(lambda x: x * 2, torch.arange(6.0).view(2, 3))
-    assert torch.equal(out, torch.arange(6.0).view(2, 3) * 2)
+def test_the_exact_product_is_the_linear_map_and_each_row_its_own():
+    """invariant.linear equals F.linear to rounding, and a row's bits do not depend on the
+    other rows: 1 to 40 rows and 200, narrow (fewer than MIN_OUTPUTS) and wide (over K_BLOCK)."""
+    g = torch.Generator().manual_seed(3)
+    for out_features, width in ((3, 8), (64, 32), (96, 1100)):
+        weight, bias = torch.randn(out_features, width, generator=g), torch.randn(out_features, generator=g)
+        x = torch.randn(200, width, generator=g)
+        whole = invariant.linear(x, weight, bias)
+        assert torch.allclose(whole, torch.nn.functional.linear(x, weight, bias), atol=1e-4)
+        for n in range(1, 41):
+            assert torch.equal(invariant.linear(x[-n:], weight, bias), whole[-n:]), (out_features, width, n)
+        assert torch.equal(invariant.linear(x[:5].view(5, 1, width), weight, None),
+                           invariant.linear(x[:5], weight, None).view(5, 1, -1))
