@@ -1,8 +1,8 @@
 """Typed configuration: YAML files, dotted command-line overrides, validation.
 
-Every key is a dataclass field below; its comment is its documentation (the
-configs in ``configs/`` repeat it); a decode option declares its help text, range
-and flags on its field (``option``). Unknown keys and values of the wrong type are
+Every key is a dataclass field below, declared once with ``option``: its default, its help
+text (the command-line flag's and the configs' comment: ``config_text`` writes the files
+in ``configs/``), its range or choices. Unknown keys and values of the wrong type are
 rejected with a message that names the key.
 """
 from __future__ import annotations
@@ -11,187 +11,209 @@ import dataclasses
 import difflib
 import math
 import numbers
+import itertools
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from nmt.errors import ConfigError
 
 
-@dataclass
-class Direction:
-    """One entry of ``data.directions``: a language pair and (optionally) its own files."""
-    src: str = ""
-    tgt: str = ""
-    train: str = ""  # "" = data.train
-    valid: str = ""  # "" = data.valid (the first entry of a direction gives its validation set)
-    test: str = ""  # "" = data.test
-    tag: str = ""  # a piece before this entry's training sources only (e.g. <BT>: back-translated)
+@dataclass(frozen=True)
+class Range:
+    """The numbers from ``low`` to ``high``; ``open_low``: ``low`` itself excluded."""
+    low: float
+    high: float
+    open_low: bool = False
+
+    def check(self, key: str, value: float) -> None:
+        """ConfigError naming ``key`` unless ``value`` is in the range."""
+        if value < self.low or (self.open_low and value == self.low) or value > self.high:
+            interval = f"{'(' if self.open_low else '['}{self.low}, {self.high}]"
+            raise ConfigError(f"{key}: {value!r} is out of range; expected a value in {interval}")
 
 
-@dataclass
-class DataConfig:
-    # Where the corpus comes from: "text" (line-aligned files <prefix>.<lang>),
-    # "json", "csv" or "parquet" (local files read with Hugging Face datasets),
-    # or a Hugging Face hub dataset name (or a local dataset folder).
-    loader: str = "text"
-    # Each split: a file prefix for "text"; a data file for json/csv/parquet;
-    # a split name (train, validation, test) for a hub dataset. "" = none.
-    train: str = "data/multi30k/train"
-    valid: str = "data/multi30k/val"
-    test: str = "data/multi30k/test2016"
-    src_lang: str = "de"
-    tgt_lang: str = "en"
-    # Record fields holding the two sides for datasets loaders; dots reach into
-    # nested records ("translation.de"). "" means the language code.
-    src_field: str = ""
-    tgt_field: str = ""
-    hub_config: str = ""  # configuration name of a hub dataset, if it has several
-    # sentencepiece: "bpe" or "unigram"; one joint model or one per side.
-    subword_type: str = "bpe"
-    vocab_size: int = 8000
-    joint_vocab: bool = True
-    # Training pairs longer than max_len pieces on either side, or whose
-    # length ratio exceeds max_len_ratio, are dropped (and counted).
-    max_len: int = 100
-    max_len_ratio: float = 3.0
-    # sentencepiece trains on at most this many sentences (both sides together with a joint
-    # vocabulary), drawn at random with a fixed seed when the corpus has more; 0 = all.
-    spm_sample_sentences: int = 2_000_000
-    # Where the training data is kept prepared (encoded, filtered, memory-mapped), in a
-    # folder per fingerprint of the data and settings: "" = <run dir>/cache; a folder of
-    # yours lets several runs on the same data share one preparation.
-    cache_dir: str = ""
-    # Several directions in one model (nmt.directions): entries "SRC-TGT" or mappings with src, tgt
-    # and optional train, valid, test, tag (Direction); with more than one target language each
-    # source starts with the tag <2TGT>. One vocabulary covers all. [] = src_lang -> tgt_lang.
-    directions: list = field(default_factory=list)
-    # Subword regularization (Kudo 2018): > 0 trains on sampled segmentations, unigram sampling
-    # with this alpha or BPE-dropout with this drop rate; validation and decoding never sample.
-    subword_sampling: float = 0.0
-    # With subword_sampling: segmentations prepared per training pair (kept in the cache); each
-    # epoch takes one of them per pair, chosen from train.seed and the epoch.
-    subword_segmentations: int = 4
-
-
-# The defaults are the CPU settings that won the project's time-to-quality
-# test (Multi30k en->de, 2 cores, 20 minutes: test2016 BLEU 36.66); see docs/BENCHMARKS.md.
-
-
-@dataclass
-class ModelConfig:
-    cell: str = "lstm"  # lstm, gru or rnn (plain tanh), encoder and decoder
-    embedding_size: int = 256
-    encoder_layers: int = 2
-    encoder_hidden_size: int = 256  # per direction
-    bidirectional: bool = True
-    decoder_layers: int = 1
-    decoder_hidden_size: int = 256
-    attention: str = "general"  # dot, general (Luong) or mlp (Bahdanau)
-    input_feeding: bool = True  # feed the last attentional vector back in
-    decoder: str = "luong"  # luong (the top layer attends) or gnmt (the first does; needs input_feeding false)
-    dropout: float = 0.3  # on embeddings, between layers, on the attentional vector
-    tie_output: bool = True  # output layer shares the target embeddings
-    share_embeddings: bool = True  # source and target share one table (needs joint_vocab)
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 1
-    batch_size: int = 2048  # per batch, counted in batch_unit (a step: processes x accumulate batches)
-    batch_unit: str = "tokens"  # tokens (padded source or target, the larger) or sentences
-    accumulate: int = 1  # batches per step per process (gradient accumulation)
-    max_steps: int = 20000
-    max_epochs: int = 0  # 0 = no limit
-    max_minutes: float = 0.0  # stop after this many minutes of this process's training loop; 0 = no limit
-    lr: float = 2e-3  # Adam
-    warmup_steps: int = 100  # linear warm-up from 0 to lr
-    lr_decay: float = 0.5  # multiply lr by this when validation BLEU stalls ...
-    lr_patience: int = 2  # ... for this many validations
-    min_lr: float = 1e-5
-    clip_grad_norm: float = 1.0  # 0 = no clipping
-    label_smoothing: float = 0.1
-    valid_every: int = 500  # steps between validations (loss and greedy BLEU on data.valid)
-    patience: int = 8  # stop after this many validations without a better BLEU; 0 = never
-    log_every: int = 50
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    # auto: bf16 autocast on a CPU with bf16 in hardware (AVX512-BF16 or AMX), else fp32;
-    # fp32; bf16 (on such a CPU or a GPU with bf16; an error elsewhere). Under bf16
-    # autocast the weights, gradients and Adam state stay fp32.
-    precision: str = "auto"
-    # NVIDIA GPUs: float32 products on TF32 tensor cores (10-bit mantissa, float32
-    # range and accumulation), several times faster; false = full float32. No effect on CPUs.
-    tf32: bool = True
-    # Also write checkpoints/last.pt this often between validations, so that a crash or a
-    # kill loses at most these minutes of training (the result does not change); 0 = only
-    # at validations and at the end.
-    checkpoint_every_minutes: float = 5.0
-    # Keep the last N validation checkpoints as checkpoints/step-<step>.pt, for nmt-average; 0 = none.
-    keep_checkpoints: int = 0
-    # ema > 0: also keep an exponential moving average of the weights, updated after every step
-    # t as d * average + (1 - d) * weights with d = min(ema, (1 + t) / (10 + t)) (0.999: about
-    # the last 1,000 steps); validation, best.pt and decoding use the average, training goes
-    # on with the weights. 0 = off.
-    ema: float = 0.0
-    # Fine-tuning: start from a trained model -- a run directory, a checkpoint or a model folder --
-    # with its weights and vocabulary; the optimizer, schedule and step start fresh. "" = from scratch.
-    init_from: str = ""
-    init_sha256: str = ""  # of init_from's weights file, recorded at the start; if given, it must match
+def check_range(key: str, value: float, bounds: tuple[float, float]) -> None:
+    """``Range(*bounds).check(key, value)``, for callers holding a closed (low, high) pair."""
+    Range(*bounds).check(key, value)
 
 
 KEEP = "keep"  # an option's ``validation`` rule: validation decodes with the config's value
 
 
-def option(default: Any, doc: str, *, bounds: tuple | None = None, choices: tuple | None = None,
+def option(default: Any, doc: str, *, bounds: Range | None = None, choices: tuple | None = None,
            flag: bool = True, served: bool = False, validation: Any = None) -> Any:
-    """A decode option, declared once (fairseq's ``field(metadata=...)``): its default, and in the
-    metadata its help text (the command-line flag's, the configs' comment), its range (as in
-    RANGES: ``"("`` marks an open lower end) or choices, whether the decoding commands take it as
-    a flag, whether a request to ``nmt-serve`` may set it, and what validation decodes with
-    (``validation_decode``): None = the default, ``KEEP`` = the config's value, or a value."""
-    return field(default=default, metadata={"help": doc, "range": bounds, "choices": choices,
-                                            "flag": flag, "served": served, "validation": validation})
+    """An option, declared once (fairseq's ``field(metadata=...)``): its default (a list is
+    copied for each instance), its help, its range or choices; for a decode option whether the
+    decoding commands take it as a flag, whether ``nmt-serve`` requests may set it, and what
+    validation decodes with: None = the default, ``KEEP`` = the config's value, or a value."""
+    meta = {"help": doc, "range": bounds, "choices": choices, "flag": flag, "served": served,
+            "validation": validation}
+    if isinstance(default, list):
+        return field(default_factory=default.copy, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# The upper bounds stop a slip of the keyboard (a hidden size of 2560000) from asking for
+# terabytes or running for ever; they are far above any sensible setting.
+BIG = 10**12
+SIZE, LAYERS, SEED, FRACTION = Range(1, 16384), Range(1, 64), Range(0, 2**32 - 1), Range(0.0, 0.99)
+COUNT = Range(0, 10**6)
+
+
+@dataclass
+class Direction:
+    """One entry of ``data.directions``: a language pair and (optionally) its own files."""
+    src: str = option("", "source language")
+    tgt: str = option("", "target language")
+    train: str = option("", '"" = data.train')
+    valid: str = option("", '"" = data.valid (a direction\'s first entry gives its validation set)')
+    test: str = option("", '"" = data.test')
+    tag: str = option("", "a piece before this entry's sources only (e.g. <BT>: back-translated)")
+
+
+@dataclass
+class DataConfig:
+    loader: str = option("text", "text (files <prefix>.<lang>, one sentence a line); json, csv "
+                         "or parquet (Hugging Face datasets); or a hub dataset or its folder")
+    train: str = option("data/multi30k/train", "a file prefix (text), a data file (json, csv, "
+                        "parquet) or a split name such as train (hub dataset)")
+    valid: str = option("data/multi30k/val", 'validation split, given as data.train; "" = none')
+    test: str = option("data/multi30k/test2016", 'scored after training; "" = none')
+    src_lang: str = option("de", "source language code (in file names and tags <2xx>)")
+    tgt_lang: str = option("en", "target language code")
+    src_field: str = option("", "datasets loaders: the source side's record field, dots reaching "
+                            'into nested records (translation.de); "" = the language code')
+    tgt_field: str = option("", "datasets loaders: the target side's record field")
+    hub_config: str = option("", "the configuration name of a hub dataset that has several")
+    subword_type: str = option("bpe", "sentencepiece bpe or unigram", choices=("bpe", "unigram"))
+    vocab_size: int = option(8000, "pieces of each sentencepiece model", bounds=Range(1, 10**6))
+    joint_vocab: bool = option(True, "one sentencepiece model for both sides (false: one each)")
+    max_len: int = option(100, "drop training pairs longer than this many pieces on a side ...",
+                          bounds=Range(1, 100_000))
+    max_len_ratio: float = option(3.0, "... or with a longer/shorter side ratio above this",
+                                  bounds=Range(1.0, 1e6))
+    spm_sample_sentences: int = option(2_000_000, "sentencepiece trains on at most this many "
+                                       "sentences; 0 = all", bounds=Range(0, BIG))
+    cache_dir: str = option("", 'the prepared training data: "" = <run dir>/cache; a folder of '
+                            "yours lets runs on the same data share one preparation")
+    directions: list = option([], "several directions in one model: SRC-TGT entries (e.g. [de-en, "
+                              "en-de]) or mappings of src, tgt and optional train, valid, test, "
+                              "tag; [] = src_lang -> tgt_lang")
+    subword_sampling: float = option(0.0, "> 0: train on sampled segmentations (unigram alpha or "
+                                     "BPE-dropout rate; Kudo 2018)", bounds=FRACTION)
+    subword_segmentations: int = option(4, "with subword_sampling: segmentations kept per pair; "
+                                        "one per epoch", bounds=Range(1, 64))
+
+
+@dataclass
+class ModelConfig:
+    cell: str = option("lstm", "lstm, gru or rnn (plain tanh)", choices=("lstm", "gru", "rnn"))
+    embedding_size: int = option(256, "width of the embeddings", bounds=SIZE)
+    encoder_layers: int = option(2, "stacked encoder layers", bounds=LAYERS)
+    encoder_hidden_size: int = option(256, "per direction", bounds=SIZE)
+    bidirectional: bool = option(True, "the encoder reads the source both ways")
+    decoder_layers: int = option(1, "stacked decoder layers", bounds=LAYERS)
+    decoder_hidden_size: int = option(256, "width of the decoder's states", bounds=SIZE)
+    attention: str = option("general", "dot, general (Luong) or mlp (Bahdanau)",
+                            choices=("dot", "general", "mlp"))
+    input_feeding: bool = option(True, "feed the last attentional vector back in")
+    decoder: str = option("luong", "luong (the top layer attends) or gnmt (the first does; needs "
+                          "input_feeding: false)", choices=("luong", "gnmt"))
+    dropout: float = option(0.3, "on embeddings, between layers, on the attentional vector",
+                            bounds=FRACTION)
+    tie_output: bool = option(True, "the output layer shares the target embeddings (needs "
+                              "embedding_size == decoder_hidden_size)")
+    share_embeddings: bool = option(True, "one table for both sides (needs data.joint_vocab)")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = option(1, "seeds the weights, the batches and dropout", bounds=SEED)
+    batch_size: int = option(2048, "in batch_unit (a step: processes x accumulate batches)",
+                             bounds=Range(1, 10**8))
+    batch_unit: str = option("tokens", "tokens (padded, the longer side) or sentences",
+                             choices=("tokens", "sentences"))
+    accumulate: int = option(1, "batches per step and process", bounds=Range(1, 10**6))
+    max_steps: int = option(20000, "stop after this many steps", bounds=Range(1, BIG))
+    max_epochs: int = option(0, "stop after this many epochs; 0 = no limit", bounds=Range(0, 10**9))
+    max_minutes: float = option(0.0, "stop after this many minutes of training; 0 = no limit",
+                                bounds=Range(0.0, 1e9))
+    lr: float = option(2e-3, "Adam's learning rate", bounds=Range(0.0, 100.0, open_low=True))
+    warmup_steps: int = option(100, "linear warm-up from 0 to lr", bounds=Range(0, BIG))
+    lr_decay: float = option(0.5, "multiply lr by this when validation BLEU stalls ...",
+                             bounds=Range(0.0, 1.0, open_low=True))
+    lr_patience: int = option(2, "... for this many validations", bounds=Range(1, 10**9))
+    min_lr: float = option(1e-5, "the decay stops here", bounds=Range(0.0, 100.0))
+    clip_grad_norm: float = option(1.0, "0 = no clipping", bounds=Range(0.0, 1e9))
+    label_smoothing: float = option(0.1, "of the training loss", bounds=FRACTION)
+    valid_every: int = option(500, "steps between validations (loss, greedy BLEU on data.valid)",
+                              bounds=Range(1, BIG))
+    patience: int = option(8, "stop after this many validations with no better BLEU; 0 = never",
+                           bounds=Range(0, 10**9))
+    log_every: int = option(50, "steps between log lines", bounds=Range(1, BIG))
+    threads: int = option(0, "torch CPU threads; 0 = torch's default", bounds=Range(0, 1024))
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    precision: str = option("auto", "auto (bf16 autocast on CPUs with bf16 in hardware, else "
+                            "fp32), fp32 or bf16; weights and Adam state stay fp32",
+                            choices=("auto", "fp32", "bf16"))
+    tf32: bool = option(True, "NVIDIA GPUs: float32 products on TF32 tensor cores; false = full "
+                        "float32")
+    checkpoint_every_minutes: float = option(
+        5.0, "also save checkpoints/last.pt this often; 0 = only at validations",
+        bounds=Range(0.0, 1e9))
+    keep_checkpoints: int = option(0, "keep the last N validation checkpoints (step-<step>.pt) "
+                                   "for nmt-average", bounds=Range(0, 1000))
+    ema: float = option(0.0, "> 0 (e.g. 0.999): validate, keep and decode a moving average of the "
+                        "weights; 0 = off", bounds=Range(0.0, 0.999999))
+    init_from: str = option("", "fine-tune: start from the weights and vocabulary of this run "
+                            "directory, checkpoint or model folder")
+    init_sha256: str = option("", "its weights' sha256, recorded when the run starts; if given, "
+                              "it must match")
 
 
 @dataclass
 class DecodeConfig:
-    beam_size: int = option(5, "hypotheses kept at each step; 1 = greedy", bounds=(1, 1000), served=True,
-                            validation=1)
-    length_penalty: float = option(1.0, "finished beams ranked by score / length ** L (length_penalty_type)",
-                                   bounds=(0.0, 10.0), served=True)
+    beam_size: int = option(5, "hypotheses kept at each step; 1 = greedy", bounds=Range(1, 1000),
+                            served=True, validation=1)
+    length_penalty: float = option(1.0, "finished beams ranked by score / length ** L "
+                                   "(length_penalty_type)", bounds=Range(0.0, 10.0), served=True)
     length_penalty_type: str = option("length", "length: score / length ** L; "
                                       "gnmt: score / ((5 + length) / 6) ** L (Wu et al.)",
                                       choices=("length", "gnmt"), served=True)
     max_length_ratio: float = option(2.0, "output at most ratio x source pieces + 5 ...",
-                                     bounds=("(", 0.0, 1000.0), served=True, validation=KEEP)
+                                     bounds=Range(0.0, 1000.0, open_low=True), served=True,
+                                     validation=KEEP)
     max_length: int = option(0, "... and at most this many output pieces; 0 = no such cap",
-                             bounds=(0, 10**6), served=True, validation=KEEP)
-    batch_size: int = option(64, "sentences per decoding batch", bounds=(1, 10**6), validation=KEEP)
+                             bounds=COUNT, served=True, validation=KEEP)
+    batch_size: int = option(64, "sentences per decoding batch", bounds=Range(1, 10**6),
+                             validation=KEEP)
     # No shared flag: nmt-translate's own --n-best also chooses its output format, and
     # nmt-evaluate scores one translation per sentence.
     n_best: int = option(1, "translations returned per sentence, best first; at most beam_size",
-                         bounds=(1, 1000), flag=False, served=True)
-    min_length: int = option(0, "no end marker before this many output pieces (the maximum length wins)",
-                             bounds=(0, 10**6), served=True)
-    no_repeat_ngram_size: int = option(0, "N > 0: no output holds the same N pieces in a row twice",
-                                       bounds=(0, 10**6), served=True)
-    samples: int = option(0, "N > 0: draw N random translations per sentence instead of searching",
-                          bounds=(0, 1000))
-    temperature: float = option(1.0, "sampling: < 1 sharper, > 1 flatter", bounds=("(", 0.0, 100.0))
-    top_k: int = option(0, "sampling: from the K most probable pieces; 0 = all", bounds=(0, 10**6))
-    top_p: float = option(1.0, "sampling: from the fewest pieces whose probability reaches P; 1 = all",
-                          bounds=("(", 0.0, 1.0))
+                         bounds=Range(1, 1000), flag=False, served=True)
+    min_length: int = option(0, "no end marker before this many pieces (the maximum length "
+                             "wins)", bounds=COUNT, served=True)
+    no_repeat_ngram_size: int = option(0, "N > 0: no output holds the same N pieces in a row "
+                                       "twice", bounds=COUNT, served=True)
+    samples: int = option(0, "N > 0: draw N random translations per sentence, not a "
+                          "search", bounds=Range(0, 1000))
+    temperature: float = option(1.0, "sampling: < 1 sharper, > 1 flatter",
+                                bounds=Range(0.0, 100.0, open_low=True))
+    top_k: int = option(0, "sampling: from the K most probable pieces; 0 = all", bounds=COUNT)
+    top_p: float = option(1.0, "sampling: from the fewest pieces whose probability reaches P; "
+                          "1 = all", bounds=Range(0.0, 1.0, open_low=True))
     seed: int = option(0, "sampling: the same seed gives the same samples, in any batch",
-                       bounds=(0, 2**32 - 1))
-    target_lang: str = option("", "a model of several directions: the language to translate into "
-                              "(data.directions)", served=True)
-    markup: str = option("none", "keep: tags and placeholders taken out, put back by the attention",
-                         choices=("none", "keep"), served=True)
-    # One graph per bucket of batch and source length (nmt.graphs); off CUDA the same code runs eagerly.
+                       bounds=SEED)
+    target_lang: str = option("", "several directions in one model: the language to "
+                              "translate into", served=True)
+    markup: str = option("none", "keep: tags and placeholders taken out, put back by the "
+                         "attention", choices=("none", "keep"), served=True)
+    # One graph per bucket of batch and source length (nmt.graphs); off CUDA, eager.
     cuda_graphs: bool = option(False, "GPU: replay each decoder step as a CUDA graph "
                                "(same output, fewer launches)", validation=KEEP)
 
@@ -200,20 +222,14 @@ def validation_decode(decode: DecodeConfig) -> DecodeConfig:
     """Validation's decoding settings, by each option's ``validation`` rule: greedy, and every
     search control at its default unless it says otherwise -- a new control stays out of
     validation BLEU without anyone listing it."""
-    fixed = {spec.name: spec.default if spec.metadata["validation"] is None else spec.metadata["validation"]
-             for spec in dataclasses.fields(DecodeConfig) if spec.metadata["validation"] != KEEP}
-    return dataclasses.replace(decode, **fixed)
+    rules = {spec: spec.metadata["validation"] for spec in dataclasses.fields(DecodeConfig)}
+    return dataclasses.replace(decode, **{spec.name: spec.default if rule is None else rule
+                                          for spec, rule in rules.items() if rule != KEEP})
 
 
 def decode_fields(mark: str) -> list[dataclasses.Field]:
     """The DecodeConfig fields whose metadata sets ``mark`` ("flag", "served")."""
     return [spec for spec in dataclasses.fields(DecodeConfig) if spec.metadata[mark]]
-
-
-def _decode_ranges() -> dict:
-    """``{"decode.<field>": range}`` of the decode options that declare one (for RANGES)."""
-    return {f"decode.{spec.name}": spec.metadata["range"] for spec in dataclasses.fields(DecodeConfig)
-            if spec.metadata["range"] is not None}
 
 
 @dataclass
@@ -225,47 +241,29 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-CHOICES = {
-    "data.subword_type": ("bpe", "unigram"),
-    "model.cell": ("lstm", "gru", "rnn"),
-    "model.attention": ("dot", "general", "mlp"),
-    "model.decoder": ("luong", "gnmt"),
-    "train.batch_unit": ("tokens", "sentences"),
-    "train.precision": ("auto", "fp32", "bf16"),
-}  # the decode options declare theirs on their fields
-
-
 def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
     """Return ``value`` as ``kind`` or raise a ConfigError naming ``key``.
 
     Numbers must be finite (NaN passes every ``<`` check and would fail much
     later); strings must not hold a NUL (no file name or device can).
     """
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)
-    elif kind is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:
-                number = math.inf
-            if math.isfinite(number):
-                return number
-            raise ConfigError(f"{where}{key}: must be a finite number, got {value!r}")
-    elif kind is str:
-        if isinstance(value, str) and "\0" not in value:
-            return value
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind is int and real and isinstance(value, numbers.Integral):
+        return int(value)
+    if kind is float and real:
+        try:
+            if math.isfinite(value):
+                return float(value)
+        except OverflowError:  # an int beyond any float
+            pass
+        raise ConfigError(f"{where}{key}: must be a finite number, got {value!r}")
+    if kind in (bool, str) and isinstance(value, kind) and "\0" not in str(value):
+        return value
     raise ConfigError(f"{where}{key}: expected {kind.__name__}, got {value!r}")
 
 
@@ -289,7 +287,7 @@ def _merge(obj: Any, values: dict, prefix: str, where: str) -> None:
             continue
         kind = type(current)
         value = _coerce(key, value, kind, where)
-        choices = fields[name].metadata.get("choices") or CHOICES.get(key)
+        choices = fields[name].metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"{where}{key}: {value!r} is not one of {', '.join(choices)}")
         setattr(obj, name, value)
@@ -312,77 +310,46 @@ def _directions(key: str, value: Any, where: str) -> list[Direction]:
     return entries
 
 
-# The range of every number: (lowest, highest), "(" for an open lower end. The upper
-# bounds stop a slip of the keyboard (a hidden size of 2560000) from asking for
-# terabytes or running for ever; they are far above any sensible setting. The decode
-# options declare theirs on their DecodeConfig fields.
-BIG = 10**12
-RANGES = {
-    "data.vocab_size": (1, 1_000_000), "data.max_len": (1, 100_000), "data.max_len_ratio": (1.0, 1e6),
-    "data.spm_sample_sentences": (0, 10**12), "data.subword_sampling": (0.0, 0.99),
-    "data.subword_segmentations": (1, 64),
-    "model.embedding_size": (1, 16384), "model.encoder_layers": (1, 64),
-    "model.encoder_hidden_size": (1, 16384), "model.decoder_layers": (1, 64),
-    "model.decoder_hidden_size": (1, 16384), "model.dropout": (0.0, 0.99),
-    "train.seed": (0, 2**32 - 1), "train.batch_size": (1, 10**8), "train.accumulate": (1, 10**6),
-    "train.max_steps": (1, BIG), "train.max_epochs": (0, 10**9), "train.max_minutes": (0.0, 1e9),
-    "train.checkpoint_every_minutes": (0.0, 1e9), "train.keep_checkpoints": (0, 1000),
-    "train.ema": (0.0, 0.999999),
-    "train.lr": ("(", 0.0, 100.0), "train.warmup_steps": (0, BIG), "train.lr_decay": ("(", 0.0, 1.0),
-    "train.lr_patience": (1, 10**9), "train.min_lr": (0.0, 100.0), "train.clip_grad_norm": (0.0, 1e9),
-    "train.label_smoothing": (0.0, 0.99), "train.valid_every": (1, BIG), "train.patience": (0, 10**9),
-    "train.log_every": (1, BIG), "train.threads": (0, 1024),
-    **_decode_ranges(),
-}
+def check_ranges(obj: Any, prefix: str) -> None:
+    """Each option of dataclass ``obj`` (a config section) in its declared range."""
+    for spec in dataclasses.fields(obj):
+        if spec.metadata.get("range") is not None:
+            spec.metadata["range"].check(prefix + spec.name, getattr(obj, spec.name))
 
 
-def check_range(key: str, value: float, bounds: tuple | None = None) -> None:
-    """ConfigError unless ``value`` is in ``bounds`` (default: ``RANGES[key]``)."""
-    bounds = bounds or RANGES[key]
-    open_low = bounds[0] == "("
-    low, high = bounds[-2:]
-    if value < low or (open_low and value == low) or value > high:
-        interval = f"{'(' if open_low else '['}{low}, {high}]"
-        raise ConfigError(f"{key}: {value!r} is out of range; expected a value in {interval}")
-
-
-def check_decode(decode: "DecodeConfig", tgt_vocab_size: int | None = None) -> None:
+def check_decode(decode: DecodeConfig, tgt_vocab_size: int | None = None) -> None:
     """The decode section alone, and against a model's target vocabulary when it is known."""
-    for spec in dataclasses.fields(decode):  # each option's declared range
-        if spec.metadata["range"] is not None:
-            check_range(f"decode.{spec.name}", getattr(decode, spec.name), spec.metadata["range"])
+    check_ranges(decode, "decode.")
     if decode.n_best > decode.beam_size:
-        raise ConfigError(f"decode.n_best: {decode.n_best} exceeds decode.beam_size ({decode.beam_size})")
+        raise ConfigError(f"decode.n_best: {decode.n_best} exceeds decode.beam_size "
+                          f"({decode.beam_size})")
     # The first step ranks 2 x beam_size candidates among the vocabulary's pieces.
     if tgt_vocab_size is not None and 2 * decode.beam_size > tgt_vocab_size:
-        raise ConfigError(f"decode.beam_size: {decode.beam_size} is too large for a target vocabulary "
-                          f"of {tgt_vocab_size} pieces (at most {tgt_vocab_size // 2})")
+        raise ConfigError(f"decode.beam_size: {decode.beam_size} is too large for a target "
+                          f"vocabulary of {tgt_vocab_size} pieces (at most {tgt_vocab_size // 2})")
 
 
 def _check(cfg: Config) -> None:
     """Ranges, then the cross-key checks that the types alone cannot express."""
-    for key in RANGES:
-        section, name = key.split(".")
-        if section != "decode":
-            check_range(key, getattr(getattr(cfg, section), name))
+    for section in ("data", "model", "train"):
+        check_ranges(getattr(cfg, section), section + ".")
     check_decode(cfg.decode)
-    for key in ("data.src_lang", "data.tgt_lang"):
-        value = getattr(cfg.data, key.split(".")[1])
-        if not LANGUAGE.fullmatch(value):
-            raise ConfigError(f"{key}: {value!r} is not a language code (non-empty; no space, '/', '<' "
-                              "or '>')")
+    for side in ("src", "tgt"):
+        _check_language(f"data.{side}_lang", getattr(cfg.data, f"{side}_lang"))
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.train.device):
         raise ConfigError(f"train.device: {cfg.train.device!r} is not auto, cpu, cuda or cuda:N")
     if cfg.model.share_embeddings and not cfg.data.joint_vocab:
         raise ConfigError("model.share_embeddings: needs data.joint_vocab: true")
     if cfg.model.tie_output and cfg.model.embedding_size != cfg.model.decoder_hidden_size:
-        raise ConfigError("model.tie_output: needs model.embedding_size == model.decoder_hidden_size")
+        raise ConfigError("model.tie_output: needs model.embedding_size == "
+                          "model.decoder_hidden_size")
     enc_out = cfg.model.encoder_hidden_size * (2 if cfg.model.bidirectional else 1)
     if cfg.model.attention == "dot" and enc_out != cfg.model.decoder_hidden_size:
         raise ConfigError(f"model.attention: dot needs encoder outputs ({enc_out}) of "
                           f"model.decoder_hidden_size ({cfg.model.decoder_hidden_size})")
     if cfg.model.decoder == "gnmt" and cfg.model.input_feeding:
-        raise ConfigError("model.decoder: gnmt has no input feeding; set model.input_feeding: false")
+        raise ConfigError("model.decoder: gnmt has no input feeding; set model.input_feeding: "
+                          "false")
     if not cfg.data.train and not all(d.train for d in cfg.data.directions):
         raise ConfigError("data.train: no training data given")
     _check_directions(cfg.data.directions)
@@ -391,14 +358,18 @@ def _check(cfg: Config) -> None:
 LANGUAGE = re.compile(r"[^\s/<>]+")  # a language code: in file names and in the tag <2xx>
 
 
+def _check_language(key: str, value: str) -> None:
+    if not LANGUAGE.fullmatch(value):
+        raise ConfigError(f"{key}: {value!r} is not a language code (non-empty; no space, '/', "
+                          "'<' or '>')")
+
+
 def _check_directions(entries: list[Direction]) -> None:
     seen = set()
     for n, entry in enumerate(entries):
         key = f"data.directions[{n}]"
         for side in ("src", "tgt"):
-            if not LANGUAGE.fullmatch(getattr(entry, side)):
-                raise ConfigError(f"{key}.{side}: {getattr(entry, side)!r} is not a language code "
-                                  "(non-empty; no space, '/', '<' or '>')")
+            _check_language(f"{key}.{side}", getattr(entry, side))
         if entry.tag and not re.fullmatch(r"<[^\s<>]+>", entry.tag) or entry.tag.startswith("<2"):
             raise ConfigError(f"{key}.tag: {entry.tag!r}: expected one piece such as <BT> "
                               "(no space; <2...> is a target-language tag)")
@@ -420,7 +391,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def fill(obj: Any, values: dict, overrides: list[str] = (), where: str = "") -> Any:
-    """Set the fields of dataclass ``obj`` from nested ``values``, then from ``KEY=VALUE`` overrides."""
+    """Set the fields of dataclass ``obj`` from nested ``values``, then from ``KEY=VALUE``
+    overrides."""
     _merge(obj, values or {}, "", where)
     for text in overrides:
         path, value = parse_override(text)
@@ -445,10 +417,7 @@ def decode_settings(decode: DecodeConfig, overrides: dict, tgt_vocab_size: int |
                     ) -> DecodeConfig:
     """``decode`` with the given (non-None) values replaced, checked like a config's decode
     section: command-line flags, server requests and Python keyword arguments pass through here.
-
-    The beam is at least n-best wide: an ``n_best`` wider than the beam, with no ``beam_size``
-    given, widens the beam to it.
-    """
+    With no ``beam_size`` given, an ``n_best`` wider than the beam widens it."""
     given = {key: value for key, value in overrides.items() if value is not None}
     decode = dataclasses.replace(decode)
     _merge(decode, given, "decode.", "")
@@ -496,3 +465,50 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 def save_config(cfg: Config, path: Path) -> None:
     from nmt.io import write_text
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+COMMENT_AT = 32  # the column of a config file's comments (0-based; 66 more to 100)
+
+
+def config_text(path: str | Path) -> str:
+    """Config file ``path`` as it should read: its opening comment lines, then each key it sets
+    in the order of the fields, with its value as loaded and its help as the comment (wrapped
+    at 100 columns). It writes the files in ``configs/`` and a test holds them to it: after
+    editing one, or a help text, ``Path(p).write_text(config_text(p))``."""
+    text = Path(path).read_text(encoding="utf-8")
+    header = itertools.takewhile(lambda line: line.startswith("#"), text.splitlines())
+    return "\n".join([*header, *_yaml_lines(load_config(path), read_yaml(path), "")]) + "\n"
+
+
+def _yaml_lines(obj: Any, given: dict, indent: str) -> Iterator[str]:
+    """The lines of the fields of dataclass ``obj`` named in ``given``, nested as it is."""
+    for spec in (spec for spec in dataclasses.fields(obj) if spec.name in given):
+        value = getattr(obj, spec.name)
+        if dataclasses.is_dataclass(value):
+            yield f"{indent}{spec.name}:"
+            yield from _yaml_lines(value, given[spec.name], indent + "  ")
+            continue
+        if isinstance(value, list):  # data.directions: each entry's keys that are set
+            value = [{k: v for k, v in dataclasses.asdict(entry).items() if v} for entry in value]
+        flow = yaml.safe_dump(value, default_flow_style=True, width=math.inf, allow_unicode=True,
+                              sort_keys=False).removesuffix("\n...\n").strip()
+        entry = f"{indent}{spec.name}: {flow}"
+        notes = [" " * COMMENT_AT + "# " + note for note in _wrap(spec.metadata["help"], 66)]
+        if len(entry) < COMMENT_AT:  # the comment starts on the key's line, else under it
+            yield from [entry + notes[0][len(entry):], *notes[1:]]
+        else:
+            yield from [entry, *notes]
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width``: a clause (up to "; ") that does not fit on the
+    line starts the next one if it fits there, else the words run on."""
+    lines: list[str] = []
+    for clause in re.split(r"(?<=;) ", text):
+        if lines and len(lines[-1]) + 1 + len(clause) <= width:
+            lines[-1] += " " + clause
+        elif len(clause) <= width or not lines:
+            lines += textwrap.wrap(clause, width, break_on_hyphens=False)
+        else:
+            lines[-1:] = textwrap.wrap(f"{lines[-1]} {clause}", width, break_on_hyphens=False)
+    return lines

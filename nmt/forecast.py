@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nmt.config import Range
 from nmt.encoder import Encoder
 from nmt.io import write_bytes, write_text
 
@@ -81,22 +82,22 @@ def free_run(model: SineForecaster, history: np.ndarray, steps: int) -> np.ndarr
     return np.array(out, dtype=np.float32)
 
 
-# Each setting's range, as nmt.config.RANGES: "(" marks an open lower end.
-SINE_RANGES = {
-    "max_x": ("(", 0.0, 1e6), "interval": ("(", 0.0, 1e3), "window": (1, 10_000),
-    "train_fraction": ("(", 0.0, 0.99), "layers": (1, 64), "hidden_size": (1, 16384),
-    "dropout": (0.0, 0.99), "steps": (1, 10**9), "batch_size": (1, 10**6), "lr": ("(", 0.0, 100.0),
-    "seed": (0, 2**32 - 1), "threads": (0, 1024), "free_run_steps": (1, 10**6),
+SINE_RANGES = {  # each number's range
+    "max_x": Range(0.0, 1e6, open_low=True), "interval": Range(0.0, 1e3, open_low=True),
+    "window": Range(1, 10_000), "train_fraction": Range(0.0, 0.99, open_low=True),
+    "layers": Range(1, 64), "hidden_size": Range(1, 16384), "dropout": Range(0.0, 0.99),
+    "steps": Range(1, 10**9), "batch_size": Range(1, 10**6),
+    "lr": Range(0.0, 100.0, open_low=True), "seed": Range(0, 2**32 - 1),
+    "threads": Range(0, 1024), "free_run_steps": Range(1, 10**6),
 }
 
 
 def check(cfg: SineConfig) -> SineConfig:
-    from nmt.config import check_range
     from nmt.errors import ConfigError
     if cfg.cell not in ("lstm", "gru", "rnn"):
         raise ConfigError(f"cell: {cfg.cell!r} is not one of lstm, gru, rnn")
     for key, bounds in SINE_RANGES.items():
-        check_range(key, getattr(cfg, key), bounds)
+        bounds.check(key, getattr(cfg, key))
     points = int(cfg.max_x / cfg.interval) + 1
     if points > 10**7:
         raise ConfigError(f"interval: max_x / interval gives {points:,} points, more than 10,000,000")

@@ -1,50 +1,23 @@
 """Each decode option is declared once, on its DecodeConfig field: the command-line flags, the
-server's request keys, the Translator's keywords, the ranges and the configs' comments follow."""
+server's request keys, the Translator's keywords and the ranges follow (the configs' comments:
+tests/test_config.py)."""
 import argparse
 import dataclasses
-import re
-from pathlib import Path
 
 import pytest
 
 from nmt import config
 from nmt.cli import _decode_args, _decode_overrides, evaluate_parser, translate_parser
-from nmt.config import RANGES, DecodeConfig, decode_settings, option
+from nmt.config import DecodeConfig, Range, decode_settings, option
 from nmt.errors import ConfigError
 from nmt.serve import OPTIONS, Limits
 from nmt.translate import Translator
 
 from conftest import Running, post_all
 
-CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml"))
 FIELDS = dataclasses.fields(DecodeConfig)
 # nmt-translate has its own --n-best (it also chooses the output format); nmt-evaluate scores one.
 FLAGLESS = {"n_best"}
-
-
-def decode_comments(path: Path) -> dict[str, str]:
-    """``{key: comment}`` of the decode section of a config file."""
-    section = re.search(r"^decode:\n((?:  .*\n?)*)", path.read_text(encoding="utf-8"), re.MULTILINE)
-    assert section, f"{path}: no decode section"
-    lines = [re.fullmatch(r"  (\w+): .*?(?:# (.*))?", line) for line in section.group(1).splitlines()]
-    return {line.group(1): line.group(2) or "" for line in lines}
-
-
-@pytest.mark.parametrize("path", [p for p in CONFIGS if "\ndecode:" in p.read_text(encoding="utf-8")],
-                         ids=lambda p: p.name)
-def test_config_comments_are_the_options_help(path):
-    comments = decode_comments(path)
-    assert list(comments) == [spec.name for spec in FIELDS]
-    for spec in FIELDS:
-        assert comments[spec.name] == spec.metadata["help"], f"{path.name}: decode.{spec.name}"
-
-
-def test_every_option_declares_its_help_and_range_or_choices():
-    for spec in FIELDS:
-        assert spec.metadata["help"] and "%" not in spec.metadata["help"]  # argparse formats help with %
-        declared = spec.metadata["range"] or spec.metadata["choices"]
-        assert declared or isinstance(spec.default, (bool, str)), spec.name  # a str: checked by the model
-        assert RANGES.get(f"decode.{spec.name}") == spec.metadata["range"]
 
 
 def test_every_option_has_its_flag_unless_flagless_on_purpose():
@@ -55,35 +28,40 @@ def test_every_option_has_its_flag_unless_flagless_on_purpose():
     assert {spec.name for spec in FIELDS} - flagged == FLAGLESS
     assert "--n-best" in translate_parser().format_help()
     assert "--n-best" not in evaluate_parser().format_help()
-    assert _decode_overrides(parser.parse_args([])) == {name: None for name in flagged}  # the run's setting
+    # Not given: None, the run's setting.
+    assert _decode_overrides(parser.parse_args([])) == {name: None for name in flagged}
     given = []
     for spec in FIELDS:
         if spec.name in flagged:
-            value = [] if isinstance(spec.default, bool) else [str(spec.default)]  # a switch takes none
+            # A switch takes no value.
+            value = [] if isinstance(spec.default, bool) else [str(spec.default)]
             given += [f"--{spec.name.replace('_', '-')}", *value]
     overrides = _decode_overrides(parser.parse_args(given))
     assert overrides == {name: True if name == "cuda_graphs" else getattr(DecodeConfig(), name)
                          for name in flagged}
-    assert all(type(value) is type(getattr(DecodeConfig(), name)) for name, value in overrides.items())
+    assert all(type(value) is type(getattr(DecodeConfig(), name))
+               for name, value in overrides.items())
 
 
 def test_the_server_takes_the_options_marked_served():
     assert OPTIONS == tuple(spec.name for spec in FIELDS if spec.metadata["served"])
     assert set(OPTIONS) == {"beam_size", "n_best", "length_penalty", "length_penalty_type",
-                            "max_length_ratio", "max_length", "min_length", "no_repeat_ngram_size", "markup",
-                            "target_lang"}
+                            "max_length_ratio", "max_length", "min_length", "no_repeat_ngram_size",
+                            "markup", "target_lang"}
 
 
 def test_adding_an_option_is_one_field(monkeypatch):
     extended = dataclasses.make_dataclass(
-        "DecodeConfig", [("lookahead", int, option(2, "pieces looked ahead", bounds=(0, 9), served=True))],
+        "DecodeConfig",
+        [("lookahead", int, option(2, "pieces looked ahead", bounds=Range(0, 9), served=True))],
         bases=(DecodeConfig,))
     monkeypatch.setattr(config, "DecodeConfig", extended)
     args = translate_parser().parse_args(["run", "--lookahead", "4"])
     assert _decode_overrides(args)["lookahead"] == 4
     assert "pieces looked ahead" in translate_parser().format_help()
     assert decode_settings(extended(), {"lookahead": 4}).lookahead == 4
-    with pytest.raises(ConfigError, match=r"decode.lookahead: 10 is out of range; expected .* \[0, 9\]"):
+    with pytest.raises(ConfigError,
+                       match=r"decode.lookahead: 10 is out of range; expected .* \[0, 9\]"):
         decode_settings(extended(), {"lookahead": 10})
     assert "lookahead" in [spec.name for spec in config.decode_fields("served")]
 
@@ -93,7 +71,8 @@ def test_the_beam_widens_to_n_best_when_not_given():
     assert decode_settings(DecodeConfig(beam_size=5), {"n_best": 3}).beam_size == 5
     with pytest.raises(ConfigError, match=r"decode.n_best: 3 exceeds decode.beam_size \(2\)"):
         decode_settings(DecodeConfig(beam_size=1), {"n_best": 3, "beam_size": 2})
-    with pytest.raises(ConfigError, match="too large for a target vocabulary.*as wide as decode.n_best"):
+    with pytest.raises(ConfigError,
+                       match="too large for a target vocabulary.*as wide as decode.n_best"):
         decode_settings(DecodeConfig(beam_size=1), {"n_best": 200}, tgt_vocab_size=300)
 
 
