@@ -1,9 +1,17 @@
+import dataclasses
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
-from nmt.config import Config, config_from_dict, load_config, save_config
+from nmt.config import (Config, Direction, Range, config_from_dict, config_text, fill, load_config,
+                        read_yaml, save_config)
 from nmt.errors import ConfigError
+from nmt.forecast import SineConfig, check
+
+CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml"))
+SECTIONS = [Direction] + [type(section) for section in vars(Config()).values()]
 
 
 def test_defaults_and_shipped_configs_load():
@@ -11,6 +19,51 @@ def test_defaults_and_shipped_configs_load():
     for name in ("demo", "multi30k_de_en", "multi30k_en_de"):
         cfg = load_config(f"configs/{name}.yaml")
         assert cfg.data.loader == "text"
+
+
+def test_every_option_declares_its_help_and_its_range_or_choices():
+    for spec in (spec for section in SECTIONS for spec in dataclasses.fields(section)):
+        key, default = spec.name, spec.default
+        assert spec.metadata["help"] and "%" not in spec.metadata["help"], key  # argparse: %
+        bounds, choices = spec.metadata["range"], spec.metadata["choices"]
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            assert isinstance(bounds, Range), key  # every number has a range ...
+            bounds.check(key, default)  # ... that holds its default
+        else:
+            assert bounds is None, key
+        assert choices is None or default in choices, key
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name != "sine.yaml"],
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_written_from_the_options(path):
+    """Each comment is its key's help, each value as loaded, in the order of the fields."""
+    assert path.read_text(encoding="utf-8") == config_text(path), (
+        f"{path.name}: rewrite it with Path(p).write_text(nmt.config.config_text(p))")
+
+
+def test_the_sine_config_sets_real_settings_in_range():
+    path = next(p for p in CONFIGS if p.name == "sine.yaml")
+    values = read_yaml(path)
+    assert set(values) <= {spec.name for spec in dataclasses.fields(SineConfig)}
+    assert check(fill(SineConfig(), values)) == SineConfig(**values)
+
+
+def test_config_text_writes_what_it_read(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("# a header line\ndecode: {beam_size: 3}\nmodel:\n  cell: gru\ndata:\n"
+                    "  directions: [de-en, {src: en, tgt: de, train: bt/train, tag: <BT>}]\n"
+                    "  cache_dir: ''\n", encoding="utf-8")
+    text = config_text(path)
+    assert text.startswith("# a header line\ndata:\n  cache_dir: ''")  # the fields' order
+    assert max(map(len, text.splitlines())) <= 100
+    assert ("  directions: [{src: de, tgt: en}, {src: en, tgt: de, train: bt/train, tag: <BT>}]"
+            in text)
+    assert "  beam_size: 3                  # hypotheses kept at each step; 1 = greedy\n" in text
+    before = load_config(path)
+    path.write_text(text, encoding="utf-8")
+    assert load_config(path) == before and config_text(path) == text
+    assert set(yaml.safe_load(text)["data"]) == {"directions", "cache_dir"}
 
 
 def test_every_default_key_is_documented_in_the_demo_config():
@@ -40,7 +93,8 @@ def test_wrong_types_are_rejected_naming_the_key():
         config_from_dict({"model": {"bidirectional": 1}})
     with pytest.raises(ConfigError, match="train.seed: expected int, got 1.5"):
         config_from_dict({"train": {"seed": 1.5}})
-    with pytest.raises(ConfigError, match="model.attention: 'luong' is not one of dot, general, mlp"):
+    with pytest.raises(ConfigError,
+                       match="model.attention: 'luong' is not one of dot, general, mlp"):
         config_from_dict({"model": {"attention": "luong"}})
     with pytest.raises(ConfigError, match="model: expected a section"):
         config_from_dict({"model": 3})
@@ -52,8 +106,8 @@ def test_floats_accept_yaml_exponent_strings_and_ints():
 
 
 def test_dotted_overrides():
-    cfg = config_from_dict({}, ["model.decoder_hidden_size=512", "model.tie_output=false", "train.lr=5e-4",
-                                "data.src_lang=en", "model.bidirectional=false"])
+    cfg = config_from_dict({}, ["model.decoder_hidden_size=512", "model.tie_output=false",
+                                "train.lr=5e-4", "data.src_lang=en", "model.bidirectional=false"])
     assert cfg.model.decoder_hidden_size == 512 and cfg.train.lr == 5e-4
     assert cfg.data.src_lang == "en" and cfg.model.bidirectional is False
     with pytest.raises(ConfigError, match="--set model.hidden=3: unknown key 'model.hidden'"):
@@ -68,10 +122,12 @@ def test_inconsistent_settings_name_their_keys():
     with pytest.raises(ConfigError, match="model.tie_output"):
         config_from_dict({"model": {"tie_output": True, "embedding_size": 100}})
     with pytest.raises(ConfigError, match="model.attention: dot needs"):
-        config_from_dict({"model": {"attention": "dot", "decoder_hidden_size": 100, "tie_output": False}})
+        config_from_dict({"model": {"attention": "dot", "decoder_hidden_size": 100,
+                                    "tie_output": False}})
     with pytest.raises(ConfigError, match="model.dropout"):
         config_from_dict({"model": {"dropout": 1.0}})
-    with pytest.raises(ConfigError, match=r"train.batch_size: 0 is out of range; expected a value in \[1, "):
+    with pytest.raises(ConfigError,
+                       match=r"train.batch_size: 0 is out of range; expected a value in \[1, "):
         config_from_dict({"train": {"batch_size": 0}})
 
 
@@ -91,17 +147,18 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_ranges_and_devices_are_checked():
+    expected = "is out of range; expected a value in"
     for section, key, value, message in [
-            ("train", "warmup_steps", -1, "train.warmup_steps: -1 is out of range; expected a value in [0, "),
-            ("train", "lr_decay", 0.0, "train.lr_decay: 0.0 is out of range; expected a value in (0.0, 1.0]"),
-            ("train", "lr_patience", 0, "train.lr_patience: 0 is out of range; expected a value in [1, "),
-            ("data", "max_len_ratio", 0.5, "data.max_len_ratio: 0.5 is out of range; expected a value in [1.0, "),
-            ("decode", "max_length_ratio", 0.0,
-             "decode.max_length_ratio: 0.0 is out of range; expected a value in (0.0, "),
+            ("train", "warmup_steps", -1, f"train.warmup_steps: -1 {expected} [0, "),
+            ("train", "lr_decay", 0.0, f"train.lr_decay: 0.0 {expected} (0.0, 1.0]"),
+            ("train", "lr_patience", 0, f"train.lr_patience: 0 {expected} [1, "),
+            ("data", "max_len_ratio", 0.5, f"data.max_len_ratio: 0.5 {expected} [1.0, "),
+            ("decode", "max_length_ratio", 0.0, f"decode.max_length_ratio: 0.0 {expected} (0.0, "),
             ("train", "lr", float("nan"), "train.lr: must be a finite number, got nan"),
             ("train", "max_minutes", "inf", "train.max_minutes: must be a finite number, got inf"),
             ("train", "clip_grad_norm", 10**400, "train.clip_grad_norm: must be a finite number"),
-            ("model", "encoder_hidden_size", 2560000, "model.encoder_hidden_size: 2560000 is out of range"),
+            ("model", "encoder_hidden_size", 2560000,
+             "model.encoder_hidden_size: 2560000 is out of range"),
             ("data", "src_lang", "", "data.src_lang: '' is not a language code"),
             ("data", "train", "corpus\0", "data.train: expected str"),
             ("decode", "n_best", 6, "decode.n_best: 6 exceeds decode.beam_size (5)"),
