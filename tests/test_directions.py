@@ -55,6 +55,11 @@ def bleu(out, ref):
     return sacrebleu.corpus_bleu(out, [ref]).score
 
 
+def first_word_agreement(out, ref):
+    """The share of lines whose first word is the reference's first word."""
+    return sum(o.split()[:1] == r.split()[:1] for o, r in zip(out, ref)) / len(ref)
+
+
 def test_a_two_direction_model_validates_each_and_decodes_the_language_of_its_tag(two_way_run, three):
     rows = [json.loads(line) for line in (two_way_run / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in rows if "valid_bleu" in r]
@@ -68,9 +73,13 @@ def test_a_two_direction_model_validates_each_and_decodes_the_language_of_its_ta
     rev, cap = (translator.translate(src, target_lang=lang) for lang in ("rev", "cap"))
     assert all(line.isupper() for line in cap)  # the tag alone decides the casing ...
     assert not any(c.isupper() for line in rev for c in line)
-    reversed_order, same_order = expected(three, "rev"), src  # ... and the word order
-    assert bleu(rev, reversed_order) > 1.5 * bleu(rev, same_order)
-    assert bleu([c.lower() for c in cap], same_order) > 1.5 * bleu([c.lower() for c in cap], reversed_order)
+    # ... and the word order. After 300 steps the outputs are rough; which word a line starts with
+    # tells the order apart far more sharply than BLEU, whose unigrams both orders share.
+    reversed_order, same_order = expected(three, "rev"), src
+    cap = [c.lower() for c in cap]
+    for out, meant, other in ((rev, reversed_order, same_order), (cap, same_order, reversed_order)):
+        assert bleu(out, meant) > bleu(out, other)
+        assert first_word_agreement(out, meant) > max(0.3, 3 * first_word_agreement(out, other))
 
 
 def test_a_request_without_a_direction_is_refused_in_one_line(two_way_run):
