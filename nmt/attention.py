@@ -8,19 +8,17 @@ from nmt import core
 
 
 class Attention(nn.Module):
-    """Scores a decoder query against every source position.
-
-    Holds the weights; the scores are written in ``nmt.core.attend`` (dot, general, mlp).
-    The parts that depend only on the source (W k) are computed once per
-    sentence by ``project_keys`` rather than at every decoder step.
-    """
+    """Scores a decoder query against every source position: holds the weights, the scores are
+    ``nmt.core.attend``'s. What depends only on the source (W k) is computed once per sentence
+    by ``project_keys``, not at every decoder step."""
 
     def __init__(self, kind: str, query_size: int, key_size: int):
         super().__init__()
         self.kind = kind
         if kind == "dot":
             if query_size != key_size:
-                raise ValueError(f"dot attention needs equal sizes, got {query_size} and {key_size}")
+                raise ValueError("dot attention needs equal sizes, "
+                                 f"got {query_size} and {key_size}")
         elif kind == "general":
             self.key_proj = nn.Linear(key_size, query_size, bias=False)
         elif kind == "mlp":

@@ -169,7 +169,8 @@ def decoder_step(ops: Ops, decoder: nn.Module, emb: T, state: DecoderState, memo
         if k == decoder.query_layer:
             context, weights = attend(ops, decoder.attention, x, memory)
     vector = ops.tanh(ops.linear(ops.cat([context, x]), decoder.combine))
-    return vector, DecoderState(ops.stack(hs), None if state.c is None else ops.stack(cs), vector), weights
+    return vector, DecoderState(ops.stack(hs), None if state.c is None else ops.stack(cs),
+                                vector), weights
 
 
 def decode_step(ops: Ops, model: nn.Module, prev: T, state: DecoderState, memory: Memory

@@ -15,21 +15,12 @@ CELL_TYPES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
 
 class Decoder(nn.Module):
-    """Holds the decoder's weights and runs it teacher-forced (training); decoding's step is
-    ``nmt.core.decode_step``. At each step: the previous output's embedding (and, with input feeding,
-    the previous attentional vector) goes through L stacked cells; one layer's
-    state queries the source -- the top layer's (``kind`` "luong") or the first
-    layer's ("gnmt", Wu et al. 2016: the context is also concatenated to the input
-    of every layer above) -- and the attentional vector is tanh(W [context; h_t])
-    of the top state h_t, from which the output layer predicts the next piece.
-    Dropout: on the input into layer 1, between layers, on the attentional
-    vector -- never on the state carried between steps (docs/model.md §6).
-
-    Without input feeding no layer's input depends on an earlier step's attention,
-    so training runs each layer as one recurrent call over all target steps
-    (cuDNN on a GPU, oneDNN on a CPU) and attention for all steps as one batched
-    product (``forward``).
-    """
+    """Holds the decoder's weights and runs it teacher-forced (training); the equations and
+    decoding's step are ``nmt.core.decoder_step`` (``kind``: "luong" or "gnmt"). Dropout: on the
+    input into layer 1, between layers, on the attentional vector, never on the state carried
+    between steps (docs/model.md §6). Without input feeding no layer's input depends on an
+    earlier step's attention, so training runs each layer as one recurrent call over all steps
+    (cuDNN, oneDNN) and attention for all steps as one batched product."""
 
     def __init__(self, cell: str, embedding_size: int, hidden_size: int, num_layers: int,
                  memory_size: int, attention: str, input_feeding: bool = True,
@@ -48,20 +39,18 @@ class Decoder(nn.Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
-        """Teacher-forced decoding. emb: [B, T, E] -> attentional vectors [B, T, H].
-
-        The same computation as ``nmt.core.decode_step`` at every t, arranged for training:
-        layer 1's product with the embeddings runs for all steps in one
-        product, and each weight's gradient is one product over all steps
-        (``nmt.steps``). Layer 1's input [emb; feed] is dropped in two parts,
-        each element still kept with probability 1 - p.
-        """
+        """Teacher-forced decoding. emb: [B, T, E] -> attentional vectors [B, T, H]: the
+        computation of ``nmt.core.decoder_step`` at every t, with layer 1's product with the
+        embeddings for all steps in one product and each weight's gradient one product over all
+        steps (``nmt.steps``). Layer 1's input [emb; feed] is dropped in two parts, each element
+        still kept with probability 1 - p."""
         if not self.input_feeding:
             return self._forward_sequence(emb, state, memory)
         cells = self.cells
         size = emb.size(2)
-        emb_gates = F.linear(self.dropout(emb), cells[0].weight_ih[:, :size], cells[0].bias_ih).unbind(1)
-        feed_products = StepProducts(cells[0].weight_ih[:, size:])  # input feeding's part of layer 1
+        emb_gates = F.linear(self.dropout(emb), cells[0].weight_ih[:, :size],
+                             cells[0].bias_ih).unbind(1)
+        feed_products = StepProducts(cells[0].weight_ih[:, size:])  # input feeding's part
         input_products = [None] + [StepProducts(cell.weight_ih) for cell in cells[1:]]
         state_products = [StepProducts(cell.weight_hh) for cell in cells]
         combine = StepProducts(self.combine.weight)
@@ -76,13 +65,15 @@ class Decoder(nn.Module):
                 else:
                     x_gates = input_products[k](self.dropout(h[k - 1])) + cell.bias_ih
                 h_gates = state_products[k](h[k]) + cell.bias_hh
-                h[k], c[k] = core.cell_update(core.BATCHED, self.cell, x_gates, h_gates, h[k], c[k])
+                h[k], c[k] = core.cell_update(core.BATCHED, self.cell, x_gates, h_gates, h[k],
+                                              c[k])
             context, _ = self.attention(h[-1], memory.keys, memory.values, memory.mask)
             feed = torch.tanh(combine(torch.cat([context, h[-1]], dim=-1)))
             vectors.append(self.dropout(feed))
         return torch.stack(vectors, dim=1)
 
-    def _forward_sequence(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
+    def _forward_sequence(self, emb: torch.Tensor, state: DecoderState, memory: Memory
+                          ) -> torch.Tensor:
         """``forward`` without input feeding: each layer one recurrent call over all T steps,
         attention for all steps one batched product. emb: [B, T, E] -> vectors [B, T, H]."""
         batch, steps = emb.shape[:2]
@@ -103,9 +94,10 @@ class Decoder(nn.Module):
                           c: torch.Tensor | None) -> torch.Tensor:
         """One layer over all steps, with the cell's own weights: x [B, T, in] -> [B, T, H]."""
         weights = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
-        # torch.lstm / gru / rnn_tanh are the calls nn.LSTM / GRU / RNN make (batch first, 1 layer).
+        # torch.lstm / gru / rnn_tanh: the calls nn.LSTM / GRU / RNN make (batch first, 1 layer)
         if self.cell == "lstm":
-            return torch.lstm(x, (h[None], c[None]), weights, True, 1, 0.0, self.training, False, True)[0]
+            return torch.lstm(x, (h[None], c[None]), weights, True, 1, 0.0, self.training, False,
+                              True)[0]
         run = torch.gru if self.cell == "gru" else torch.rnn_tanh
         return run(x, h[None], weights, True, 1, 0.0, self.training, False, True)[0]
 

@@ -1,12 +1,9 @@
 """Device and arithmetic policy: which device, which precision, which kernels.
 
-One place decides what the hardware can do fast, so that training and
-decoding never pick a path that is emulated (and slow) or missing on the
-machine at hand. The CPU checks honour the two variables that hold PyTorch
-below what the processor has -- ``ONEDNN_MAX_CPU_ISA`` (oneDNN: matrix
-products, LSTM layers) and ``ATEN_CPU_CAPABILITY`` (ATen's vectorised
-kernels) -- so ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` makes an
-AVX-512 machine behave, and be treated, as an AVX2 one.
+One place decides what the hardware does fast, so that no path is picked that is emulated
+(slow) or missing here. The CPU checks honour ``ONEDNN_MAX_CPU_ISA`` (oneDNN: products, LSTM
+layers) and ``ATEN_CPU_CAPABILITY`` (ATen's vector kernels): with both set to AVX2 an AVX-512
+machine behaves, and is treated, as an AVX2 one.
 """
 from __future__ import annotations
 
@@ -18,7 +15,8 @@ from nmt.errors import ConfigError
 
 
 def pick_device(name: str) -> torch.device:
-    """"auto", "cpu", "cuda" or "cuda:N" -> a device this torch can use (one GPU per torchrun rank)."""
+    """"auto", "cpu", "cuda" or "cuda:N" -> a device this torch can use (one GPU per torchrun
+    rank)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -44,11 +42,9 @@ def _cpu_has(*features: str) -> bool:
 
 
 def onednn_allows(*features: str) -> bool:
-    """Whether ONEDNN_MAX_CPU_ISA (unset: no limit) leaves oneDNN an ISA naming one of ``features``.
-
-    oneDNN's ISA names say what they add: AVX2_VNNI, AVX512_CORE_VNNI,
-    AVX512_CORE_BF16, AVX512_CORE_AMX, AVX10_1_512 (which includes bf16 and VNNI) ...
-    """
+    """Whether ONEDNN_MAX_CPU_ISA (unset: no limit) leaves oneDNN an ISA naming one of
+    ``features``: AVX2_VNNI, AVX512_CORE_VNNI, AVX512_CORE_BF16, AVX512_CORE_AMX, AVX10_1_512
+    (which includes bf16 and VNNI) ..."""
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if cap in ("", "ALL", "DEFAULT"):
         return True
@@ -56,10 +52,9 @@ def onednn_allows(*features: str) -> bool:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU with
-    bf16, or a CPU with AVX512-BF16 or AMX that PyTorch is allowed to use
-    (elsewhere bf16 is emulated and slower than fp32, and oneDNN has no bf16
-    LSTM at all)."""
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU with bf16, or a CPU
+    with AVX512-BF16 or AMX that PyTorch may use (elsewhere bf16 is emulated, slower than fp32,
+    and oneDNN has no bf16 LSTM)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     hardware = _cpu_has("avx512_bf16", "amx_bf16")
@@ -68,9 +63,8 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def fast_int8(device: torch.device) -> bool:
-    """Whether int8 products (``torch._int_mm``) have a fast kernel here: a CPU
-    with VNNI (AVX512-VNNI, AVX-VNNI or AMX) that oneDNN may use. Without it
-    oneDNN emulates them, and int8 decoding measured 5-12x slower than fp32."""
+    """Whether int8 products (``torch._int_mm``) have a fast kernel here: a CPU with VNNI
+    (AVX512-VNNI, AVX-VNNI or AMX) that oneDNN may use; elsewhere oneDNN emulates them."""
     if device.type != "cpu":
         return False
     hardware = _cpu_has("avx512_vnni", "avx_vnni", "amx_int8")
@@ -78,23 +72,19 @@ def fast_int8(device: torch.device) -> bool:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """Resolve ``train.precision`` (auto, fp32, bf16) for ``device``.
-
-    auto takes bf16 on a CPU with native bf16, where a training step ran 2.3x
-    faster, and fp32 on GPUs, where autocast around the per-step decoder
-    cells was no faster (docs/BENCHMARKS.md).
-    """
+    """Resolve ``train.precision`` (auto, fp32, bf16) for ``device``: auto takes bf16 on a CPU
+    with native bf16 and fp32 on GPUs, where it measured faster (docs/BENCHMARKS.md)."""
     native = native_bf16(device)
     if precision == "bf16" and not native:
-        raise ConfigError(f"train.precision: bf16 needs native bf16 arithmetic, which this {device.type} "
-                          "lacks (a GPU with bf16, or a CPU with AVX512-BF16 or AMX); use fp32 or auto")
+        raise ConfigError("train.precision: bf16 needs native bf16 arithmetic, which this "
+                          f"{device.type} lacks (a GPU with bf16, or a CPU with AVX512-BF16 or "
+                          "AMX); use fp32 or auto")
     return precision == "bf16" or (precision == "auto" and native and device.type == "cpu")
 
 
 def fused_adam(device: torch.device) -> bool:
     """Whether Adam's fused kernel (all parameters in one pass) exists for ``device``: on
-    GPUs, and on CPUs since torch 2.4. The per-parameter loop it replaces cost 10 % of a
-    step on 2 cores."""
+    GPUs, and on CPUs since torch 2.4."""
     major, minor = (int(part) for part in torch.__version__.split(".")[:2])
     return device.type == "cuda" or (major, minor) >= (2, 4)
 
@@ -132,6 +122,6 @@ def check_fits(model_factory, device: torch.device) -> None:
     need = 16 * n
     have = memory_bytes(device)
     if need > have:
-        raise ConfigError(f"model: {n:,} parameters need {need / 2**30:,.1f} GiB for weights, gradients "
-                          f"and Adam's state, more than this {device.type}'s {have / 2**30:,.1f} GiB; "
-                          "use smaller model sizes or fewer layers")
+        raise ConfigError(f"model: {n:,} parameters need {need / 2**30:,.1f} GiB for weights, "
+                          f"gradients and Adam's state, more than this {device.type}'s "
+                          f"{have / 2**30:,.1f} GiB; use smaller model sizes or fewer layers")

@@ -1,11 +1,5 @@
-"""Dropout with masks drawn by ``torch.rand``.
-
-Same distribution and scaling as ``nn.Dropout`` (each element kept with
-probability 1 - p and scaled by 1 / (1 - p)), but on the CPU
-``Tensor.bernoulli_``, which ``nn.Dropout`` uses, is about 3x slower than
-``torch.rand``; with one mask per layer per decoder step that was 8 % of a
-training step.
-"""
+"""Dropout with masks drawn by ``torch.rand``: the distribution and scaling of ``nn.Dropout``,
+whose ``Tensor.bernoulli_`` is several times slower on the CPU (docs/BENCHMARKS.md)."""
 from __future__ import annotations
 
 import torch

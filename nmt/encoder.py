@@ -12,14 +12,10 @@ RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN is the pla
 
 
 class Encoder(nn.Module):
-    """L stacked recurrent layers; each layer's outputs are the next layer's inputs.
-
-    Each layer is its own module (one direction, or two whose outputs are
-    concatenated), so dropout sits exactly where docs/model.md §6 puts it: on the input
-    into layer 1 and between layers within a time step -- never on the state
-    carried from step t-1 to step t. Sequences are packed, so padding never
-    changes a result and the backward direction starts at each sentence's end.
-    """
+    """L stacked recurrent layers, each its own module (one direction, or two concatenated), so
+    dropout sits where docs/model.md §6 puts it: on the input into layer 1 and between layers,
+    never on the state carried between steps. Sequences are packed: padding never changes a
+    result, and the backward direction starts at each sentence's end."""
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int,
                  bidirectional: bool = True, dropout: float = 0.0):
@@ -35,18 +31,10 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: np.ndarray | torch.Tensor
                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor | None]]]:
-        """Encode a padded batch.
-
-        Args:
-            x: [B, S, input_size] inputs (embedded source).
-            lengths: [B] true lengths, best on the host (a numpy array): packing is
-                planned there, and device lengths would have to be read back.
-        Returns:
-            outputs: [B, S, output_size], the top layer's states, directions
-                concatenated; zero at padded positions.
-            finals: per layer, (h, c) of the last step, each [B, output_size]
-                with directions concatenated (c is None for GRU and RNN).
-        """
+        """x: [B, S, input_size] embedded source, lengths: [B] (best a host array: packing is
+        planned there) -> outputs [B, S, output_size], the top layer's states (directions
+        concatenated, zero at padding), and per layer the last step's (h, c), each
+        [B, output_size] (c None for GRU and RNN)."""
         batch, width = x.shape[:2]
         sizes, order, unsorted, index = (torch.from_numpy(a) for a in packing(lengths, width))
         if x.is_cuda:  # copied without waiting: packing never holds up the host
@@ -72,14 +60,11 @@ class Encoder(nn.Module):
 
 
 def packing(lengths: np.ndarray | torch.Tensor, width: int) -> tuple[np.ndarray, ...]:
-    """What ``pack_padded_sequence`` computes, done on the host from host lengths, so
-    that neither packing nor unpacking reads from the device (torch's own functions
-    copy indices to the device and back, each a wait on a GPU).
-
-    Returns the packed batch's batch_sizes [S'], sorted_indices and unsorted_indices
-    [B] (longest sentence first), and each packed row's position b * width + t in
-    the flattened [B, width] batch ([N], time-major, as nn.LSTM reads packed data).
-    """
+    """What ``pack_padded_sequence`` computes, on the host from host lengths, so that no
+    packing reads from the device (torch's own copy indices to the device and back): the
+    packed batch's batch_sizes [S'], sorted_indices and unsorted_indices [B] (longest first),
+    and each packed row's position b * width + t in the flattened [B, width] batch ([N],
+    time-major, as nn.LSTM reads packed data)."""
     lengths = lengths.cpu().numpy() if isinstance(lengths, torch.Tensor) else np.asarray(lengths)
     order = np.argsort(-lengths, kind="stable")
     sizes = (lengths[None, :] > np.arange(lengths.max())[:, None]).sum(1)

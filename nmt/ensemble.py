@@ -1,10 +1,9 @@
 """Ensembles: several models with one vocabulary, decoded as one.
 
-At each step every member reads the same previous output and the ensemble's
-log-probabilities are the mean of the members' (each member keeps its own
-encoding and decoder state). ``Ensemble`` is a ``nmt.search.DecodableModel``, so greedy
-and beam search run it unchanged: a sentence's translation still does not depend on its
-batch, and an ensemble of one model is exactly that model.
+At each step every member reads the same previous output (each keeps its own encoding and
+state) and the ensemble's log-probabilities are the members' mean. ``Ensemble`` is a
+``nmt.search.DecodableModel``: search runs it unchanged, a translation still does not depend on
+its batch, and an ensemble of one model is exactly that model.
 """
 from __future__ import annotations
 
@@ -34,16 +33,20 @@ class Ensemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
 
-    def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor) -> tuple[PerMember, PerMember]:
+    def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor
+               ) -> tuple[PerMember, PerMember]:
         """src: [B, S], lengths: [B] -> the members' memories and initial states."""
         encoded = [member.encode(src, lengths) for member in self.members]
-        return PerMember([memory for memory, _ in encoded]), PerMember([state for _, state in encoded])
+        return (PerMember([memory for memory, _ in encoded]),
+                PerMember([state for _, state in encoded]))
 
     def decode_step(self, prev: torch.Tensor, state: PerMember, memory: PerMember
                     ) -> tuple[torch.Tensor, PerMember, torch.Tensor]:
-        """prev: [B] -> mean log-probabilities [B, V], the members' states, mean attention [B, S]."""
+        """prev: [B] -> mean log-probabilities [B, V], the members' states, mean attention
+        [B, S]."""
         steps = [member.decode_step(prev, member_state, member_memory)
-                 for member, member_state, member_memory in zip(self.members, state.parts, memory.parts)]
+                 for member, member_state, member_memory
+                 in zip(self.members, state.parts, memory.parts)]
         if len(steps) == 1:
             logp, member_state, weights = steps[0]
             return logp, PerMember([member_state]), weights

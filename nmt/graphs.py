@@ -1,15 +1,13 @@
 """Decoding under CUDA graphs (``decode.cuda_graphs``): a decoder step replayed, not launched.
 
-A decoder step is a few hundred small kernels (each layer's products and gates,
-attention, the output layer); at decoding's batch sizes a GPU spends the step
-launching them. ``GraphedSteps`` wraps a model (a ``nmt.search.DecodableModel``) for
-search, and is one itself: it captures the step once per bucket of (sentences, beams per sentence,
-source length) as a CUDA graph and replays it, one launch a step. Rows and the
-source are padded up to their bucket -- extra sentences copy sentence 0, extra
-source positions are masked -- and since a sentence's results do not depend on the
-rest of its batch (``nmt.invariant``), a graphed step gives what an eager one does.
-Off CUDA the same code runs the step eagerly on the padded inputs (what the tests
-check). The search's own bookkeeping (top-k, finished rows) stays eager.
+A decoder step is a few hundred small kernels; at decoding's batch sizes a GPU spends the step
+launching them. ``GraphedSteps`` wraps a model for search (and is a ``DecodableModel``): it
+captures the step once per bucket of (sentences, beams per sentence, source length) as a CUDA
+graph and replays it. Rows and source are padded up to their bucket (extra sentences copy
+sentence 0, extra source positions are masked); since a sentence's results do not depend on
+the rest of its batch (``nmt.invariant``), a graphed step gives what an eager one does. Off
+CUDA the same code runs eagerly on the padded inputs (what the tests check). The search's own
+bookkeeping stays eager.
 """
 from __future__ import annotations
 
@@ -73,7 +71,8 @@ class _Source:
             return torch.cat([t, t.new_zeros(t.size(0), source - t.size(1), *t.shape[2:])], 1)
 
         self.memory = _map(padded, memory)
-        self.memory_of = lambda: None  # the caller's memory last copied in (it changes as sentences finish)
+        # the caller's memory last copied in (it changes as sentences finish)
+        self.memory_of = lambda: None
 
     def load(self, memory) -> None:
         if self.memory_of() is not memory:
@@ -117,17 +116,14 @@ class _Step:
 
 
 class GraphedSteps:
-    """A model for search whose ``decode_step`` runs as a replayed CUDA graph per bucket.
-
-    What it returns is valid until the next ``decode_step`` (the next replay
-    overwrites it); search reads each step's results before the next step.
-    """
+    """A model for search whose ``decode_step`` runs as a replayed CUDA graph per bucket. What
+    it returns is valid until the next ``decode_step`` (the next replay overwrites it)."""
 
     def __init__(self, model: DecodableModel):
         self._model = weakref.ref(model)  # the graphs are kept with the model (``graphed``)
         self.rows: _Rows | None = None  # the newest buffers (older ones live on in their steps)
         self.sources: dict[int, _Source] = {}  # per padded source length
-        self.steps: dict[tuple, _Step] = {}  # per (sentences, beams, padded source length, training)
+        self.steps: dict[tuple, _Step] = {}  # per (sentences, beams, padded source, training)
         self.pool = torch.cuda.graph_pool_handle() if torch.cuda.is_available() else None
 
     def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor):

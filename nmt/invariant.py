@@ -3,8 +3,7 @@
 Decoding promises that a sentence's pieces and scores are the same, bit for bit, in
 any batch and at any position of it. Floating-point sums are not associative, so the
 promise holds only where every sum a sentence's result comes from is formed in an
-order set by that sentence alone. Measured on the CPU (MKL and ATen, torch 2.13,
-AVX2 and AVX-512), the leaks and how each is closed:
+order set by that sentence alone. On the CPU (MKL and ATen), the leaks and how each is closed:
 
 - A matrix product's rows are not computed alike: MKL picks its kernel by the shapes,
   and with few rows (below 2 to 256, growing with the inner width and the threads) it
@@ -12,9 +11,7 @@ AVX2 and AVX-512), the leaks and how each is closed:
   weight's rows are the product's rows (their number is fixed by the model), a
   sentence's input is a column (at least 2 columns: one would be a matrix-vector
   product), and inner widths over ``K_BLOCK`` are summed a block at a time, in order
-  (MKL splits a wide one across threads for few columns). Checked for every count of
-  rows up to 69 and others up to 6,000, 70 weight shapes, 1 and 2 threads, AVX-512
-  and AVX2 (Intel Xeon with AMX, torch 2.13); see docs/BENCHMARKS.md.
+  (MKL splits a wide one across threads for few columns); see docs/BENCHMARKS.md.
 - ``torch.sigmoid`` computes a tensor's vectorized part and its remainder by
   different formulas, so an element's value depends on where it falls in the tensor
   (and where threads split it); ``sigmoid`` uses exp, add and divide, which agree.
@@ -43,11 +40,11 @@ from torch import nn
 from nmt import core
 from nmt.encoder import packing
 
-CHUNK_FLOATS = 1 << 20  # attention's products are formed a few sentences at a time (4 MB: in cache)
+CHUNK_FLOATS = 1 << 20  # attention's products, a few sentences at a time (4 MB: in cache)
 ROW_BLOCK = 4  # CUDA graphs are captured for sentence counts in multiples of this
 K_BLOCK = 512  # inner widths up to this are one product; MKL splits wider ones across threads
 MIN_COLUMNS = 2  # one column would be a matrix-vector product, summed in another order
-MIN_OUTPUTS = 16  # fewer weight rows are padded: MKL sums a product with very few another way
+MIN_OUTPUTS = 16  # fewer weight rows are padded: MKL sums a product with very few otherwise
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -59,7 +56,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         flat = torch.cat([flat, flat.new_zeros(MIN_COLUMNS - n, flat.size(1))])
     if out_features < MIN_OUTPUTS:
         weight = torch.cat([weight, weight.new_zeros(MIN_OUTPUTS - out_features, weight.size(1))])
-        bias = None if bias is None else torch.cat([bias, bias.new_zeros(MIN_OUTPUTS - out_features)])
+        bias = None if bias is None else torch.cat([bias,
+                                                    bias.new_zeros(MIN_OUTPUTS - out_features)])
     columns = flat.t()
     out = None
     for start in range(0, weight.size(1), K_BLOCK):
@@ -107,7 +105,8 @@ def by_sentences(attend_: Callable[..., tuple[torch.Tensor, torch.Tensor]], q: t
         return attend_(q, keys, values, mask)
     parts = [attend_(q[i:i + step], keys[i:i + step], values[i:i + step], mask[i:i + step])
              for i in range(0, len(keys), step)]
-    return torch.cat([context for context, _ in parts]), torch.cat([weights for _, weights in parts])
+    return (torch.cat([context for context, _ in parts]),
+            torch.cat([weights for _, weights in parts]))
 
 
 class ExactOps(core.BatchedOps):

@@ -24,12 +24,10 @@ class Seq2Seq(nn.Module):
         self.encoder = Encoder(cfg.cell, cfg.embedding_size, cfg.encoder_hidden_size,
                                cfg.encoder_layers, cfg.bidirectional, cfg.dropout)
         enc_size = self.encoder.output_size
-        # The bridge maps each encoder layer's final state (both directions) to
-        # the decoder's initial state. Layers are matched from the top: the top
-        # decoder layer starts from the top encoder layer; surplus decoder
-        # layers at the bottom start from the bottom encoder layer.
+        # The bridge: encoder final states -> the decoder's initial state (nmt.core.encode).
         self.bridge_h = nn.Linear(enc_size, cfg.decoder_hidden_size)
-        self.bridge_c = nn.Linear(enc_size, cfg.decoder_hidden_size) if cfg.cell == "lstm" else None
+        self.bridge_c = (nn.Linear(enc_size, cfg.decoder_hidden_size) if cfg.cell == "lstm"
+                         else None)
         self.decoder = Decoder(cfg.cell, cfg.embedding_size, cfg.decoder_hidden_size,
                                cfg.decoder_layers, enc_size, cfg.attention, cfg.input_feeding,
                                cfg.dropout, cfg.decoder)
@@ -49,19 +47,15 @@ class Seq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor
                ) -> tuple[Memory, DecoderState]:
         """src: [B, S] ids (end marker included), lengths: [B] -> memory, initial state; each
-        sentence's from its own rows alone (decoding: ``nmt.core`` on ``nmt.invariant.EXACT``)."""
+        sentence's from its own rows alone (``nmt.core`` on ``nmt.invariant.EXACT``)."""
         return core.encode(EXACT, self, src, lengths)
 
     def forward(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor, tgt_in: torch.Tensor,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced logits [N, V] for decoder inputs tgt_in [B, T], at its N
-        real (non-padding) positions in row-major order.
-
-        The output layer is a third of a training step's arithmetic; it is
-        spent only where a target token is, not on padding. ``positions`` [N]
-        (indices into tgt_in.view(-1), as ``Batch.positions``) saves finding
-        them on the device, which would wait for the GPU.
-        """
+        """Teacher-forced logits [N, V] for decoder inputs tgt_in [B, T], at its N real
+        (non-padding) positions in row-major order: the costly output layer is spent only where a
+        target token is. ``positions`` [N] (indices into tgt_in.view(-1), ``Batch.positions``)
+        saves finding them on the device, which would wait for the GPU."""
         if positions is None:
             positions = (tgt_in != PAD).view(-1).nonzero().squeeze(1)
         memory, state = core.encode(core.BATCHED, self, src, lengths)
@@ -71,5 +65,5 @@ class Seq2Seq(nn.Module):
     def decode_step(self, prev: torch.Tensor, state: DecoderState, memory: Memory
                     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """prev: [B] last output ids -> log-probabilities [B, V], new state, attention [B, S];
-        each row's depend on that row alone (``nmt.core.decode_step`` on ``nmt.invariant.EXACT``)."""
+        each row's from that row alone (``nmt.core.decode_step`` on ``nmt.invariant.EXACT``)."""
         return core.decode_step(EXACT, self, prev, state, memory)

@@ -1,17 +1,12 @@
 """ONNX export: the encoder and one decoder step as ONNX graphs, and a model that runs them.
 
-The graphs are emitted by running ``nmt.core``'s equations on ``OnnxOps``, whose operations
-write ``onnx.helper`` nodes from the model's weights -- not traced
-through ``torch.onnx``, whose exporter changes from one torch release to the next:
-these graphs are the same for every torch >= 2.2. The encoder is ONNX's own LSTM /
-GRU / RNN op per layer (``sequence_lens``: each direction starts and ends at a
-sentence's own length, as packing does); the decoder step takes the state and the
-memory as tensors and returns the new ones. Dynamic axes: batch, beams, source
-length. ``OnnxModel`` offers what search needs of a model (``encode``,
-``decode_step``) over onnxruntime sessions, so nmt's greedy, beam search and sampling
-run unchanged.
-
-Needs ``onnx`` (export) and ``onnxruntime`` (decoding): ``pip install 'nmt[onnx]'``.
+The graphs are emitted by running ``nmt.core``'s equations on ``OnnxOps``, which writes
+``onnx.helper`` nodes from the model's weights, not traced through ``torch.onnx`` (whose
+exporter changes between torch releases): they are the same for every torch >= 2.2. The
+decoder step takes the state and the memory as tensors and returns the new ones; dynamic
+axes: batch, beams, source length. ``OnnxModel`` offers what search needs (``encode``,
+``decode_step``) over onnxruntime sessions, so nmt's own search runs unchanged. Needs
+``pip install 'nmt[onnx]'``.
 """
 from __future__ import annotations
 
@@ -39,7 +34,8 @@ def _needs(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise NmtError(f"ONNX export and decoding need {module}: pip install 'nmt[onnx]'") from None
+        raise NmtError(f"ONNX export and decoding need {module}: "
+                       "pip install 'nmt[onnx]'") from None
 
 
 class _Graph:
@@ -56,7 +52,8 @@ class _Graph:
 
     def const(self, value, name: str | None = None) -> str:
         name = name or f"c{len(self.inits)}"
-        array = value.detach().float().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        array = (value.detach().float().cpu().numpy() if isinstance(value, torch.Tensor)
+                 else np.asarray(value))
         self.inits.append(self.onnx.numpy_helper.from_array(array, name))
         return name
 
@@ -79,17 +76,21 @@ class _Graph:
 
     def _int8_product(self, x: str, weight: torch.Tensor) -> str:
         w_scale = weight.detach().float().abs().amax(1).clamp_min(1e-12) / 127.0  # [out]
-        w_q = torch.round(weight.detach().float() / w_scale[:, None]).to(torch.int8).t().contiguous()
-        scale = self.op("Max", self.op("Div", self.op("ReduceMax", self.op("Abs", x), axes=[1], keepdims=0),
-                                       self.const(np.float32(127.0))), self.const(np.float32(1e-12 / 127.0)))
-        # The rows go in as uint8 with zero point 128 (q + 128: the same sums, exactly), for which
-        # onnxruntime has fast kernels (14x its signed-by-signed product, measured on AVX-512).
+        w_q = (torch.round(weight.detach().float() / w_scale[:, None]).to(torch.int8).t()
+               .contiguous())
+        scale = self.op("Max", self.op("Div", self.op("ReduceMax", self.op("Abs", x), axes=[1],
+                                                      keepdims=0),
+                                       self.const(np.float32(127.0))),
+                        self.const(np.float32(1e-12 / 127.0)))
+        # The rows go in as uint8 with zero point 128 (q + 128: the same sums, exactly), for
+        # which onnxruntime has much faster kernels than for signed-by-signed products.
         zero = self.op("Cast", self.op("Add", self.op("Mul", scale, self.const(np.float32(0.0))),
                                        self.const(np.float32(128.0))), to=2)  # uint8 128s [R]
-        q = self.op("QuantizeLinear", x, scale, zero, axis=0)  # round half to even, as torch.round
+        q = self.op("QuantizeLinear", x, scale, zero, axis=0)  # half to even, as torch.round
         sums = self.op("Cast", self.op("MatMulInteger", q, self.const(w_q.numpy()),
                                        self.const(np.array(128, dtype=np.uint8))), to=1)
-        return self.op("Mul", self.op("Mul", sums, self.op("Unsqueeze", scale, self.const(np.array([1])))),
+        return self.op("Mul", self.op("Mul", sums, self.op("Unsqueeze", scale,
+                                                           self.const(np.array([1])))),
                        self.const(w_scale))
 
     def finish(self, name: str, inputs: list, outputs: list):
@@ -99,7 +100,8 @@ class _Graph:
         graph = helper.make_graph(
             self.nodes, name,
             [helper.make_tensor_value_info(n, types[t], shape) for n, t, shape in inputs],
-            [helper.make_tensor_value_info(n, types[t], shape) for n, t, shape in outputs], self.inits)
+            [helper.make_tensor_value_info(n, types[t], shape) for n, t, shape in outputs],
+            self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="nmt")
         self.onnx.checker.check_model(model)
@@ -129,7 +131,8 @@ class OnnxOps:
         if g.int8 and not isinstance(cell, torch.nn.GRUCell):  # one product of [x; h]
             both = torch.cat([cell.weight_ih, cell.weight_hh], 1)
             return g.product(self.cat([x, h]), both, cell.bias_ih + cell.bias_hh), None
-        return g.product(x, cell.weight_ih, cell.bias_ih), g.product(h, cell.weight_hh, cell.bias_hh)
+        return (g.product(x, cell.weight_ih, cell.bias_ih),
+                g.product(h, cell.weight_hh, cell.bias_hh))
 
     def add(self, a, b):
         return self.g.op("Add", a, b)
@@ -162,7 +165,8 @@ class OnnxOps:
         return self.g.op("Gather", stacked, self.g.const(np.array(k)), axis=0)
 
     def stack(self, xs):
-        return self.g.op("Concat", *[self.g.op("Unsqueeze", x, self._axes(0)) for x in xs], axis=0)
+        return self.g.op("Concat", *[self.g.op("Unsqueeze", x, self._axes(0)) for x in xs],
+                         axis=0)
 
     def mask(self, src):
         return self.g.op("Not", self.g.op("Equal", src, self.g.const(np.array(PAD))))
@@ -208,20 +212,25 @@ class OnnxOps:
             size = layer.hidden_size
 
             def stacked(name):  # [D, gates * H, ...] in ONNX's gate order
-                parts = [getattr(layer, f"{name}_l0{s}").detach() for s in ("", "_reverse")[:directions]]
-                return torch.stack([torch.cat([p.view(len(order), size, *p.shape[1:])[i] for i in order])
+                parts = [getattr(layer, f"{name}_l0{s}").detach()
+                         for s in ("", "_reverse")[:directions]]
+                return torch.stack([torch.cat([p.view(len(order), size, *p.shape[1:])[i]
+                                               for i in order])
                                     for p in parts])
             extra = {"linear_before_reset": 1} if cell == "gru" else {}
             if cell == "rnn":
                 extra["activations"] = ["Tanh"] * directions
-            y, h, *c = g.op(ONNX_RNN[cell], x, g.const(stacked("weight_ih")), g.const(stacked("weight_hh")),
-                            g.const(torch.cat([stacked("bias_ih"), stacked("bias_hh")], 1)), lengths,
-                            outputs=3 if cell == "lstm" else 2, hidden_size=size,
+            y, h, *c = g.op(ONNX_RNN[cell], x, g.const(stacked("weight_ih")),
+                            g.const(stacked("weight_hh")),
+                            g.const(torch.cat([stacked("bias_ih"), stacked("bias_hh")], 1)),
+                            lengths, outputs=3 if cell == "lstm" else 2, hidden_size=size,
                             direction="bidirectional" if directions == 2 else "forward", **extra)
-            x = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]), g.const(np.array([0, 0, -1])))
+            x = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]),
+                     g.const(np.array([0, 0, -1])))
 
             def join(state):  # [D, B, H] -> [B, D * H], forward first
-                return g.op("Reshape", g.op("Transpose", state, perm=[1, 0, 2]), g.const(np.array([0, -1])))
+                return g.op("Reshape", g.op("Transpose", state, perm=[1, 0, 2]),
+                            g.const(np.array([0, -1])))
             finals.append((join(h), join(c[0]) if c else None))
         return g.op("Transpose", x, perm=[1, 0, 2]), finals  # [B, S, D * H]
 
@@ -235,9 +244,11 @@ def _encoder_graph(model: Seq2Seq):
                ("h", "float", [layers, "B", size])]
     if state.c is not None:
         outputs.append(("c", "float", [layers, "B", size]))
-    for (name, *_), value in zip(outputs, (memory.values, memory.keys, memory.mask, state.h, state.c)):
+    for (name, *_), value in zip(outputs, (memory.values, memory.keys, memory.mask, state.h,
+                                           state.c)):
         _rename(g, value, name)
-    return g.finish("nmt_encoder", [("src", "int64", ["B", "S"]), ("lengths", "int64", ["B"])], outputs)
+    return g.finish("nmt_encoder", [("src", "int64", ["B", "S"]), ("lengths", "int64", ["B"])],
+                    outputs)
 
 
 def _decoder_graph(model: Seq2Seq, int8: bool = False):
@@ -255,7 +266,8 @@ def _decoder_graph(model: Seq2Seq, int8: bool = False):
         values.append(state.c)
     for (name, *_), value in zip(outputs, values):
         _rename(g, value, name)
-    states = [("h", "float", [layers, "R", size])] + ([("c", "float", [layers, "R", size])] if lstm else [])
+    states = [("h", "float", [layers, "R", size])] + (
+        [("c", "float", [layers, "R", size])] if lstm else [])
     return g.finish("nmt_decoder_step",
                     [("prev", "int64", ["R"]), *states, ("feed", "float", ["R", size]),
                      ("values", "float", ["A", "S", model.encoder.output_size]),
@@ -277,14 +289,14 @@ def export_onnx(model: Seq2Seq, folder: str | Path) -> list[Path]:
 
 class OnnxModel:
     """``encode`` and ``decode_step`` over onnxruntime sessions of a model folder's graphs
-    (``OnnxModel(folder, cell)``) or of graphs made from a model in memory (``OnnxModel.of``)."""
+    (``OnnxModel(folder, cell)``) or of graphs made from a model in memory (``.of``)."""
 
-    def __init__(self, folder: str | Path | None, cell: str, threads: int = 0, int8: bool = False,
-                 graphs: tuple[bytes, bytes] | None = None):
+    def __init__(self, folder: str | Path | None, cell: str, threads: int = 0,
+                 int8: bool = False, graphs: tuple[bytes, bytes] | None = None):
         ort = _needs("onnxruntime")
         options = ort.SessionOptions()
         # Between steps PyTorch runs the search on the same cores: onnxruntime's threads must
-        # sleep, not spin, once a step is done (spinning made beam 5 half as fast on 2 cores).
+        # sleep, not spin, once a step is done.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
@@ -295,10 +307,12 @@ class OnnxModel:
             decoder = DECODER_INT8 if int8 else DECODER
             for name in (ENCODER, decoder):
                 if not (folder / name).is_file():
-                    raise NmtError(f"{folder / name}: not found; write it with nmt-export RUN OUT --onnx")
+                    raise NmtError(f"{folder / name}: not found; "
+                                   "write it with nmt-export RUN OUT --onnx")
             graphs = (str(folder / ENCODER), str(folder / decoder))
-        self.encoder, self.decoder = (ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-                                      for graph in graphs)
+        self.encoder, self.decoder = (
+            ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+            for graph in graphs)
 
     @classmethod
     def of(cls, model: Seq2Seq, threads: int = 0, int8: bool = False) -> "OnnxModel":
@@ -309,8 +323,10 @@ class OnnxModel:
         return cls(None, model.cfg.cell, threads, int8, graphs)
 
     def encode(self, src: torch.Tensor, lengths) -> tuple[Memory, DecoderState]:
-        lengths = np.asarray(lengths.cpu() if isinstance(lengths, torch.Tensor) else lengths, dtype=np.int64)
-        out = self.encoder.run(None, {"src": np.ascontiguousarray(src.cpu().numpy()), "lengths": lengths})
+        lengths = np.asarray(lengths.cpu() if isinstance(lengths, torch.Tensor) else lengths,
+                             dtype=np.int64)
+        out = self.encoder.run(None, {"src": np.ascontiguousarray(src.cpu().numpy()),
+                                      "lengths": lengths})
         values, keys, mask, h = (torch.from_numpy(a) for a in out[:4])
         c = torch.from_numpy(out[4]) if self.lstm else None
         return Memory(values, keys, mask), DecoderState(h, c, h.new_zeros(h.shape[1:]))

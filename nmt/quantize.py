@@ -1,15 +1,12 @@
 """int8 decoding on the CPU: int8 weights, activations quantized row by row.
 
-Every linear map of the decoder (the recurrent cells' input and state
-products, the attention projections, the attentional combination, the output
-layer) and the bridge become ``Int8Linear``: weights are stored as int8 with
-one scale per output unit; at run time each input row is scaled by its own
-largest magnitude, rounded to int8, multiplied in integers (``torch._int_mm``,
-exact int32 sums) and scaled back. A row's result therefore depends on that
-row alone, so int8 output, like float32 output, is the same whatever the
-batch size -- unlike PyTorch's dynamic quantization, which takes one range
-per batch. The encoder runs once per sentence and stays float32; the
-embeddings stay float32 (a tied output layer gets its own int8 copy).
+Every linear map of the decoder (cells, attention projections, attentional combination,
+output layer) and the bridge become ``Int8Linear``: int8 weights with one scale per output
+unit; each input row is scaled by its own largest magnitude, rounded to int8, multiplied in
+integers (``torch._int_mm``, exact int32 sums) and scaled back. A row's result depends on that
+row alone, so int8 output is the same whatever the batch (unlike PyTorch's dynamic
+quantization, one range per batch). The encoder and the embeddings stay float32 (a tied
+output layer gets its own int8 copy).
 """
 from __future__ import annotations
 
@@ -27,8 +24,7 @@ from nmt.invariant import EXACT
 def _int_mm_is_exact() -> bool:
     """Whether ``torch._int_mm`` returns exact sums here, checked once against an int32
     product: oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) on a CPU with VNNI returns wrong
-    ones (torch 2.13). Where it does, the int32 product is used instead (slower: without fast
-    int8 products Translator decodes int8 on onnxruntime, not here)."""
+    ones (torch 2.13). Where it does, the slower int32 product is used instead."""
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-128, 128, (17, 96), dtype=torch.int8, generator=g)
     b = torch.randint(-128, 128, (96, 40), dtype=torch.int8, generator=g)
@@ -83,7 +79,8 @@ class Int8Cell(nn.Module):
             self.both = Int8Linear(torch.cat([cell.weight_ih, cell.weight_hh], dim=1),
                                    cell.bias_ih + cell.bias_hh)
 
-    def products(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def products(self, x: torch.Tensor, h: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The input and state products, or (LSTM, RNN) their sum as one product."""
         if self.kind == "gru":
             return self.ih(x), self.hh(h)

@@ -1,13 +1,10 @@
 """Per-step products whose weight gradient is formed once per batch.
 
-A decoder runs its cells one time step at a time, so autograd computes each
-weight's gradient as one small product per step ([out, B] x [B, in]) and adds
-them up one by one: on 2 CPU cores that is T GEMMs too thin to run at speed
-plus T additions over the whole weight matrix. ``StepProducts`` keeps each
-step's input and, in the backward pass, each step's output gradient, and
-forms the weight's gradient as a single product over all steps
-([out, T*B] x [T*B, in]). The input gradients are computed as usual, step by
-step. The result is the same gradient, summed in another order.
+A decoder runs its cells one time step at a time, so autograd forms each weight's gradient
+as T thin products ([out, B] x [B, in]) and T additions over the whole weight. ``StepProducts``
+keeps each step's input and output gradient and forms it as one product over all steps
+([out, T*B] x [T*B, in]): the same gradient, summed in another order. The input gradients
+are computed as usual, step by step.
 """
 from __future__ import annotations
 
@@ -40,7 +37,8 @@ class _GatherGradient(autograd.Function):
 
 class _StepProduct(autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, owner: "StepProducts") -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, owner: "StepProducts"
+                ) -> torch.Tensor:
         ctx.owner = owner
         ctx.index = len(owner.inputs)
         ctx.x_dtype = x.dtype
