@@ -1,10 +1,8 @@
-"""Console commands: nmt-train, nmt-translate, nmt-evaluate.
+"""Console commands (nmt-train, -translate, -evaluate, -average, -serve, -export).
 
-Whatever goes wrong prints one line ``nmt-<command>: error: ...`` to stderr:
-bad input (config, data, run directory, option values) and failed file
-operations (disk full, permission denied, a file that vanished) exit with
-status 2, anything else (a bug) with status 1. ``--debug`` shows the
-traceback instead.
+Whatever goes wrong prints one line ``nmt-<command>: error: ...`` to stderr: bad input and
+failed file operations exit with status 2, anything else (a bug) with status 1. ``--debug``
+shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -59,34 +57,38 @@ def _describe(err: BaseException) -> str:
         return describe_os_error(err)
     if isinstance(err, out_of_memory) or "can't allocate memory" in str(err):
         return "out of memory; try a smaller batch size or model"
-    return f"internal error ({type(err).__name__}: {err}); rerun with --debug and report the traceback"
+    return (f"internal error ({type(err).__name__}: {err}); "
+            "rerun with --debug and report the traceback")
 
 
 def _decode_args(parser: argparse.ArgumentParser) -> None:
-    """The decoding flags: one per decode option that declares one (nmt.config.DecodeConfig), and
-    the model's (checkpoint, device, ensemble, backend, int8)."""
+    """The decoding flags: one per decode option that declares one (nmt.config.DecodeConfig),
+    and the model's (checkpoint, device, ensemble, backend, int8)."""
     from nmt.config import decode_fields
 
     group = parser.add_argument_group("decoding (defaults: the run's decode section)")
     for option in decode_fields("flag"):  # not given: None, the run's setting
         flag = f"--{option.name.replace('_', '-')}"
         if isinstance(option.default, bool):  # a switch: given, it turns the option on
-            group.add_argument(flag, action="store_const", const=True, help=option.metadata["help"])
+            group.add_argument(flag, action="store_const", const=True,
+                               help=option.metadata["help"])
         else:
             group.add_argument(flag, type=type(option.default), choices=option.metadata["choices"],
                                help=option.metadata["help"])
-    group.add_argument("--checkpoint", default="best", help="best, last, averaged, step-N (names in "
-                       "RUN_DIR/checkpoints) or a checkpoint path")
+    group.add_argument("--checkpoint", default="best", help="best, last, averaged, step-N (names "
+                       "in RUN_DIR/checkpoints) or a checkpoint path")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     group.add_argument("--ensemble", nargs="+", default=[], metavar="RUN[:CKPT]",
-                       help="decode with these models too, their per-step log-probabilities averaged "
-                       "(same vocabularies; default checkpoint: best)")
+                       help="decode with these models too, their per-step log-probabilities "
+                       "averaged (same vocabularies; default checkpoint: best)")
     group.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                       help="onnx: decode a model folder's ONNX graphs (nmt-export --onnx) on onnxruntime")
+                       help="onnx: decode a model folder's ONNX graphs (nmt-export --onnx) on "
+                       "onnxruntime")
     group.add_argument("--int8", action="store_true",
-                       help="decode with int8 weights and row-wise int8 activations in the decoder's "
-                       "cells and linear layers (CPU; torch >= 2.4); on CPUs without fast int8 products "
-                       "(VNNI or AMX) on onnxruntime (nmt[onnx]), else declined with a warning")
+                       help="decode with int8 weights and row-wise int8 activations in the "
+                       "decoder's cells and linear layers (CPU; torch >= 2.4); on CPUs without "
+                       "fast int8 products (VNNI or AMX) on onnxruntime (nmt[onnx]), else declined "
+                       "with a warning")
 
 
 def _decode_overrides(args: argparse.Namespace) -> dict:
@@ -104,8 +106,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.dropout=0.2 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    p.add_argument("--init-from", metavar="RUN_OR_MODEL", help="fine-tune: start from this run directory, "
-                   "checkpoint or model folder (its weights and vocabulary; train.init_from)")
+    p.add_argument("--init-from", metavar="RUN_OR_MODEL", help="fine-tune: start from this run "
+                   "directory, checkpoint or model folder (its weights and vocabulary; "
+                   "train.init_from)")
     p.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
     return p
 
@@ -130,7 +133,8 @@ def train_main(argv: list[str] | None = None) -> int:
             config = RunDir(run_dir).config
             if not config.is_file():
                 raise NmtError(f"{config}: not found; is {run_dir} a run directory?")
-        cfg = load_config(config, args.set + ([f"train.init_from={args.init_from}"] if args.init_from else []))
+        cfg = load_config(config, args.set + ([f"train.init_from={args.init_from}"]
+                                              if args.init_from else []))
         # found now, not after training
         if not args.no_test and cfg.decode.samples and any(d.test for d in directions(cfg.data)):
             raise NmtError("decode.samples: the final test scores search output; set it to 0 "
@@ -180,9 +184,10 @@ def translate_parser() -> argparse.ArgumentParser:
                    help="lines read, translated and written at a time: memory stays flat for any "
                    "input length (from a terminal: each line at once)")
     p.add_argument("--constraints", metavar="FILE", help="terminology: per input line, the target "
-                   "phrases (tab-separated; an empty line: none) its translation must hold (beam search)")
-    p.add_argument("--prefix", metavar="FILE", help="per input line, the target text its translation "
-                   "starts with (an empty line: none)")
+                   "phrases (tab-separated; an empty line: none) its translation must hold (beam "
+                   "search)")
+    p.add_argument("--prefix", metavar="FILE", help="per input line, the target text its "
+                   "translation starts with (an empty line: none)")
     _decode_args(p)
     return p
 
@@ -194,11 +199,12 @@ def translate_main(argv: list[str] | None = None) -> int:
 
         refuse_output_that_is_an_input(args.output, [args.input], stdin=not args.input)
         if args.chunk_lines < 1:
-            raise NmtError(f"--chunk-lines: {args.chunk_lines} is out of range; expected at least 1")
-        translator = Translator.load(args.run_dir, args.checkpoint, args.device, args.int8, args.ensemble,
-                                     args.backend)
+            raise NmtError(f"--chunk-lines: {args.chunk_lines} is out of range; "
+                           "expected at least 1")
+        translator = Translator.load(args.run_dir, args.checkpoint, args.device, args.int8,
+                                     args.ensemble, args.backend)
         overrides = _decode_overrides(args)
-        translator.settings(n_best=args.n_best, **overrides)  # bad values stop here, before any output
+        translator.settings(n_best=args.n_best, **overrides)  # bad values stop here, before output
 
         chunks = read_chunks(args.input, args.chunk_lines)
         steering = {}
@@ -208,8 +214,8 @@ def translate_main(argv: list[str] | None = None) -> int:
 
         def write(f):  # stdout: each chunk as soon as it is translated; -o: renamed when complete
             for lines in chunks:
-                f.write("".join(line + "\n" for line in _translations(translator, lines, args, overrides,
-                                                                        steering)).encode("utf-8"))
+                f.write("".join(line + "\n" for line in _translations(
+                    translator, lines, args, overrides, steering)).encode("utf-8"))
                 f.flush()
 
         write_file(args.output or "-", write)
@@ -227,10 +233,10 @@ def _steering(args: argparse.Namespace, lines: int) -> dict:
         if path:
             entries = read_lines(path)
             if len(entries) != lines:
-                raise NmtError(f"{path}: {len(entries)} line{'s' * (len(entries) != 1)}, but the input has "
-                               f"{lines}; --{key} takes one line per input line")
-            steering[key] = [line.split("\t") if line else [] for line in entries] if key == "constraints" \
-                else entries
+                raise NmtError(f"{path}: {len(entries)} line{'s' * (len(entries) != 1)}, but the "
+                               f"input has {lines}; --{key} takes one line per input line")
+            steering[key] = [line.split("\t") if line else [] for line in entries] \
+                if key == "constraints" else entries
     return steering
 
 
@@ -253,7 +259,8 @@ def _translations(translator, lines: list[str], args: argparse.Namespace, overri
 
     try:
         if translator.settings(**overrides).samples:
-            return ["\t".join(texts) for texts in translator.sample(lines, **steering, **overrides)]
+            return ["\t".join(texts)
+                    for texts in translator.sample(lines, **steering, **overrides)]
         found = translator.hypotheses(lines, False, n_best=args.n_best, **steering, **overrides)
     except NmtError as err:
         raise _lines_named(err, args) from None
@@ -270,10 +277,12 @@ def _translations(translator, lines: list[str], args: argparse.Namespace, overri
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nmt-evaluate", description="Translate a test set with one or "
-                                "more runs and/or take hypothesis files, and write a report folder "
-                                "(report.md, self-contained report.html, report.json, PNGs).")
-    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories to translate with")
+    p = argparse.ArgumentParser(prog="nmt-evaluate", description="Translate a test set with one "
+                                "or more runs and/or take hypothesis files, and write a report "
+                                "folder (report.md, self-contained report.html, report.json, "
+                                "PNGs).")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                   help="run directories to translate with")
     p.add_argument("--hyp", action="append", default=[], help="a hypothesis file (repeatable)")
     p.add_argument("--split", default="test", choices=["test", "valid"],
                    help="which of the first run's sets to translate")
@@ -290,7 +299,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         from nmt.evaluate import evaluate, format_scores
 
         report = evaluate(args.run_dirs, args.hyp, args.split, args.src, args.ref, args.checkpoint,
-                          args.out, args.device, args.int8, args.ensemble, args.backend, **_decode_overrides(args))
+                          args.out, args.device, args.int8, args.ensemble, args.backend,
+                          **_decode_overrides(args))
         if args.json:
             print(json.dumps(report, indent=2, ensure_ascii=False))
         else:
@@ -302,14 +312,16 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 
 def average_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nmt-average", description="Average checkpoints of one run into "
-                                "a checkpoint for decoding (default: RUN_DIR/checkpoints/averaged.pt).")
+    p = argparse.ArgumentParser(prog="nmt-average", description="Average checkpoints of one run "
+                                "into a checkpoint for decoding (default: "
+                                "RUN_DIR/checkpoints/averaged.pt).")
     p.add_argument("run_dir")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--last", type=int, metavar="N", help="the N most recent kept checkpoints")
-    which.add_argument("--best", type=int, metavar="N", help="the N kept checkpoints with the best "
-                       "validation BLEU")
-    which.add_argument("--checkpoints", nargs="+", metavar="CKPT", help="these checkpoints (names or paths)")
+    which.add_argument("--best", type=int, metavar="N", help="the N kept checkpoints with the "
+                       "best validation BLEU")
+    which.add_argument("--checkpoints", nargs="+", metavar="CKPT",
+                       help="these checkpoints (names or paths)")
     p.add_argument("-o", "--output", help="where the averaged checkpoint goes")
 
     def main(args):
@@ -322,13 +334,15 @@ def average_main(argv: list[str] | None = None) -> int:
             paths = [resolve_checkpoint(run_dir, name) for name in args.checkpoints]
         else:
             if (args.last or args.best) < 1:
-                raise NmtError(f"--{'last' if args.last is not None else 'best'}: expected at least 1")
+                raise NmtError(f"--{'last' if args.last is not None else 'best'}: "
+                               "expected at least 1")
             resolve_checkpoint(run_dir, "last")  # a run directory, with a run in it
             paths = choose(run_dir, args.last or 0, args.best or 0)
         output = Path(args.output or RunDir(run_dir).averaged)
         refuse_output_that_is_an_input(output, paths)
         average(paths).save(output)
-        print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) into {output}")
+        print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) "
+              f"into {output}")
         return 0
 
     return _run("nmt-average", main, p, argv)
@@ -337,12 +351,15 @@ def average_main(argv: list[str] | None = None) -> int:
 def serve_main(argv: list[str] | None = None) -> int:
     from nmt.serve import Limits
 
-    p = argparse.ArgumentParser(prog="nmt-serve", description="Serve a run over HTTP: POST /translate, "
-                                "GET /health, GET /info, and a page at / (needs: pip install 'nmt[serve]').")
+    p = argparse.ArgumentParser(prog="nmt-serve", description="Serve a run over HTTP: POST "
+                                "/translate, GET /health, GET /info, and a page at / (needs: pip "
+                                "install 'nmt[serve]').")
     p.add_argument("run_dir")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--checkpoint", default="best", help="best, last, averaged, step-N or a checkpoint path")
+    p.add_argument("--checkpoint", default="best",
+                   help="best, last, averaged, step-N or a checkpoint path")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     for name, value in vars(Limits()).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
@@ -359,24 +376,29 @@ def serve_main(argv: list[str] | None = None) -> int:
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nmt-export", description="Write a run's model as a model folder "
-                                "to share: config.json, model.safetensors, the sentencepiece model(s) and "
-                                "a model card (README.md) in the Hugging Face Hub's format.")
+    p = argparse.ArgumentParser(prog="nmt-export", description="Write a run's model as a model "
+                                "folder to share: config.json, model.safetensors, the "
+                                "sentencepiece model(s) and a model card (README.md) in the "
+                                "Hugging Face Hub's format.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("out", metavar="OUT", help="the model folder to write (new, or an empty folder)")
-    p.add_argument("--checkpoint", default="best", help="best, last, averaged, step-N or a checkpoint path")
-    p.add_argument("--license", default="other", help="the card's license id (the training data's terms "
-                   "apply; default: other)")
-    p.add_argument("--onnx", action="store_true", help="also the encoder and the decoder step as ONNX "
-                   "graphs, for --backend onnx (needs nmt[onnx])")
-    p.add_argument("--ensemble", nargs="+", default=[], metavar="RUN[:CKPT]", help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", default="best",
+                   help="best, last, averaged, step-N or a checkpoint path")
+    p.add_argument("--license", default="other", help="the card's license id (the training data's "
+                   "terms apply; default: other)")
+    p.add_argument("--onnx", action="store_true", help="also the encoder and the decoder step as "
+                   "ONNX graphs, for --backend onnx (needs nmt[onnx])")
+    p.add_argument("--ensemble", nargs="+", default=[], metavar="RUN[:CKPT]",
+                   help=argparse.SUPPRESS)
 
     def main(args):
         from nmt.translate import Translator
 
         if args.ensemble:
-            raise NmtError("--ensemble: a model folder holds one model; export each member's run on its own")
-        out = Translator.load(args.run_dir, args.checkpoint).save_pretrained(args.out, args.license, args.onnx)
+            raise NmtError("--ensemble: a model folder holds one model; "
+                           "export each member's run on its own")
+        out = Translator.load(args.run_dir, args.checkpoint).save_pretrained(args.out, args.license,
+                                                                             args.onnx)
         print(f"model folder: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
         return 0
 
@@ -386,7 +408,8 @@ def export_main(argv: list[str] | None = None) -> int:
 def forecast_main(argv: list[str] | None = None) -> int:
     """scripts/forecast_sine.py: the textbook's sine-wave application (docs/model.md §7)."""
     p = argparse.ArgumentParser(prog="forecast_sine", description="Forecast sin(x) with the "
-                                "package's recurrent encoder; print test MSEs, write a plot and JSON.")
+                                "package's recurrent encoder; print test MSEs, write a plot and "
+                                "JSON.")
     p.add_argument("--config", default=None, help="YAML config (default: the built-in settings)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set cell=gru --set layers=3 (repeatable)")
@@ -403,7 +426,8 @@ def forecast_main(argv: list[str] | None = None) -> int:
               f"({cfg.layers}-layer {cfg.cell}, hidden {cfg.hidden_size}, window {cfg.window})")
         print(f"test MSE, one step ahead: {result['one_step_mse']:.3e} "
               f"(repeat-last-value baseline {result['repeat_last_value_mse']:.3e})")
-        print(f"test MSE, free running {result['free_run_steps']} steps: {result['free_run_mse']:.3e}")
+        print(f"test MSE, free running {result['free_run_steps']} steps: "
+              f"{result['free_run_mse']:.3e}")
         print(f"plot: {args.out}/forecast.png, numbers: {args.out}/forecast.json")
         return 0
 

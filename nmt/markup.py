@@ -93,8 +93,8 @@ def balanced(line: str) -> bool:
 def _spacing(line: str, start: int, end: int) -> dict:
     before = line[start - 1] if start else " "
     after = line[end] if end < len(line) else " "
-    return dict(space_before=before.isspace(), space_after=after.isspace(), glued_before=before.isalnum(),
-                glued_after=after.isalnum())
+    return dict(space_before=before.isspace(), space_after=after.isspace(),
+                glued_before=before.isalnum(), glued_after=after.isalnum())
 
 
 def _name(tag: str) -> str:
@@ -108,13 +108,10 @@ def items_of(line: str) -> list[str]:
 
 def restore(items: list[Item], source_spans: list[tuple[int, int]], words: list[str],
             attention: torch.Tensor | None) -> str:
-    """Put ``items`` back into a translation.
-
-    source_spans: [S] the plain-text characters (start, end) of each source piece, its
-    leading whitespace left out; words: the translation's text split before each piece,
-    ``"".join(words)`` the translation; attention: [len(words), >= S] its weights over the
-    source pieces (None or empty: every item at the end).
-    """
+    """Put ``items`` back into a translation. source_spans: [S] the plain-text characters
+    (start, end) of each source piece, its leading whitespace left out; words: the translation
+    split before each piece; attention: [len(words), >= S] its weights over the source pieces
+    (None or empty: every item at the end)."""
     restorer = _Restorer(source_spans, words, attention)
     wanted = sorted(items_of(_source_of(items)))
     text = restorer.render(items, spaced=False)
@@ -126,7 +123,8 @@ def restore(items: list[Item], source_spans: list[tuple[int, int]], words: list[
 class _Restorer:
     """One translation's words, their alignment to the source pieces, and the output built."""
 
-    def __init__(self, source_spans: list[tuple[int, int]], words: list[str], attention: torch.Tensor | None):
+    def __init__(self, source_spans: list[tuple[int, int]], words: list[str],
+                 attention: torch.Tensor | None):
         self.spans, self.words, self.target = source_spans, words, len(words)
         if attention is None or not words or not source_spans:
             self.aligned = [len(source_spans)] * len(words)
@@ -167,7 +165,8 @@ class _Restorer:
         """The words [a, b) a pair goes around: those aligned to the pieces it enclosed."""
         inside = {j for j, (a, b) in enumerate(self.spans) if a < item.end and b > item.start}
         hits = [t for t, a in enumerate(self.aligned) if a in inside]
-        return (self.word_start(min(hits)), self.word_end(max(hits) + 1)) if hits else (self.point(item.start),) * 2
+        return ((self.word_start(min(hits)), self.word_end(max(hits) + 1)) if hits
+                else (self.point(item.start),) * 2)
 
     def place(self, nodes: list[Item], low: int, high: int) -> list[tuple[Item, int, int]]:
         """Siblings inside their parent's words [low, high): pairs that would cross start where
@@ -196,8 +195,8 @@ class _Restorer:
         return "".join(self.out)
 
     def write(self, text: str) -> None:
-        """Text of the translation, a space first where the item before it had one after it in the
-        source (or was not glued to the word that follows it there)."""
+        """Text of the translation, a space first where the item before it had one after it in
+        the source (or was not glued to the word that follows it there)."""
         if text and self.owed is not None:
             item, self.owed = self.owed, None
             if not text[0].isspace() and (item.space_after or self.spaced or
@@ -206,12 +205,13 @@ class _Restorer:
         self.out.append(text)
 
     def write_item(self, item: Item, text: str, lone: bool) -> None:
-        """A tag or placeholder, a space first where it had one before it in the source, where the
-        item before it had one after it, or (a lone item) where it was not glued to the word
+        """A tag or placeholder, a space first where it had one before it in the source, where
+        the item before it had one after it, or (a lone item) where it was not glued to the word
         before it there."""
         last = "".join(self.out)[-1:]
         owed, self.owed = self.owed, None
-        wanted = (item.space_before or self.spaced and lone or owed is not None and (owed.space_after or self.spaced)
+        wanted = (item.space_before or self.spaced and lone
+                  or owed is not None and (owed.space_after or self.spaced)
                   or lone and not item.glued_before and last.isalnum())
         if last and not last.isspace() and wanted:
             self.out.append(" ")
@@ -226,7 +226,8 @@ class _Restorer:
             self.write(self.full[cursor:at])
             cursor = at
             if item.close:
-                self.write_item(replace(item, space_after=False, glued_after=True), item.text, False)
+                self.write_item(replace(item, space_after=False, glued_after=True), item.text,
+                                False)
                 cursor = self.nodes(item.children, a, b, cursor, spaced)
                 end = max(cursor, self.offsets[b])
                 self.write(self.full[cursor:end])
@@ -245,5 +246,6 @@ def _wordy(text: str) -> bool:
 
 def _source_of(items: list[Item]) -> str:
     """The markup of ``items`` alone, in tree order (what a faithful output holds)."""
-    return " ".join(item.text + (" " + _source_of(item.children) + " " + item.close if item.close else "")
+    return " ".join(item.text + (" " + _source_of(item.children) + " " + item.close
+                                 if item.close else "")
                     for item in items)

@@ -1,19 +1,16 @@
 """Batched greedy and beam search, and sampling.
 
-Decoding follows docs/model.md §3: the first decoder input is the end marker, each
-later input is the previous output, and a hypothesis ends when it emits the
-end marker (or reaches its maximum length). Every decision about a sentence
-depends on that sentence's rows alone, the model computes each row's numbers
-from that row alone (``nmt.invariant``), and finished sentences leave the batch,
-so a translation and its score do not depend, bit for bit, on the batch.
+Decoding follows docs/model.md §3: the first decoder input is the end marker, each later input
+the previous output; a hypothesis ends at the end marker (or its maximum length). Every decision
+about a sentence depends on its rows alone, the model computes each row from that row alone
+(``nmt.invariant``), and finished sentences leave the batch, so a translation and its score do
+not depend, bit for bit, on the batch. The bookkeeping stays on the model's device: per step
+the host learns only which sentences are still decoding (to shrink the batch), and it reads the
+results once, at the end.
 
-The bookkeeping is tensor operations on the model's device: per step the host
-learns only which sentences are still decoding (one small transfer, needed to
-shrink the batch), and it reads the results once, at the end.
-
-Every search takes the model, a source ``Batch`` and one ``DecodeConfig``; ``never`` names
-the pieces it may not emit (the target vocabulary's control_ids), and ``steer`` (``nmt.steer``)
-what each sentence's output must start with (every search) or hold (beam search).
+Every search takes the model, a source ``Batch``, one ``DecodeConfig``, ``never`` (the pieces
+it may not emit: the target vocabulary's control_ids) and ``steer`` (``nmt.steer``: what each
+output must start with, or in beam search hold).
 """
 from __future__ import annotations
 
@@ -39,15 +36,15 @@ class RowSelectable(Protocol):
 
 @runtime_checkable
 class DecodableModel(Protocol):
-    """What search needs of a model; ``Seq2Seq``, ``Ensemble``, ``GraphedSteps`` and
-    ``OnnxModel`` satisfy it. Search reads nothing of a memory or a state but their rows
-    (``select``: the memory has one row per sentence, shared by its beams; the state one per
-    hypothesis); the shape of the attention comes from what ``decode_step`` returns (an
-    ensemble's memory is its members', with no tensor of its own)."""
+    """What search needs of a model (``Seq2Seq``, ``Ensemble``, ``GraphedSteps``, ``OnnxModel``).
+    Search reads nothing of a memory or a state but their rows (the memory has one row per
+    sentence, shared by its beams; the state one per hypothesis), and the attention's shape from
+    what ``decode_step`` returns (an ensemble's memory has no tensor of its own)."""
 
     def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor
                ) -> tuple[RowSelectable, RowSelectable]:
-        """src: [B, S] ids with the end marker, lengths: [B] -> memory, initial state (B rows each)."""
+        """src: [B, S] ids with the end marker, lengths: [B] -> memory, initial state (B rows
+        each)."""
 
     def decode_step(self, prev: torch.Tensor, state: RowSelectable, memory: RowSelectable
                     ) -> tuple[torch.Tensor, RowSelectable, torch.Tensor]:
@@ -131,7 +128,7 @@ def _ruled(logp: torch.Tensor, rules: Rules, step: int, history: torch.Tensor | 
     """The rules applied to a step's logp [R, V], then each row's prefix piece forced (with the
     model's own log-probability, whatever the rules say). sentence: [R] each row's in ``steer``."""
     forced = None if steer is None else steer.prefix_pieces(sentence, step)
-    raw = None if forced is None else logp.gather(1, forced[:, None])  # before the rules change logp
+    raw = None if forced is None else logp.gather(1, forced[:, None])  # before the rules
     logp = rules.apply(logp, step, history)
     return logp if forced is None else steer.force_prefix(logp, raw, sentence, step)
 
@@ -144,15 +141,13 @@ def normalised_score(hyp: Hypothesis, length_penalty: float, kind: str = "length
     return hyp.score / (length if kind == "length" else (5 + length) / 6) ** length_penalty
 
 
-def sample_pieces(logp: torch.Tensor, decode: DecodeConfig, seeds: list[int], step: int) -> torch.Tensor:
-    """logp: [A, V], a seed per row -> the sampled pieces [A] (the Gumbel-max trick).
-
-    Each piece is drawn at random from the model's distribution flattened
-    (decode.temperature > 1) or sharpened (< 1), cut to the ``top_k`` most probable pieces
-    and to the fewest whose probability reaches ``top_p`` (0 and 1: no cut). Each row draws
-    its noise from a generator seeded by its own seed and the step, so a sentence's sample
-    depends on its seed alone, never on the rest of its batch.
-    """
+def sample_pieces(logp: torch.Tensor, decode: DecodeConfig, seeds: list[int], step: int
+                  ) -> torch.Tensor:
+    """logp: [A, V], a seed per row -> the sampled pieces [A] (the Gumbel-max trick), drawn
+    from the model's distribution flattened (decode.temperature > 1) or sharpened (< 1), cut to
+    the ``top_k`` most probable pieces and to the fewest whose probability reaches ``top_p``
+    (0 and 1: no cut). Each row's noise comes from a generator seeded by its own seed and the
+    step, so a sentence's sample never depends on the rest of its batch."""
     scores = logp.float() / decode.temperature
     if 0 < decode.top_k < scores.size(1):
         kth = scores.topk(decode.top_k, dim=1).values[:, -1:]
@@ -160,7 +155,7 @@ def sample_pieces(logp: torch.Tensor, decode: DecodeConfig, seeds: list[int], st
     if decode.top_p < 1.0:
         ordered, order = scores.sort(dim=1, descending=True)
         probs = ordered.softmax(dim=1)
-        beyond = probs.cumsum(dim=1) - probs >= decode.top_p  # the pieces before already reach top_p
+        beyond = probs.cumsum(dim=1) - probs >= decode.top_p  # those before reach top_p
         scores = scores.masked_fill(beyond.scatter(1, order, beyond), float("-inf"))
     noise = torch.stack([torch.rand(scores.size(1), device=scores.device, generator=torch.Generator(
         scores.device).manual_seed((seed + step * 0x9E3779B97F4A7C15) % 2**63)) for seed in seeds])
@@ -183,8 +178,8 @@ def greedy_search(model: DecodableModel, batch: Batch, decode: DecodeConfig | No
         best, piece = logp.max(dim=-1)
         return piece, best
 
-    return _one_per_sentence(model, batch, decode or DecodeConfig(), never, keep_attention, most_probable,
-                             steer)
+    return _one_per_sentence(model, batch, decode or DecodeConfig(), never, keep_attention,
+                             most_probable, steer)
 
 
 @torch.no_grad()
@@ -193,15 +188,17 @@ def sample_search(model: DecodableModel, batch: Batch, decode: DecodeConfig, see
                   steer: Steering | None = None) -> list[Hypothesis]:
     """One random translation per sentence (``sample_pieces``), sentence i's drawn with
     ``seeds[i]``. A hypothesis's score is the model's log-probability of its pieces."""
-    def drawn(logp: torch.Tensor, alive: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def drawn(logp: torch.Tensor, alive: torch.Tensor, step: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         piece = sample_pieces(logp, decode, [seeds[i] for i in alive.tolist()], step)
         return piece, logp.gather(1, piece[:, None]).squeeze(1)
 
     return _one_per_sentence(model, batch, decode, never, keep_attention, drawn, steer)
 
 
-def _one_per_sentence(model: DecodableModel, batch: Batch, decode: DecodeConfig, never: tuple[int, ...],
-                      keep_attention: bool, choose: Choice, steer: Steering | None) -> list[Hypothesis]:
+def _one_per_sentence(model: DecodableModel, batch: Batch, decode: DecodeConfig,
+                      never: tuple[int, ...], keep_attention: bool, choose: Choice,
+                      steer: Steering | None) -> list[Hypothesis]:
     """Greedy search and sampling: one hypothesis per sentence, its next piece ``choose``-n
     (a prefix's pieces forced)."""
     if steer is not None and steer.constrained:
@@ -245,16 +242,13 @@ def _one_per_sentence(model: DecodableModel, batch: Batch, decode: DecodeConfig,
 
 
 @torch.no_grad()
-def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig, never: tuple[int, ...] = (),
-                keep_attention: bool = False, steer: Steering | None = None) -> list[list[Hypothesis]]:
-    """Beam search of a batch (``decode.beam_size`` beams): each sentence's ``decode.n_best`` best.
-
-    Beams are ranked by their summed log-probability; finished hypotheses by
-    ``normalised_score`` (ties: in the order they finished). A sentence is done when
-    ``beam_size`` hypotheses have ended (an end marker among the top ``beam_size``
-    candidates ends one) or when it reaches its maximum length (all top ``beam_size``
-    candidates end). With beam_size 1 this is exactly greedy search. ``steer``: ``_Steered``.
-    """
+def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig,
+                never: tuple[int, ...] = (), keep_attention: bool = False,
+                steer: Steering | None = None) -> list[list[Hypothesis]]:
+    """Each sentence's ``decode.n_best`` best of ``decode.beam_size`` beams. Beams rank by summed
+    log-probability, finished hypotheses by ``normalised_score`` (ties: in the order they
+    finished). A sentence is done when k hypotheses have ended (an end marker among the top k
+    candidates ends one) or at its maximum length. With k 1 this is exactly greedy search."""
     k = decode.beam_size
     rules = Rules(decode, never)
     src = batch.src
@@ -268,7 +262,7 @@ def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig, never
     alive = torch.arange(sentences, device=src.device)  # [A] sentence of each memory row
     limit = torch.tensor(max_lens, device=src.device)  # [A] its maximum output length
     done = torch.zeros_like(alive)  # [A] its finished hypotheses so far
-    scores = torch.zeros((sentences, width), device=src.device)  # [A, width] beams' summed log-probs
+    scores = torch.zeros((sentences, width), device=src.device)  # [A, width] summed log-probs
     path = Backpointers()
     finished = _Finished(sentences, k, src)
     rank = torch.arange(2 * k, device=src.device)
@@ -278,11 +272,12 @@ def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig, never
     for t in range(max(max_lens)):
         logp, state, weights = model.decode_step(prev, state, memory)
         path.attention.append(weights if keep_attention else None)
-        top_scores, tokens, rows = steered.candidates(scores, logp, width, 2 * k, rules, t, history, alive)
+        top_scores, tokens, rows = steered.candidates(scores, logp, width, 2 * k, rules, t,
+                                                      history, alive)
         last = limit <= t + 1  # [A]
         stops = (tokens == END) | last[:, None]  # [A, 2k] candidates that do not go on
-        done = finished.record(alive, done, *steered.ends(stops[:, :k], top_scores[:, :k], alive), t + 1,
-                               rows, tokens, top_scores)
+        done = finished.record(alive, done, *steered.ends(stops[:, :k], top_scores[:, :k], alive),
+                               t + 1, rows, tokens, top_scores)
         decoding = _still_decoding((done < k) & ~last)
         if len(decoding) == 0:
             break
@@ -317,11 +312,12 @@ class _Steered:
     def __init__(self, steer: Steering | None):
         self.steer = steer
         constrained = steer is not None and steer.constrained
-        self.progress = Progress.start(steer) if constrained else None  # the rows' way through their phrases
+        # the rows' way through their phrases
+        self.progress = Progress.start(steer) if constrained else None
         self.moved: Progress | None = None  # the candidates' [A, 2k]
 
-    def candidates(self, scores: torch.Tensor, logp: torch.Tensor, width: int, count: int, rules: Rules,
-                   step: int, history: torch.Tensor, alive: torch.Tensor
+    def candidates(self, scores: torch.Tensor, logp: torch.Tensor, width: int, count: int,
+                   rules: Rules, step: int, history: torch.Tensor, alive: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``_candidates`` of the step's logp [A * width, V] after the rules and the steering.
         alive: [A] the sentence of each row's ``width`` beams."""
@@ -332,8 +328,8 @@ class _Steered:
             return _candidates(scores, logp, width, count)
         unmet = self.progress.bank < steer.total[row_sentence]
         logp[:, END] = logp[:, END].masked_fill(unmet, float("-inf"))
-        *chosen, self.moved = constrained_candidates(scores, logp, width, count, steer, row_sentence,
-                                                     self.progress)
+        *chosen, self.moved = constrained_candidates(scores, logp, width, count, steer,
+                                                     row_sentence, self.progress)
         return tuple(chosen)
 
     def ends(self, stops: torch.Tensor, scores: torch.Tensor, alive: torch.Tensor
@@ -385,8 +381,9 @@ class _Finished:
         self.scores = torch.zeros(sentences * self.slots, device=src.device)
         self.complete: torch.Tensor | None = None  # with constraints: whether each meets them
 
-    def record(self, alive: torch.Tensor, done: torch.Tensor, ends: torch.Tensor, complete: torch.Tensor | None,
-               steps: int, rows: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def record(self, alive: torch.Tensor, done: torch.Tensor, ends: torch.Tensor,
+               complete: torch.Tensor | None, steps: int, rows: torch.Tensor, tokens: torch.Tensor,
+               scores: torch.Tensor) -> torch.Tensor:
         """Keep the hypotheses that ``ends`` [A, k] among the top k candidates (their state
         rows, pieces and scores [A, 2k]; ``complete`` [A, k]: whether each meets its sentence's
         constraints) of sentences ``alive`` [A] with ``done`` [A] finished before; returns each
@@ -404,7 +401,8 @@ class _Finished:
             self.complete[into] = complete.reshape(-1)
         return done + ends.sum(1)
 
-    def hypotheses(self, path: Backpointers, source: int, decode: DecodeConfig) -> list[list[Hypothesis]]:
+    def hypotheses(self, path: Backpointers, source: int, decode: DecodeConfig
+                   ) -> list[list[Hypothesis]]:
         """Each sentence's ``decode.n_best`` finished hypotheses, best first."""
         self.steps.view(-1, self.slots)[:, -1] = 0  # the rows of candidates that went on
         pieces, attention = path.trace(self.steps, self.rows, self.last, source)
@@ -413,12 +411,15 @@ class _Finished:
             complete = [[True] * len(hyps) for hyps in ended]
         else:  # the rows _hypotheses keeps: those where steps ran
             complete = [[meets for meets, steps in zip(row, ran) if steps] for row, ran in
-                        zip(self.complete.view(-1, self.slots).tolist(), self.steps.view(-1, self.slots).tolist())]
+                        zip(self.complete.view(-1, self.slots).tolist(),
+                            self.steps.view(-1, self.slots).tolist())]
 
         def ranked(hyps: list[Hypothesis], meets: list[bool]) -> list[Hypothesis]:
-            kept = [(meets[j], normalised_score(hyp, decode.length_penalty, decode.length_penalty_type), hyp)
+            kept = [(meets[j], normalised_score(hyp, decode.length_penalty,
+                                                decode.length_penalty_type), hyp)
                     for j, hyp in enumerate(hyps)]
-            return [hyp for *_, hyp in sorted(kept, key=lambda x: x[:2], reverse=True)][:decode.n_best]
+            return [hyp for *_, hyp in sorted(kept, key=lambda x: x[:2], reverse=True)
+                    ][:decode.n_best]
 
         return [ranked(hyps, meets) for hyps, meets in zip(ended, complete)]
 

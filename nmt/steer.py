@@ -64,19 +64,20 @@ class Steering:
 
     def force_prefix(self, logp: torch.Tensor, raw: torch.Tensor | None, sentence: torch.Tensor,
                      step: int) -> torch.Tensor:
-        """Rows still in their sentence's prefix may emit only its piece ``step``, scored with the
-        model's log-probability ``raw`` [R, 1] of it (taken before any rule banned it).
+        """Rows still in their sentence's prefix may emit only its piece ``step``, scored with
+        the model's log-probability ``raw`` [R, 1] of it (taken before any rule banned it).
         logp: [R, V]; sentence: [R] each row's sentence."""
         if step >= self.prefix.size(1):
             return logp
         piece = self.prefix[sentence, step]
         forced = piece >= 0
-        allowed = torch.full_like(logp, float("-inf")).scatter_(1, piece.clamp(min=0)[:, None], raw)
+        allowed = torch.full_like(logp, float("-inf")).scatter_(1, piece.clamp(min=0)[:, None],
+                                                                raw)
         return torch.where(forced[:, None], allowed, logp)
 
     def prefix_pieces(self, sentence: torch.Tensor, step: int) -> torch.Tensor | None:
-        """[R] the piece each row's prefix forces at ``step`` (clamped to 0 where none), or None
-        past every prefix: to read its log-probability before the rules."""
+        """[R] the piece each row's prefix forces at ``step`` (clamped to 0 where none), or
+        None past every prefix: to read its log-probability before the rules."""
         if step >= self.prefix.size(1):
             return None
         return self.prefix[sentence, step].clamp(min=0)
@@ -108,7 +109,8 @@ class Progress:
         def gather(x: torch.Tensor) -> torch.Tensor:
             return x.gather(1, index.view(index.shape + (1,) * (x.dim() - 2)).expand(
                 index.shape + x.shape[2:]))
-        return Progress(gather(self.tail), gather(self.met), gather(self.matched), gather(self.bank))
+        return Progress(gather(self.tail), gather(self.met), gather(self.matched),
+                        gather(self.bank))
 
     def flat(self) -> Progress:
         """Fields [A, k, ...] -> rows [A * k, ...]."""
@@ -118,15 +120,16 @@ class Progress:
 def advance(progress: Progress, phrases: torch.Tensor, lengths: torch.Tensor, piece: torch.Tensor
             ) -> Progress:
     """The progress of rows extended by ``piece``: any leading shape ``[*]`` of rows whose
-    ``progress`` fields are [*, ...], phrases [*, Q, L] and lengths [*, Q] are their sentences'."""
+    ``progress`` fields are [*, ...]; phrases [*, Q, L] and lengths [*, Q] their sentences'."""
     longest = phrases.size(-1)
     tail = torch.cat([progress.tail[..., 1:], piece[..., None]], -1) if longest else progress.tail
     matched = torch.zeros_like(progress.matched)
-    for size in range(1, longest + 1):  # the last `size` pieces begin the phrase: a match of `size`
-        same = (tail[..., None, longest - size:] == phrases[..., :size]).all(-1) & (size <= lengths)
+    for size in range(1, longest + 1):  # the last `size` pieces begin the phrase: a match
+        same = ((tail[..., None, longest - size:] == phrases[..., :size]).all(-1)
+                & (size <= lengths))
         matched = torch.where(same, size, matched)
     met = progress.met | ((matched == lengths) & (lengths > 0))
-    partial = torch.where(met, 0, matched).amax(-1)  # Q > 0: advance runs for constrained search only
+    partial = torch.where(met, 0, matched).amax(-1)  # Q > 0: only constrained search advances
     bank = (lengths * met).sum(-1) + partial
     return Progress(tail, met, torch.where(met, lengths, matched), bank)
 
@@ -152,9 +155,11 @@ def constrained_candidates(scores: torch.Tensor, logp: torch.Tensor, width: int,
     top_rows = top.indices // vocab + width * torch.arange(sentences, device=logp.device)[:, None]
     best, best_piece = logp.max(1)
     phrases, lengths = steer.phrases[sentence], steer.lengths[sentence]  # [R, Q, L], [R, Q]
-    wanted = phrases.gather(2, progress.matched.clamp(max=phrases.size(2) - 1)[..., None]).squeeze(2)
+    wanted = phrases.gather(2, progress.matched.clamp(max=phrases.size(2) - 1)[..., None]
+                            ).squeeze(2)
     open_ = ~progress.met & (lengths > 0)
-    wanted_score = torch.where(open_, flat[:, None] + logp.gather(1, wanted.clamp(min=0)), float("-inf"))
+    wanted_score = torch.where(open_, flat[:, None] + logp.gather(1, wanted.clamp(min=0)),
+                               float("-inf"))
     cand_score = torch.cat([top.values, (flat + best).view(sentences, width),
                             wanted_score.view(sentences, -1)], 1)
     cand_piece = torch.cat([top.indices % vocab, best_piece.view(sentences, width),
@@ -163,7 +168,8 @@ def constrained_candidates(scores: torch.Tensor, logp: torch.Tensor, width: int,
                           rows_of[:, None].expand(-1, phrases.size(1)).reshape(sentences, -1)], 1)
     # One candidate per (row, piece): duplicates (the same sum, computed the same way) dropped.
     key, order = (cand_row * vocab + cand_piece).sort(dim=1, stable=True)
-    cand_score, cand_piece, cand_row = (x.gather(1, order) for x in (cand_score, cand_piece, cand_row))
+    cand_score, cand_piece, cand_row = (x.gather(1, order)
+                                        for x in (cand_score, cand_piece, cand_row))
     duplicate = torch.zeros_like(key, dtype=torch.bool)
     duplicate[:, 1:] = key[:, 1:] == key[:, :-1]
     cand_score = cand_score.masked_fill(duplicate, float("-inf"))

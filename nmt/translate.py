@@ -21,7 +21,8 @@ from nmt.graphs import graphed
 from nmt.data import batch_of, by_length
 from nmt.directions import for_target, source_tags
 from nmt.quantize import quantize_int8
-from nmt.search import DecodableModel, Hypothesis, beam_search, greedy_search, max_output_lengths, sample_search
+from nmt.search import (DecodableModel, Hypothesis, beam_search, greedy_search, max_output_lengths,
+                        sample_search)
 from nmt.steer import Steering
 from nmt import markup
 from nmt.vocab import END, one_line
@@ -33,13 +34,10 @@ def decode_corpus(model: DecodableModel, src_ids: list[list[int]], decode: Decod
                   device: torch.device | str = "cpu", keep_attention: bool = False,
                   never: tuple[int, ...] = (), prefixes: list[list[int]] | None = None,
                   constraints: list[list[list[int]]] | None = None) -> list[list[Hypothesis]]:
-    """Decode sentences of piece ids; returns each sentence's n-best list, in input order.
-    ``never``: pieces search may not emit (the target vocabulary's control_ids); ``prefixes``
-    (target pieces each output starts with) and ``constraints`` (phrases of target pieces each
-    output holds; beam search only): one entry per sentence, or None (``nmt.steer``).
-
-    Sentences are decoded in batches of similar length (``nmt.data.by_length``).
-    """
+    """Decode sentences of piece ids, in batches of similar length; returns each sentence's
+    n-best list, in input order. ``never``: pieces search may not emit; ``prefixes`` (target
+    pieces each output starts with) and ``constraints`` (phrases each output holds; beam search
+    only): one entry per sentence, or None (``nmt.steer``)."""
     if decode.cuda_graphs:
         model = graphed(model)
     if decode.samples:
@@ -49,7 +47,8 @@ def decode_corpus(model: DecodableModel, src_ids: list[list[int]], decode: Decod
         batch = batch_of([src_ids[i] for i in index]).to(device)
         steer = _steering(index, prefixes, constraints, device)
         if decode.beam_size == 1 and not constraints:
-            return [[hyp] for hyp in greedy_search(model, batch, decode, never, keep_attention, steer)]
+            return [[hyp] for hyp in greedy_search(model, batch, decode, never, keep_attention,
+                                                   steer)]
         return beam_search(model, batch, decode, never, keep_attention, steer)
 
     return by_length([len(ids) for ids in src_ids], decode.batch_size, search)
@@ -61,7 +60,8 @@ def _steering(index: list[int], prefixes: list[list[int]] | None,
     if not prefixes and not constraints:
         return None
     return Steering.of([prefixes[i] for i in index] if prefixes else [[] for _ in index],
-                       [constraints[i] for i in index] if constraints else [[] for _ in index], device)
+                       [constraints[i] for i in index] if constraints else [[] for _ in index],
+                       device)
 
 
 def sample_corpus(model: DecodableModel, src_ids: list[list[int]], decode: DecodeConfig,
@@ -109,10 +109,8 @@ class Engine:
 
 
 class Translator:
-    """Raw text in, raw text out.
-
-    >>> Translator.load("runs/demo").translate(["Ein Hund läuft."], beam_size=5)
-    """
+    """Raw text in, raw text out:
+    ``Translator.load("runs/demo").translate(["Ein Hund läuft."], beam_size=5)``."""
 
     def __init__(self, run: LoadedRun, device: torch.device | str = "cpu",
                  engine: Engine = Engine("pytorch", "float32")):
@@ -131,25 +129,19 @@ class Translator:
 
     @classmethod
     def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
-             int8: bool = False, ensemble: Sequence[str] = (), backend: str = "torch") -> "Translator":
+             int8: bool = False, ensemble: Sequence[str] = (), backend: str = "torch"
+             ) -> "Translator":
         """Load a run directory's ``best`` (or ``last``, ``averaged``, or a given path) checkpoint,
         or a model folder (``nmt.export``).
 
         ``backend="onnx"``: decode a model folder written with ``nmt-export --onnx`` through
         its ONNX graphs on onnxruntime (``nmt.onnx_model``), with nmt's own search.
-
-        ``ensemble``: more models decoded together with this one (their per-step
-        log-probabilities averaged, ``nmt.ensemble``), each ``"RUN_DIR"`` (its best
-        checkpoint) or ``"RUN_DIR:CHECKPOINT"``; their vocabularies must be this run's.
-
-        ``int8``: decode with int8 weights and row-wise int8 activations in the
-        decoder's linear maps and cells (CPU only; see ``nmt.quantize``). On a
-        CPU without fast int8 products (VNNI), where PyTorch's int8 measured
-        5-12x slower than float32, the same int8 arithmetic runs as ONNX graphs
-        on onnxruntime (``nmt[onnx]``; not batch-invariant bit for bit); without
-        the extra, int8 is declined with a warning and the model decodes in
-        float32. ``translator.engine`` says what runs (``Engine``), logged at load unless
-        it is PyTorch float32.
+        ``ensemble``: more models decoded together with this one (``nmt.ensemble``), each
+        ``"RUN_DIR"`` (its best checkpoint) or ``"RUN_DIR:CHECKPOINT"``, with this run's
+        vocabularies. ``int8``: int8 weights and row-wise int8 activations in the decoder's
+        linear maps and cells (CPU only, ``nmt.quantize``; without fast int8 products see
+        ``_engine``). ``translator.engine`` says what runs, logged at load unless it is PyTorch
+        float32.
         """
         if backend not in ("torch", "onnx"):
             raise ConfigError(f"backend: {backend!r}; choose torch or onnx")
@@ -159,7 +151,8 @@ class Translator:
             raise ConfigError("int8 decoding runs on the CPU only (use --device cpu)")
         run = load_run(run_dir, checkpoint, device)
         if ensemble:
-            run.model = Ensemble([run.model] + [member.model for member in _members(run, ensemble, device)])
+            run.model = Ensemble([run.model] + [member.model
+                                                 for member in _members(run, ensemble, device)])
         engine = _engine(backend, int8)
         if backend == "onnx":  # a model folder's graphs
             model = _onnx_model(run, device, ensemble, int8)
@@ -174,34 +167,38 @@ class Translator:
         return cls(run, device, engine)
 
     @classmethod
-    def from_pretrained(cls, name: str | Path, device: str = "cpu", int8: bool = False) -> "Translator":
+    def from_pretrained(cls, name: str | Path, device: str = "cpu", int8: bool = False
+                        ) -> "Translator":
         """Load a model folder (``nmt-export``, ``save_pretrained``): a path, or a Hugging Face
         Hub repo id (downloaded with huggingface_hub: ``pip install 'nmt[hub]'``)."""
         return cls.load(export.fetch(name), device=device, int8=int8)
 
-    def save_pretrained(self, out: str | Path, license_id: str = "other", onnx: bool = False) -> Path:
+    def save_pretrained(self, out: str | Path, license_id: str = "other", onnx: bool = False
+                        ) -> Path:
         """Write this model as a model folder ``out`` (safetensors weights, config.json, the
         sentencepiece model(s) and a model card); it loads with ``from_pretrained``.
         ``onnx``: also the encoder and decoder step as ONNX graphs (``backend="onnx"``)."""
-        return export.save_folder(self._exportable(), out, export.card_of(self.run, license_id), onnx)
+        return export.save_folder(self._exportable(), out, export.card_of(self.run, license_id),
+                                  onnx)
 
     def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
                     license_id: str = "other") -> str:
         """Upload this model as a model folder to the Hub repo ``repo_id`` (huggingface_hub)."""
-        return export.push(self._exportable(), repo_id, export.card_of(self.run, license_id), private, token)
+        return export.push(self._exportable(), repo_id, export.card_of(self.run, license_id),
+                           private, token)
 
     def _exportable(self) -> LoadedRun:
         if isinstance(self.model, Ensemble):
             raise ConfigError("an ensemble is several models: export each member's run on its own")
         if self.int8:
-            raise ConfigError("an int8 model is quantized for decoding only: export it without int8")
+            raise ConfigError("an int8 model is quantized for decoding only: "
+                              "export it without int8")
         return self.run
 
     def settings(self, **options) -> DecodeConfig:
         """The run's decoding settings with the given (non-None) decode options replaced
-        (``nmt.config.DecodeConfig``; with no beam_size given, a wider n_best widens the beam). An
-        unknown option, a value out of range or too large for the model (a beam wider than half
-        the vocabulary) raises ConfigError naming it."""
+        (``nmt.config.decode_settings``: with no beam_size, a wider n_best widens the beam);
+        ConfigError naming an unknown option, or a value out of range or too large for the model."""
         return decode_settings(self.decode, options, len(self.tgt_vocab))
 
     def hypotheses(self, sentences: list[str], keep_attention: bool = False,
@@ -215,8 +212,9 @@ class Translator:
         translation starts with (None or "": none). With ``markup="keep"`` each sentence's tags
         and placeholders are taken out here and put back by ``texts``."""
         job = self.prepared(sentences, constraints, prefix, **options)
-        found = decode_corpus(self.model, job.ids, job.decode, self.device, keep_attention or job.keep_markup,
-                              job.never, job.prefixes, job.phrases)
+        found = decode_corpus(self.model, job.ids, job.decode, self.device,
+                              keep_attention or job.keep_markup, job.never, job.prefixes,
+                              job.phrases)
         results: list[list[Hypothesis]] = [[] for _ in job.sentences]
         for i, hyps in zip(job.todo, found):
             results[i] = hyps
@@ -231,7 +229,8 @@ class Translator:
         prefix = _per_sentence("prefix", prefix, len(sentences))
         constraints = _per_sentence("constraints", constraints, len(sentences))
         if constraints and (decode.samples or decode.beam_size < 2):
-            raise ConfigError("constraints: met by beam search only: use beam_size >= 2 and no samples")
+            raise ConfigError("constraints: met by beam search only: "
+                              "use beam_size >= 2 and no samples")
         keep = decode.markup == "keep"
         plain = [markup.strip(s)[0] for s in sentences] if keep else sentences
         written = [i for i, s in enumerate(plain) if s.strip()]
@@ -244,17 +243,20 @@ class Translator:
                 todo.append(i)
                 ids.append(tags + pieces)
         # Every sentence's are checked, a blank one's too (its translation stays blank).
-        prefixes = [self._target(f"prefix[{i}]", p or "", decode, True) for i, p in enumerate(prefix or [])]
+        prefixes = [self._target(f"prefix[{i}]", p or "", decode, True)
+                    for i, p in enumerate(prefix or [])]
         phrases = [_needed([self._target(f"constraints[{i}][{j}]", phrase, decode, False)
-                            for j, phrase in enumerate(c)]) for i, c in enumerate(constraints or [])]
+                            for j, phrase in enumerate(c)])
+                   for i, c in enumerate(constraints or [])]
         most = max_output_lengths(torch.tensor([len(x) + 1 for x in ids]), decode.max_length_ratio,
                                   decode.max_length)
         for n, i in enumerate(todo):
-            forced = (len(prefixes[i]) if prefix else 0) + (sum(map(len, phrases[i])) if constraints else 0)
+            forced = ((len(prefixes[i]) if prefix else 0)
+                      + (sum(map(len, phrases[i])) if constraints else 0))
             if forced > most[n]:
-                raise ConfigError(f"sentence {i}: its prefix and constraints take {forced} target pieces, "
-                                  f"more than its output may hold ({most[n]}: decode.max_length_ratio, "
-                                  "decode.max_length)")
+                raise ConfigError(f"sentence {i}: its prefix and constraints take {forced} target "
+                                  f"pieces, more than its output may hold ({most[n]}: "
+                                  "decode.max_length_ratio, decode.max_length)")
         prefixes = [prefixes[i] for i in todo] if prefix else None
         phrases = [phrases[i] for i in todo] if constraints else None
         never = self.tgt_vocab.control_ids + (self.tgt_vocab.markup_ids if keep else ())
@@ -276,7 +278,8 @@ class Translator:
         if one_line(text) != text:
             raise ConfigError(f"{where}: holds a control character or line break")
         if decode.markup == "keep" and any(c in text for c in "<>{}"):
-            raise ConfigError(f"{where}: holds < > {{ or }}, which markup: keep reserves for markup")
+            raise ConfigError(f"{where}: holds < > {{ or }}, "
+                              "which markup: keep reserves for markup")
         pieces = self.tgt_vocab.encode([text])[0] if text.strip() else []
         if not pieces and not empty_allowed:
             raise ConfigError(f"{where}: {text!r} is an empty phrase (no target piece)")
@@ -287,12 +290,14 @@ class Translator:
                               f"decode.no_repeat_ngram_size {n} forbids")
         return pieces
 
-    def texts(self, sentences: list[str], found: list[list[Hypothesis]], **options) -> list[list[str]]:
+    def texts(self, sentences: list[str], found: list[list[Hypothesis]], **options
+              ) -> list[list[str]]:
         """The text of each sentence's hypotheses: the one place hypotheses become text. With
         ``markup="keep"`` the sentence's tags and placeholders are put back (``nmt.markup``)."""
         decode = self.settings(**options)
         if decode.markup != "keep":
-            return [self.tgt_vocab.decode([h.tokens for h in hyps]) if hyps else [] for hyps in found]
+            return [self.tgt_vocab.decode([h.tokens for h in hyps]) if hyps else []
+                    for hyps in found]
         tags = len(self.source_tags(decode))  # attention columns before the sentence's own
         out = []
         for sentence, hyps in zip(sentences, found):
@@ -301,71 +306,78 @@ class Translator:
                 out.append([sentence.strip()] if items else [])
                 continue
             spans = self.src_vocab.spans(plain)
-            out.append([markup.restore(items, spans, self.tgt_vocab.words(h.tokens), h.attention[:, tags:])
+            out.append([markup.restore(items, spans, self.tgt_vocab.words(h.tokens),
+                                       h.attention[:, tags:])
                         if items else self.tgt_vocab.decode([h.tokens])[0] for h in hyps])
         return out
 
     def translate(self, sentences: list[str] | str, constraints: Sequence | None = None,
                   prefix: Sequence | str | None = None, **options) -> list[str] | str:
-        """One translation per sentence, in order; an empty sentence gives "".
-        A single string gives a single string (its ``constraints`` a list of phrases, its
-        ``prefix`` a string)."""
+        """One translation per sentence, in order; an empty sentence gives "". A single string
+        gives a single string (its ``constraints`` a list of phrases, its ``prefix`` a string)."""
         if isinstance(sentences, str):
             return self.translate([sentences], _one(constraints), _one(prefix), **options)[0]
         found = self.hypotheses(sentences, False, constraints, prefix, n_best=1, **options)
         return [texts[0] if texts else "" for texts in self.texts(sentences, found, **options)]
 
-    def translate_nbest(self, sentences: list[str] | str, n_best: int, constraints: Sequence | None = None,
-                        prefix: Sequence | str | None = None,
+    def translate_nbest(self, sentences: list[str] | str, n_best: int,
+                        constraints: Sequence | None = None, prefix: Sequence | str | None = None,
                         **options) -> list[list[tuple[str, float]]] | list[tuple[str, float]]:
         """The ``n_best`` translations of each sentence with their scores, best first (of a
         single string: its list)."""
         if isinstance(sentences, str):
-            return self.translate_nbest([sentences], n_best, _one(constraints), _one(prefix), **options)[0]
+            return self.translate_nbest([sentences], n_best, _one(constraints), _one(prefix),
+                                        **options)[0]
         found = self.hypotheses(sentences, False, constraints, prefix, n_best=n_best, **options)
         return [list(zip(texts, (h.score for h in hyps)))
                 for texts, hyps in zip(self.texts(sentences, found, **options), found)]
 
-    def sample(self, sentences: list[str] | str, samples: int = 1, prefix: Sequence | str | None = None,
-               constraints: Sequence | None = None, **options) -> list[list[str]] | list[str]:
+    def sample(self, sentences: list[str] | str, samples: int = 1,
+               prefix: Sequence | str | None = None, constraints: Sequence | None = None,
+               **options) -> list[list[str]] | list[str]:
         """``samples`` random translations of each sentence (e.g. for back-translation); an
         empty sentence gives empty ones. The same seed gives the same samples in any batch."""
         if isinstance(sentences, str):
             return self.sample([sentences], samples, _one(prefix), _one(constraints), **options)[0]
         if isinstance(samples, numbers.Integral) and samples < 1:  # 0 would mean search
-            raise ConfigError(f"samples: {samples!r}; sample draws at least 1 translation per sentence")
-        found = self.hypotheses(sentences, False, constraints, prefix, samples=samples, **options)  # no constraints
-        return [texts or [""] * samples for texts in self.texts(sentences, found, samples=samples, **options)]
+            raise ConfigError(f"samples: {samples!r}; "
+                              "sample draws at least 1 translation per sentence")
+        found = self.hypotheses(sentences, False, constraints, prefix, samples=samples,
+                                **options)  # no constraints
+        return [texts or [""] * samples
+                for texts in self.texts(sentences, found, samples=samples, **options)]
 
-    def generate(self, sentences: list[str] | str, num_beams: int | None = None, num_return_sequences: int = 1,
-                 do_sample: bool = False, temperature: float | None = None, top_k: int | None = None,
-                 top_p: float | None = None, seed: int | None = None, min_new_tokens: int | None = None,
-                 **options) -> list[str]:
+    def generate(self, sentences: list[str] | str, num_beams: int | None = None,
+                 num_return_sequences: int = 1, do_sample: bool = False,
+                 temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None,
+                 min_new_tokens: int | None = None, **options) -> list[str]:
         """Translation under the names of Hugging Face ``generate``: ``num_beams`` beams (1:
         greedy), or with ``do_sample`` random samples (``temperature``, ``top_k``, ``top_p``,
-        ``seed``: as in ``generate``, they apply to sampling only). Returns
-        ``num_return_sequences`` translations per sentence, flat, as
-        ``batch_decode(model.generate(...))`` would: sentence i's at i*n .. i*n + n - 1.
-        ``min_new_tokens``: output pieces before the end may come (decode.min_length). A
-        setting left None takes the run's decode section (unlike ``generate``, whose
-        ``top_k`` is 50 unless given)."""
+        ``seed``: sampling only). Returns ``num_return_sequences`` translations per sentence,
+        flat, as ``batch_decode(model.generate(...))`` would: sentence i's at i*n .. i*n + n - 1.
+        ``min_new_tokens``: decode.min_length. A setting left None takes the run's decode
+        section (unlike ``generate``, whose ``top_k`` is 50 unless given)."""
         sentences = [sentences] if isinstance(sentences, str) else sentences
         n = num_return_sequences
         if isinstance(n, numbers.Integral) and n < 1:
             raise ConfigError(f"generate: num_return_sequences is {n!r}; it must be at least 1")
         if do_sample and num_beams not in (None, 1):
-            raise ConfigError("generate: do_sample with num_beams > 1 (beam sampling) is not supported")
+            raise ConfigError("generate: do_sample with num_beams > 1 (beam sampling) "
+                              "is not supported")
         if do_sample:
             how = dict(samples=n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         else:
             how = dict(samples=0, n_best=n, beam_size=num_beams)
         found = self.hypotheses(sentences, min_length=min_new_tokens, **how, **options)
-        return [text for texts in self.texts(sentences, found, **options) for text in (texts or [""] * n)]
+        return [text for texts in self.texts(sentences, found, **options)
+                for text in (texts or [""] * n)]
 
     def alignment(self, sentence: str, hyp: Hypothesis, **options) -> dict:
         """A hypothesis kept with attention, as source pieces (tags and end marker included),
         target pieces and the attention weights [target, source] between them."""
-        src_ids = self.source_tags(self.settings(**options)) + self.src_vocab.encode([sentence])[0] + [END]
+        src_ids = (self.source_tags(self.settings(**options)) + self.src_vocab.encode([sentence])[0]
+                   + [END])
         return {"sentence": sentence, "source": self.src_vocab.pieces(src_ids),
                 "target": self.tgt_vocab.pieces(hyp.tokens + ([END] if hyp.ended else [])),
                 "weights": hyp.attention[:, :len(src_ids)].tolist()}
@@ -373,8 +385,9 @@ class Translator:
 
 def _engine(backend: str, int8: bool) -> Engine:
     """The one choice of engine. int8 on PyTorch needs fast int8 products (VNNI): without
-    them PyTorch's int8 is slower than float32 and onnxruntime's int8 kernels run instead;
-    without the onnx extra int8 is declined (a warning) and float32 runs."""
+    them PyTorch's int8 is slower than float32 and the same int8 arithmetic runs as ONNX graphs
+    on onnxruntime (not batch-invariant bit for bit); without the onnx extra int8 is declined
+    (a warning) and float32 runs."""
     if backend == "onnx":
         return Engine("onnxruntime", "int8" if int8 else "float32")
     if not int8 or fast_int8(torch.device("cpu")):
@@ -383,9 +396,9 @@ def _engine(backend: str, int8: bool) -> Engine:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
-        log.warning("int8 decoding declined: this CPU has no fast int8 products (AVX512-VNNI, AVX-VNNI "
-                    "or AMX), where PyTorch's int8 is slower than float32, and onnxruntime's int8 needs "
-                    "pip install 'nmt[onnx]'; decoding in float32")
+        log.warning("int8 decoding declined: this CPU has no fast int8 products (AVX512-VNNI, "
+                    "AVX-VNNI or AMX), where PyTorch's int8 is slower than float32, and "
+                    "onnxruntime's int8 needs pip install 'nmt[onnx]'; decoding in float32")
         return Engine("pytorch", "float32")
     return Engine("onnxruntime", "int8")
 
@@ -396,8 +409,8 @@ def _members(run: LoadedRun, ensemble: Sequence[str], device) -> list[LoadedRun]
     for member in members:
         for side in ("src_vocab", "tgt_vocab"):
             if getattr(member, side).fingerprint != getattr(run, side).fingerprint:
-                raise CheckpointError(f"{member.checkpoint}: its {side[:3]} vocabulary differs from "
-                                      f"{run.checkpoint}'s; an ensemble needs one vocabulary")
+                raise CheckpointError(f"{member.checkpoint}: its {side[:3]} vocabulary differs "
+                                      f"from {run.checkpoint}'s; an ensemble needs one vocabulary")
     return members
 
 
@@ -432,18 +445,21 @@ def _one(value):
 
 
 def _per_sentence(name: str, values, count: int) -> list | None:
-    """``constraints`` or ``prefix``: None, or one entry per sentence (TypeError or ConfigError
-    otherwise)."""
+    """``constraints`` or ``prefix``: None, or one entry per sentence (else TypeError or
+    ConfigError)."""
     if values is None:
         return None
     if not isinstance(values, (list, tuple)):
-        raise TypeError(f"{name}: expected a list with one entry per sentence, got {type(values).__name__}")
+        raise TypeError(f"{name}: expected a list with one entry per sentence, "
+                        f"got {type(values).__name__}")
     if len(values) != count:
-        raise ConfigError(f"{name}: {len(values)} entries for {count} sentences; give one per sentence")
+        raise ConfigError(f"{name}: {len(values)} entries for {count} sentences; "
+                          "give one per sentence")
     if name == "constraints":
         for i, phrases in enumerate(values):
             if phrases is not None and not isinstance(phrases, (list, tuple)):
-                raise TypeError(f"constraints[{i}]: expected a list of phrases, got {type(phrases).__name__}")
+                raise TypeError(f"constraints[{i}]: expected a list of phrases, "
+                                f"got {type(phrases).__name__}")
         values = [list(phrases or []) for phrases in values]
     return values if any(values) else None
 

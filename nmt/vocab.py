@@ -1,10 +1,9 @@
 """Subword vocabularies: sentencepiece models, trained on the training side.
 
-Ids are fixed across all models: 0 = padding, 1 = unknown, 2 = the end marker
-``_`` (docs/model.md §3). The end marker is sentencepiece's end-of-sentence control
-symbol, so no text can ever produce it: a literal "_" in a sentence is an
-ordinary piece and round-trips unchanged. Byte fallback encodes characters
-never seen in training as bytes, so any raw text comes back as it went in.
+Ids are fixed across all models: 0 = padding, 1 = unknown, 2 = the end marker ``_``
+(docs/model.md §3), sentencepiece's end-of-sentence control symbol, which no text produces (a
+literal "_" is an ordinary piece). Byte fallback encodes unseen characters as bytes, so any raw
+text comes back as it went in.
 """
 from __future__ import annotations
 
@@ -58,7 +57,8 @@ class Vocab:
         return hashlib.sha256(self.model_bytes).hexdigest()
 
     def encode(self, sentences: list[str], threads: int = -1) -> list[list[int]]:
-        """Raw sentences -> piece ids, without the end marker (-1 threads: sentencepiece's default)."""
+        """Raw sentences -> piece ids, without the end marker (-1 threads: sentencepiece's
+        default)."""
         return self.sp.encode(sentences, out_type=int, num_threads=threads)
 
     def sample(self, sentences: list[str], alpha: float, seed: int) -> list[list[int]]:
@@ -66,8 +66,8 @@ class Vocab:
         ``alpha``, or BPE-dropout at rate ``alpha``), the same for the same seed: one thread,
         whose random generator sentencepiece seeds when it starts."""
         spm.set_random_generator_seed(seed)
-        return self.sp.encode(sentences, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=-1,
-                              num_threads=1)
+        return self.sp.encode(sentences, out_type=int, enable_sampling=True, alpha=alpha,
+                              nbest_size=-1, num_threads=1)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         """Piece ids (end marker and padding already stripped) -> raw sentences, each one line
@@ -99,28 +99,31 @@ class Vocab:
 
 
     def tag_ids(self, tags: list[str]) -> list[int]:
-        """The control-symbol ids of ``tags`` (nmt.directions); ConfigError for one the model lacks."""
+        """The control-symbol ids of ``tags`` (nmt.directions); ConfigError for one the model
+        lacks."""
         ids = [self.sp.piece_to_id(tag) for tag in tags]
         for tag, i in zip(tags, ids):
             if not self.sp.is_control(i) or i in (PAD, END):
-                raise ConfigError(f"{self.path}: has no tag {tag} (data.directions): the vocabulary "
-                                  "was trained for other directions")
+                raise ConfigError(f"{self.path}: has no tag {tag} (data.directions): the "
+                                  "vocabulary was trained for other directions")
         return ids
 
     @functools.cached_property
     def markup_ids(self) -> tuple[int, ...]:
-        """Pieces that would write ``<``, ``>``, ``{`` or ``}``: with ``decode.markup: keep`` search
-        never emits them, so a translation cannot invent a tag or a placeholder (nmt.markup)."""
+        """Pieces that would write ``<``, ``>``, ``{`` or ``}``: with ``decode.markup: keep``
+        search never emits them, so a translation cannot invent a tag or a placeholder."""
         sp = self.sp
-        return tuple(i for i in range(len(self)) if not (sp.is_control(i) or sp.is_unknown(i)) and (
-            sp.id_to_piece(i) in ("<0x3C>", "<0x3E>", "<0x7B>", "<0x7D>") if sp.is_byte(i)
-            else any(c in sp.id_to_piece(i) for c in "<>{}")))
+        return tuple(i for i in range(len(self))
+                     if not (sp.is_control(i) or sp.is_unknown(i)) and (
+                         sp.id_to_piece(i) in ("<0x3C>", "<0x3E>", "<0x7B>", "<0x7D>")
+                         if sp.is_byte(i) else any(c in sp.id_to_piece(i) for c in "<>{}")))
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """The characters (start, end) of ``text`` that each of its pieces (``encode``) covers,
-        leading whitespace left out; a byte piece before the last of its character covers none."""
-        try:
-            pieces = self.sp.encode(text, out_type="immutable_proto").pieces  # sentencepiece < 0.2.1
+        leading whitespace left out; a byte piece before the last of its character covers
+        none."""
+        try:  # sentencepiece < 0.2.1
+            pieces = self.sp.encode(text, out_type="immutable_proto").pieces
         except ValueError:
             pieces = self.sp.encode(text, return_type="proto").pieces
         chars = [0] * (len(text.encode("utf-8")) + 1)  # byte offset -> character offset
@@ -130,7 +133,7 @@ class Vocab:
             chars[at + 1:at + size + 1] = [n + 1] * size
             at += size
         spans = []
-        for piece in pieces:  # begin, end: byte offsets into text, whitespace that was dropped included
+        for piece in pieces:  # begin, end: byte offsets into text, dropped whitespace included
             begin, end = chars[piece.begin], chars[piece.end]
             covered = text[begin:end]
             spans.append((begin + len(covered) - len(covered.lstrip()), end))
@@ -155,8 +158,7 @@ class Vocab:
 def one_line(text: str) -> str:
     """``text`` with every control character (Unicode Cc: tab, newline, CR, ...), line and
     paragraph separator replaced by a space: one output line per input line, one field per
-    tab-separated column. The one rule for every output (nmt-translate, the API, the server,
-    reports)."""
+    tab-separated column; the one rule for every output."""
     if text.isprintable() or not any(unicodedata.category(c) in LINE_BREAKING for c in text):
         return text
     return "".join(" " if unicodedata.category(c) in LINE_BREAKING else c for c in text)
