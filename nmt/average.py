@@ -1,14 +1,10 @@
 """Checkpoint averaging: the element-wise mean of several checkpoints' weights, one model.
 
-Averaging the last few checkpoints of a run (or its best few by validation BLEU) usually
-gives a better model than any one of them: the weights of late training wander around a
-good point, and their mean sits nearer to it. The checkpoints must come from one model
-(the same model settings and vocabularies). The result is a checkpoint for decoding (no
-optimizer state: training does not resume from it); ``nmt-translate RUN --checkpoint
-averaged`` uses it.
-
-``train.keep_checkpoints: N`` makes a run keep its N most recent validation checkpoints
-as ``checkpoints/step-<step>.pt``, each with the validation BLEU it scored.
+Late training's weights wander around a good point and their mean sits nearer it, so the
+mean of a run's last (or best) few checkpoints, kept by ``train.keep_checkpoints: N`` as
+``checkpoints/step-<step>.pt`` with their validation BLEU, usually beats each. They must be of
+one model (settings and vocabularies). The result is for decoding only (no optimizer state):
+``nmt-translate RUN --checkpoint averaged``.
 """
 from __future__ import annotations
 
@@ -24,8 +20,9 @@ def choose(run_dir: Path, last: int = 0, best: int = 0) -> list[Path]:
     kept = RunDir(run_dir).step_checkpoints()
     want = last or best
     if len(kept) < want:
-        raise CheckpointError(f"{run_dir}/checkpoints: {len(kept)} kept checkpoints (step-*.pt), {want} "
-                              "wanted; train with train.keep_checkpoints of at least that")
+        raise CheckpointError(f"{run_dir}/checkpoints: {len(kept)} kept checkpoints "
+                              f"(step-*.pt), {want} wanted; train with train.keep_checkpoints "
+                              "of at least that")
     if last:
         return kept[-last:]
     bleus = [Checkpoint.load(p, mmap=True).valid_bleu for p in kept]  # no weights read
@@ -45,8 +42,9 @@ def average(paths: list[Path]) -> Checkpoint:
     with_ema = [p for p, c in zip(paths, ckpts) if c.ema is not None]
     if with_ema and len(with_ema) < len(ckpts):  # train.ema switched on at a resume
         without = next(p for p, c in zip(paths, ckpts) if c.ema is None)
-        raise CheckpointError(f"{with_ema[0]} holds a moving average of the weights (train.ema) but "
-                              f"{without} does not; average checkpoints of one kind")
+        raise CheckpointError(f"{with_ema[0]} holds a moving average of the weights "
+                              f"(train.ema) but {without} does not; average checkpoints of one "
+                              "kind")
     weights = [c.decoding_weights() for c in ckpts]  # the moving averages of runs with train.ema
     model = {}
     for key, value in weights[0].items():

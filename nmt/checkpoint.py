@@ -89,7 +89,8 @@ class Checkpoint:
         return cls(model=payload["model"], config=payload["config"], vocab=payload["vocab"],
                    progress=TrainState.from_record(payload["train_state"]),
                    schedule=ScheduleState.from_record(payload["train_state"]),
-                   optimizer=payload.get("optimizer"), rng_cpu=rng.get("cpu"), rng_cuda=rng.get("cuda"),
+                   optimizer=payload.get("optimizer"), rng_cpu=rng.get("cpu"),
+                   rng_cuda=rng.get("cuda"),
                    bf16=payload.get("bf16"), valid_bleu=payload.get("valid_bleu"),
                    corpus=payload.get("corpus"), ema=payload.get("ema"),
                    averaged_from=payload.get("averaged_from"))
@@ -144,8 +145,8 @@ def load_for_resume(path: Path, cfg: Config, device: torch.device) -> Checkpoint
     the vocabulary or the epoch's batch list changed (checked before the data is read)."""
     ckpt = Checkpoint.load(path, device)
     if ckpt.optimizer is None or ckpt.rng_cpu is None:
-        raise CheckpointError(f"{path}: holds no optimizer or RNG state (a checkpoint for decoding, "
-                              "or one from an older nmt): training cannot resume from it")
+        raise CheckpointError(f"{path}: holds no optimizer or RNG state (a checkpoint for "
+                              "decoding, or one from an older nmt): training cannot resume from it")
     # (The vocabulary is the run's own on a resume: the sample it was trained on no longer matters.)
     loose = ("valid", "test", "cache_dir", "spm_sample_sentences")
     fixed = [("data", k) for k in ckpt.config["data"] if k not in loose] + \
@@ -177,23 +178,24 @@ def check_resumed_data(ckpt: Checkpoint, corpus: Corpus, bf16: bool, path: Path)
 
 def save_training(paths: list[Path], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   ema: torch.nn.Module | None, cfg: Config, corpus: Corpus, progress: TrainState,
-                  schedule: ScheduleState, rng_states: list[tuple], bf16: bool, valid_bleu: float | None
-                  ) -> None:
+                  schedule: ScheduleState, rng_states: list[tuple], bf16: bool,
+                  valid_bleu: float | None) -> None:
     """Write a checkpoint that training resumes from exactly to each of ``paths``;
     ``rng_states``: each rank's (CPU, CUDA) RNG state."""
     ckpt = Checkpoint(
         model=model.state_dict(), config=cfg.to_dict(),
-        vocab=vocab_records(corpus.src_vocab, corpus.tgt_vocab), progress=progress, schedule=schedule,
-        optimizer=optimizer.state_dict(),
-        rng_cpu=[cpu for cpu, _ in rng_states], rng_cuda=[cuda for _, cuda in rng_states], bf16=bf16,
-        valid_bleu=valid_bleu, corpus=corpus.fingerprint, ema=None if ema is None else ema.state_dict())
+        vocab=vocab_records(corpus.src_vocab, corpus.tgt_vocab), progress=progress,
+        schedule=schedule, optimizer=optimizer.state_dict(),
+        rng_cpu=[cpu for cpu, _ in rng_states], rng_cuda=[cuda for _, cuda in rng_states],
+        bf16=bf16, valid_bleu=valid_bleu, corpus=corpus.fingerprint,
+        ema=None if ema is None else ema.state_dict())
     for path in paths:
         ckpt.save(path)
 
 
-def restore_training(ckpt: Checkpoint, *, path: Path, corpus: Corpus, bf16: bool, model: torch.nn.Module,
-                     optimizer: torch.optim.Optimizer, ema: torch.nn.Module | None, rank: int,
-                     device: torch.device) -> None:
+def restore_training(ckpt: Checkpoint, *, path: Path, corpus: Corpus, bf16: bool,
+                     model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     ema: torch.nn.Module | None, rank: int, device: torch.device) -> None:
     """Check the data (``check_resumed_data``), then load the weights, the optimizer, the
     moving average and this rank's RNG state."""
     check_resumed_data(ckpt, corpus, bf16, path)

@@ -57,10 +57,9 @@ def gather_from_all_ranks(value, world: int) -> list:
 
 
 def on_rank0(work: Callable[[], object], rank: int, world: int):
-    """``work()`` run by rank 0 alone; every rank gets its result, or its error.
-
-    The others wait in a gloo group of its own with a long timeout: preparing a large
-    corpus can outlast the training group's (NCCL's is 10 minutes)."""
+    """``work()`` run by rank 0 alone; every rank gets its result, or its error. The others
+    wait in a gloo group of its own with a long timeout: preparing a large corpus can outlast
+    the training group's (NCCL's is 10 minutes)."""
     if world == 1:
         return work()
     import torch.distributed as dist

@@ -242,11 +242,8 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
-    """Return ``value`` as ``kind`` or raise a ConfigError naming ``key``.
-
-    Numbers must be finite (NaN passes every ``<`` check and would fail much
-    later); strings must not hold a NUL (no file name or device can).
-    """
+    """``value`` as ``kind``, or a ConfigError naming ``key``. Numbers must be finite (NaN passes
+    every ``<`` check and would fail much later); strings hold no NUL (no file name can)."""
     if kind is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
         try:
             value = float(value)

@@ -1,17 +1,14 @@
 """A run's training corpus, prepared once and memory-mapped ever after.
 
-Preparing streams the corpus in chunks (never read whole): sentencepiece trains on
-a sample of it (``data.spm_sample_sentences``), then each chunk is encoded on all
-cores, length-filtered with array operations and appended to flat arrays in
-``<data.cache_dir or run dir/cache>/corpus-<fingerprint>/``: per side (src, tgt)
-``ids`` (uint16 below 65,536 pieces, else int32), ``offsets`` (int64) and
-``lengths`` (int32), described by ``meta.json``. The fingerprint hashes all that
-produced it: the files' content (nmt.data.file_identity), the sentencepiece
-model(s), ``data.max_len``, ``data.max_len_ratio``, the sentencepiece version and
-FORMAT; anything that changed gets a folder of its own, written whole or not at all
-(``nmt.io.building_folder``). ``vocab-<fingerprint>/`` keeps the sentencepiece model(s)
-trained on the same data and settings for other runs. Under torchrun rank 0 prepares and
-the others map the same files (the page cache holds one copy per machine).
+Preparing streams the corpus in chunks: sentencepiece trains on a sample of it
+(``data.spm_sample_sentences``), then each chunk is encoded on all cores, length-filtered and
+appended to flat arrays in ``<data.cache_dir or run dir/cache>/corpus-<fingerprint>/``: per side
+(src, tgt) ``ids`` (uint16 below 65,536 pieces, else int32), ``offsets`` (int64) and
+``lengths`` (int32), described by ``meta.json``. The fingerprint hashes all that produced it
+(the files' content, the sentencepiece model(s), ``data.max_len``, ``data.max_len_ratio``, the
+sentencepiece version, FORMAT); each folder is written whole or not at all
+(``nmt.io.building_folder``). ``vocab-<fingerprint>/`` keeps the sentencepiece model(s) for
+other runs on the same data and settings. Under torchrun rank 0 prepares, the others map.
 """
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""Corpora: reading parallel text (whole, or streamed in chunks), length filtering, token-based batching.
+"""Reading parallel text (whole, or streamed in chunks), length filtering, token-based batching.
 
-A batch carries the source with the end marker appended (the encoder reads
-``A B C _``), the decoder input that starts with the end marker (``_ x y``)
-and the decoder target that ends with it (``x y _``) -- docs/model.md §3.
+A batch carries the source with the end marker appended (``A B C _``), the decoder input that
+starts with it (``_ x y``) and the decoder target that ends with it (``x y _``): docs/model.md §3.
 """
 from __future__ import annotations
 
@@ -31,12 +30,9 @@ CHUNK = 50_000  # sentences read, encoded and filtered at a time: memory stays f
 
 
 def file_identity(path: Path) -> dict:
-    """What a file holds: its size, line count and full sha256, in one streaming pass.
-
-    A full hash, not a sample of the file: it runs at about 1.9 GB/s (0.7 s for a 5M-pair
-    corpus, a small part of a start) and sees any change, also one that keeps the size and
-    modification time (``cp -p``, ``rsync -t``, an edit in place); a copied or moved corpus
-    keeps its identity."""
+    """What a file holds: its size, line count and full sha256, in one streaming pass. A full
+    hash sees any change, also one that keeps the size and modification time (``cp -p``, an edit
+    in place); a copied or moved corpus keeps its identity."""
     digest = hashlib.sha256()
     lines = 0
     last = b"\n"
@@ -45,7 +41,8 @@ def file_identity(path: Path) -> dict:
             digest.update(block)
             lines += block.count(b"\n")
             last = block[-1:]
-    return {"size": path.stat().st_size, "lines": lines + (last != b"\n"), "sha256": digest.hexdigest()}
+    return {"size": path.stat().st_size, "lines": lines + (last != b"\n"),
+            "sha256": digest.hexdigest()}
 
 
 def _stat(path: Path) -> tuple:
@@ -156,25 +153,24 @@ def check_inputs(cfg: DataConfig) -> None:
 
 
 def absolute_paths(cfg: DataConfig) -> DataConfig:
-    """``cfg`` with its file paths made absolute (``~`` expanded, relative ones taken from the
-    current directory), so that a run directory's config works from any directory; hub
-    dataset names stay as they are."""
+    """``cfg`` with its file paths made absolute (``~`` expanded), so that a run directory's
+    config works from any directory; hub dataset names stay as they are."""
     absolute = lambda s: os.path.abspath(os.path.expanduser(s)) if s else s  # noqa: E731
     files = cfg.loader in ("text", *FILE_LOADERS)
     named = files or not Path(cfg.loader).is_dir()
     loader = cfg.loader if named else absolute(cfg.loader)  # a local dataset folder
     keys = ("train", "valid", "test")
     splits = {k: absolute(getattr(cfg, k)) for k in keys} if files else {}
-    given = [replace(e, **{k: absolute(getattr(e, k)) for k in keys}) if files else e for e in cfg.directions]
-    return replace(cfg, loader=loader, cache_dir=absolute(cfg.cache_dir), directions=given, **splits)
+    given = [replace(e, **{k: absolute(getattr(e, k)) for k in keys}) if files else e
+             for e in cfg.directions]
+    return replace(cfg, loader=loader, cache_dir=absolute(cfg.cache_dir), directions=given,
+                   **splits)
 
 
 def load_split(cfg: DataConfig, split: str, which: str = "split") -> tuple[list[str], list[str]]:
     """The (source, target) sentences of one (small: validation or test) split, as raw text.
-
-    ``split`` is a file prefix (loader "text"), a data file (json, csv,
-    parquet) or a split name of a hub / local dataset folder.
-    """
+    ``split``: a file prefix (loader "text"), a data file (json, csv, parquet) or a split name
+    of a hub / local dataset folder."""
     source = pair_source(cfg, split)
     src, tgt = (list(itertools.chain.from_iterable(source.side(k))) for k in (0, 1))
     if isinstance(source, TextPairs):
@@ -227,14 +223,13 @@ def length_filter(src_lens: np.ndarray, tgt_lens: np.ndarray, max_len: int,
     lopsided = np.maximum(src_lens, tgt_lens) > max_ratio * np.minimum(src_lens, tgt_lens)
     bad_ratio = ~empty & ~too_long & lopsided
     keep = ~(empty | too_long | bad_ratio)
-    return keep, {"kept": int(keep.sum()), "empty": int(empty.sum()), "too_long": int(too_long.sum()),
-                  "bad_ratio": int(bad_ratio.sum())}
+    return keep, {"kept": int(keep.sum()), "empty": int(empty.sum()),
+                  "too_long": int(too_long.sum()), "bad_ratio": int(bad_ratio.sum())}
 
 
 class Pieces:
-    """Sentences of piece ids in one flat array (``offsets`` and ``lengths`` index it), so that a
-    batch is padded with a few array operations instead of a Python loop over its sentences.
-    The arrays may be memory-mapped files (nmt.corpus)."""
+    """Sentences of piece ids in one flat array (``offsets`` and ``lengths`` index it; maybe
+    memory-mapped, nmt.corpus): a batch is padded with a few array operations, not a loop."""
 
     def __init__(self, flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
         self.flat = flat
@@ -266,21 +261,22 @@ class Batch:
     """Sentences as padded tensors: the source, and for training their targets (None when
     decoding)."""
     src: torch.Tensor  # [B, S] source ids + end marker, padded
-    src_lengths: np.ndarray  # [B] source lengths with the end marker, on the host (packing is planned there)
+    src_lengths: np.ndarray  # [B] with the end marker, on the host (packing is planned there)
     tgt_in: torch.Tensor | None = None  # [B, T] end marker + target ids, padded
     tgt_out: torch.Tensor | None = None  # [B, T] target ids + end marker, padded
-    positions: torch.Tensor | None = None  # [N] indices into tgt_out.view(-1) of the real target tokens
+    positions: torch.Tensor | None = None  # [N] indices into tgt_out.view(-1) of real tokens
     n_tokens: int = 0  # real target tokens (end markers included), known on the host
 
     def to(self, device: torch.device | str) -> "Batch":
-        """The batch on ``device``. To a GPU the copies come from pinned memory and
-        do not wait: the host goes on preparing work while they run."""
+        """The batch on ``device``; to a GPU from pinned memory, without waiting."""
         device = torch.device(device)
         if device.type != "cuda":
             return self
-        move = lambda t: None if t is None else t.pin_memory().to(device, non_blocking=True)  # noqa: E731
+        move = lambda t: (  # noqa: E731
+            None if t is None else t.pin_memory().to(device, non_blocking=True))
         return Batch(src=move(self.src), src_lengths=self.src_lengths, tgt_in=move(self.tgt_in),
-                     tgt_out=move(self.tgt_out), positions=move(self.positions), n_tokens=self.n_tokens)
+                     tgt_out=move(self.tgt_out), positions=move(self.positions),
+                     n_tokens=self.n_tokens)
 
 
 def with_end_marker(lengths: np.ndarray) -> np.ndarray:
@@ -308,8 +304,9 @@ def batch_of(src: Pieces | list[list[int]], tgt: Pieces | list[list[int]] | None
     tgt_out = tgt.padded(idx, end_first=False)
     positions = np.flatnonzero(tgt_out != PAD)
     return Batch(src=source, src_lengths=src_lengths,
-                 tgt_in=torch.from_numpy(tgt.padded(idx, end_first=True)), tgt_out=torch.from_numpy(tgt_out),
-                 positions=torch.from_numpy(positions), n_tokens=len(positions))
+                 tgt_in=torch.from_numpy(tgt.padded(idx, end_first=True)),
+                 tgt_out=torch.from_numpy(tgt_out), positions=torch.from_numpy(positions),
+                 n_tokens=len(positions))
 
 
 def length_batches(sizes: list[int], batch_size: int) -> list[list[int]]:
@@ -319,7 +316,8 @@ def length_batches(sizes: list[int], batch_size: int) -> list[list[int]]:
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def by_length(sizes: list[int], batch_size: int, work: Callable[[list[int]], Iterable[T]]) -> list[T]:
+def by_length(sizes: list[int], batch_size: int, work: Callable[[list[int]], Iterable[T]]
+              ) -> list[T]:
     """``work`` on the ``length_batches`` of ``sizes`` (it returns one result per position
     it is given), the results put back in input order."""
     results: list = [None] * len(sizes)
@@ -333,15 +331,11 @@ def epoch_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, batch_size: int, u
                   seed: int, epoch: int) -> list[np.ndarray]:
     """The batches of one epoch, as arrays of example indices.
 
-    Examples are sorted by length (ties broken at random) so a batch holds
-    sentences of similar length and little padding; the batch order is then
-    shuffled. Everything depends only on (seed, epoch), so a resumed run sees
-    exactly the batches it would have seen.
-
-    A batch takes examples in sorted order until one more would put it over
-    ``batch_size`` (sentences, or sentences x its longest side + 1 in tokens).
-    Each cut is found with array operations on the window that can hold the batch,
-    so an epoch costs one step per batch, not per example.
+    Examples are sorted by length (ties broken at random), so a batch has little padding; the
+    batch order is then shuffled. All depends only on (seed, epoch): a resumed run sees exactly
+    the batches it would have seen. A batch takes examples in sorted order until one more would
+    put it over ``batch_size`` (sentences, or sentences x its longest side + 1 in tokens); each
+    cut is found with array operations on the window that can hold the batch.
     """
     rng = np.random.default_rng([seed, epoch])
     order = np.lexsort((rng.random(len(src_lens)), tgt_lens, src_lens))
@@ -350,7 +344,7 @@ def epoch_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, batch_size: int, u
     start = 0
     while True:
         starts.append(start)
-        # No batch holds more than this many: even at its first example's length it would be over.
+        # No batch holds more: even at its first example's length it would be over.
         fits = batch_size // longest[start] + 1 if unit == "tokens" else batch_size + 1
         window = longest[start:start + max(fits, 2)]
         counts = np.arange(1, len(window) + 1)

@@ -1,15 +1,12 @@
 """Several translation directions in one model (``data.directions``; Johnson et al. 2017).
 
-Each entry of ``data.directions`` names a language pair and, optionally, its own files and a
-tag. All entries train one model with one vocabulary (trained on all their sentences); batches
-mix them. When the entries have more than one target language, every source sentence starts
-with the target-language tag piece ``<2xx>``, in training and in decoding (``target_lang``). An
-entry's ``tag`` (``<BT>`` for back-translated pairs, Caswell et al. 2019) goes before its
-training sources only. The tags are sentencepiece control symbols: no text can produce them, so
-an input that writes ``<2en>`` is read as text.
-
-A model without ``data.directions`` is the one direction ``data.src_lang -> data.tgt_lang``, and
-its sources carry no tag: every path below treats both alike.
+Each entry names a language pair and, optionally, its own files and a tag; all train one model
+with one vocabulary (trained on all their sentences), batches mixing them. With several target
+languages every source sentence starts with the tag piece ``<2xx>``, in training and decoding
+(``target_lang``). An entry's ``tag`` (``<BT>``: back-translated, Caswell et al. 2019) goes
+before its training sources only. Tags are sentencepiece control symbols: an input that writes
+``<2en>`` is read as text. Without ``data.directions`` the model is the one direction
+``data.src_lang -> data.tgt_lang``, untagged.
 """
 from __future__ import annotations
 
@@ -22,7 +19,8 @@ from nmt.errors import ConfigError
 def entries(data: DataConfig) -> list[Direction]:
     """The training entries, each with its files filled in from the data section's."""
     given = data.directions or [Direction(data.src_lang, data.tgt_lang)]
-    return [replace(e, train=e.train or data.train, valid=e.valid or data.valid, test=e.test or data.test)
+    return [replace(e, train=e.train or data.train, valid=e.valid or data.valid,
+                    test=e.test or data.test)
             for e in given]
 
 
@@ -31,7 +29,7 @@ def label(entry: Direction) -> str:
 
 
 def directions(data: DataConfig) -> list[Direction]:
-    """One entry per direction (the first entry of each), in order: what is validated and tested."""
+    """One entry per direction (the first of each), in order: what is validated and tested."""
     first: dict[str, Direction] = {}
     for entry in entries(data):
         first.setdefault(label(entry), entry)
@@ -47,7 +45,7 @@ def language_tag(lang: str) -> str:
 
 
 def control_symbols(data: DataConfig) -> list[str]:
-    """Every tag a source may start with: sentencepiece control symbols of the source vocabulary."""
+    """Every tag a source may start with: control symbols of the source vocabulary."""
     targets = target_languages(data)
     tags = [language_tag(lang) for lang in targets] if len(targets) > 1 else []
     return tags + list(dict.fromkeys(e.tag for e in entries(data) if e.tag))
@@ -61,8 +59,8 @@ def source_tags(data: DataConfig, entry: Direction, training: bool) -> list[str]
 
 def side_config(data: DataConfig, entry: Direction) -> DataConfig:
     """The data section as one direction's: its languages and files (what nmt.data reads)."""
-    return replace(data, src_lang=entry.src, tgt_lang=entry.tgt, train=entry.train, valid=entry.valid,
-                   test=entry.test, directions=[])
+    return replace(data, src_lang=entry.src, tgt_lang=entry.tgt, train=entry.train,
+                   valid=entry.valid, test=entry.test, directions=[])
 
 
 def for_target(data: DataConfig, target_lang: str, what: str = "target_lang") -> Direction:

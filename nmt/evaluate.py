@@ -75,13 +75,10 @@ def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "
              src_file: str | None = None, ref_file: str | None = None, checkpoint: str = "best",
              out_dir: str | Path | None = None, device: str = "cpu", int8: bool = False,
              ensemble: list[str] = (), backend: str = "torch", **decode_overrides) -> dict:
-    """Write a report on one or more systems: runs (translated here) and/or hypothesis files.
-
-    The test set is ``src_file``/``ref_file`` or the first run's ``data.<split>``.
-    Without an explicit ``out_dir`` a single run reports into
-    ``<run_dir>/reports/<set>-<checkpoint>-beam<k>``, a single file into ``<file>.report``.
-    A report on one run directory is recorded in its run.json (``nmt.rundir.RunFacts``).
-    """
+    """Write a report on one or more systems: runs (translated here) and/or hypothesis files,
+    on ``src_file``/``ref_file`` or the first run's ``data.<split>``. Without ``out_dir`` a
+    single run reports into ``<run_dir>/reports/<set>-<checkpoint>-beam<k>`` (recorded in its
+    run.json), a single file into ``<file>.report``."""
     if not run_dirs and not hyp_files:
         raise DataError("nothing to evaluate: give a run directory or a hypothesis file")
     if ensemble and len(run_dirs) != 1:

@@ -1,11 +1,10 @@
 """Model folders: a trained model as people share it, loaded with nothing executed.
 
-A model folder (``nmt-export RUN OUT``, ``Translator.save_pretrained``) holds
-``config.json`` (the model, data and decode settings decoding needs, and the
-vocabularies' fingerprints), ``model.safetensors`` (the decoding weights: plain
-tensors, no pickle), the sentencepiece model(s) and ``README.md``, a model card in
-the Hugging Face Hub's format. Loading one reads JSON, tensors and sentencepiece
-protobufs: no code in the folder runs. A loaded folder decodes exactly as the run.
+A model folder (``nmt-export RUN OUT``, ``Translator.save_pretrained``) holds ``config.json``
+(the settings decoding needs, the vocabularies' fingerprints), ``model.safetensors`` (the
+decoding weights: plain tensors, no pickle), the sentencepiece model(s) and ``README.md``, a
+model card in the Hugging Face Hub's format. Loading one runs no code from the folder, and the
+loaded model decodes exactly as the run.
 """
 from __future__ import annotations
 

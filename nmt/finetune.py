@@ -1,14 +1,11 @@
 """Fine-tuning: a new run that starts from a trained model (``train.init_from``).
 
 The source is a run directory (its best checkpoint), a checkpoint inside one, or a model
-folder (``nmt-export``). Its weights and its vocabulary come with it: the new run's
-sentencepiece model is the source's, so its prepared-corpus cache is encoded with it, never
-with a new one. The model must be the source's: every ``model.*`` option that shapes the
-weights must match (dropout may differ), and so must ``data.joint_vocab``. The optimizer,
-the learning-rate schedule and the step start fresh. The run's config records the source's
-path and the sha256 of its weights file (``train.init_sha256``; given beforehand, it pins
-the source: another file is refused). A resumed fine-tuning run resumes like any other,
-from its own checkpoint.
+folder (``nmt-export``). Its weights and its sentencepiece model(s) become the new run's (the
+corpus is encoded with them); every ``model.*`` option that shapes the weights must match, and
+so must ``data.joint_vocab``. The optimizer, schedule and step start fresh. The run's config
+records the source's path and its weights' sha256 (``train.init_sha256``; given beforehand, it
+pins the source). A fine-tuning run resumes like any other, from its own checkpoint.
 """
 from __future__ import annotations
 
@@ -53,19 +50,22 @@ def load_source(cfg: Config) -> Source:
     for spec in dataclasses.fields(ModelConfig):
         mine, theirs = getattr(cfg.model, spec.name), getattr(run.cfg.model, spec.name)
         if spec.name not in FREE and mine != theirs:
-            raise ConfigError(f"model.{spec.name}: {mine!r} in this config, {theirs!r} in {run.checkpoint}; "
-                              f"a fine-tuned model keeps the model of train.init_from (only "
+            raise ConfigError(f"model.{spec.name}: {mine!r} in this config, {theirs!r} in "
+                              f"{run.checkpoint}; a fine-tuned model keeps the model of "
+                              f"train.init_from (only "
                               f"{', '.join('model.' + name for name in FREE)} may differ)")
     if cfg.data.joint_vocab != run.cfg.data.joint_vocab:
         raise ConfigError(f"data.joint_vocab: {cfg.data.joint_vocab} in this config, "
-                          f"{run.cfg.data.joint_vocab} in {run.checkpoint}; fine-tuning keeps its vocabulary")
+                          f"{run.cfg.data.joint_vocab} in {run.checkpoint}; "
+                          "fine-tuning keeps its vocabulary")
     return Source(run, sha256)
 
 
 def take_vocabulary(source: Source, run_dir: Path, joint: bool) -> None:
     """The source's sentencepiece model(s) as the run's own."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for theirs, mine in zip((source.run.src_vocab, source.run.tgt_vocab), vocab_paths(run_dir, joint)):
+    for theirs, mine in zip((source.run.src_vocab, source.run.tgt_vocab),
+                            vocab_paths(run_dir, joint)):
         write_bytes(mine, theirs.model_bytes)
 
 
@@ -75,5 +75,5 @@ def take_weights(source: Source, model: torch.nn.Module, ema: torch.nn.Module | 
     for target in (model, ema):
         if target is not None:
             target.load_state_dict(state)
-    log.info(f"fine-tuning from {source.run.checkpoint} (sha256 {source.sha256[:12]}...): its weights and "
-             f"vocabulary; the optimizer, learning-rate schedule and step start fresh")
+    log.info(f"fine-tuning from {source.run.checkpoint} (sha256 {source.sha256[:12]}...): its "
+             f"weights and vocabulary; the optimizer, learning-rate schedule and step start fresh")

@@ -1,12 +1,10 @@
-"""The textbook's application (docs/model.md §7): forecasting sin(x) with the package's recurrent encoder.
+"""The textbook's application (docs/model.md §7): forecasting sin(x) with the recurrent encoder.
 
-sin(x) is sampled every ``interval`` over [0, max_x]; each example is a window
-of the previous ``window`` values and its target the next value. The model is
-``nmt.encoder.Encoder`` (deep, dropout between layers, any cell) read to the
-end of the window, and a linear layer on its last state. Training uses the
-first ``train_fraction`` of the curve; the rest, never seen, is the test:
-one-step-ahead (each window from true values) and free-running (each
-prediction fed back as the next input, as the translation decoder does).
+sin(x) is sampled every ``interval`` over [0, max_x]; an example is a window of ``window``
+values, its target the next value. The model is ``nmt.encoder.Encoder`` read to the end of the
+window and a linear layer on its last state. Training uses the first ``train_fraction`` of the
+curve; the unseen rest is the test: one step ahead (windows of true values) and free running
+(each prediction fed back as the next input, as the translation decoder does).
 """
 from __future__ import annotations
 
@@ -100,7 +98,8 @@ def check(cfg: SineConfig) -> SineConfig:
         bounds.check(key, getattr(cfg, key))
     points = int(cfg.max_x / cfg.interval) + 1
     if points > 10**7:
-        raise ConfigError(f"interval: max_x / interval gives {points:,} points, more than 10,000,000")
+        raise ConfigError(f"interval: max_x / interval gives {points:,} points, "
+                          "more than 10,000,000")
     if points * min(cfg.train_fraction, 1 - cfg.train_fraction) <= cfg.window:
         raise ConfigError(f"window: {cfg.window} values do not fit in the train or test stretch "
                           f"({points} points in all); raise max_x or lower window")
@@ -108,7 +107,8 @@ def check(cfg: SineConfig) -> SineConfig:
 
 
 def run_forecast(cfg: SineConfig, out_dir: str | Path | None = None) -> dict:
-    """Train, evaluate on the unseen stretch, and (with ``out_dir``) write forecast.png and forecast.json."""
+    """Train, evaluate on the unseen stretch, and (with ``out_dir``) write forecast.png and
+    forecast.json."""
     check(cfg)
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
@@ -164,11 +164,13 @@ def plot_forecast(x, y, split, one_x, one_step, free_x, free, result) -> bytes:
     axis.axvline(x[split], color="gray", linestyle=":", label="train | test")
     axis.plot(one_x, one_step, color="tab:blue", linestyle="--",
               label=f"one step ahead (MSE {result['one_step_mse']:.2e})")
-    axis.plot(free_x, free, color="tab:red", label=f"free running (MSE {result['free_run_mse']:.2e})")
+    axis.plot(free_x, free, color="tab:red",
+              label=f"free running (MSE {result['free_run_mse']:.2e})")
     axis.set_xlim(x[split] - 15 * math.pi / 4, x[-1])
     axis.set_xlabel("x")
     axis.legend(loc="lower left", fontsize=8)
-    axis.set_title(f"{result['config']['layers']}-layer {result['config']['cell'].upper()} forecasting sin(x)")
+    axis.set_title(f"{result['config']['layers']}-layer {result['config']['cell'].upper()} "
+                   "forecasting sin(x)")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)

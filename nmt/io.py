@@ -1,21 +1,18 @@
 """Files: outputs written the way a careful Unix tool writes them, and strict UTF-8 reading.
 
-Every file nmt writes (translations, checkpoints, configs, sentencepiece
-models, reports) goes through ``write_file``:
+Every file nmt writes goes through ``write_file``:
 
-- a regular file, new or existing, named directly or through a symbolic link
-  (the link's target is written), is written to a temporary file beside it,
-  flushed to disk and renamed over it: readers see the old file or the new
-  one, never a partial one, and a failure leaves the old one as it was;
-- a new file gets the usual mode (0666 minus the umask); an existing one keeps
-  its mode (and, where the user may, its owner and group);
-- anything else (a terminal, ``/dev/null``, a FIFO) is written to directly:
-  renaming over it would replace the device node or the pipe with a regular file;
-- ``-``, ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N`` write to the open
-  file descriptor, where the shell put it (``>>`` still appends).
+- a regular file, new or existing, named directly or through a symbolic link (the target is
+  written), is written to a temporary file beside it, flushed to disk and renamed over it:
+  readers see the old file or the new one, and a failure leaves the old one as it was;
+- a new file gets mode 0666 minus the umask; an existing one keeps its mode (and, where the
+  user may, its owner and group);
+- anything else (a terminal, ``/dev/null``, a FIFO) is written to directly: renaming over it
+  would replace the device node or the pipe with a regular file;
+- ``-``, ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N`` write to the open file
+  descriptor, where the shell put it (``>>`` still appends).
 
-A folder of files (a prepared corpus, a model folder) is written by ``building_folder``
-under a temporary name and renamed when complete.
+A folder of files is written by ``building_folder`` under a temporary name and renamed whole.
 """
 from __future__ import annotations
 
@@ -200,10 +197,8 @@ def refuse_output_that_is_an_input(output: str | Path | None, inputs: Iterable[s
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """Lines of a UTF-8 text file without their line endings.
-
-    Raises DataError naming the file (and the line, for bad UTF-8).
-    """
+    """Lines of a UTF-8 text file without their line endings; DataError naming the file (and
+    the line, for bad UTF-8)."""
     with open_input(path) as f:
         return decode_lines(f.read(), str(path))
 

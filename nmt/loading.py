@@ -75,8 +75,10 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Loade
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: not readable as JSON ({type(err).__name__})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version") != VERSION:
-        raise CheckpointError(f"{path}: not an nmt model folder's config (format {FORMAT}, version {VERSION})")
+    if not isinstance(record, dict) or record.get("format") != FORMAT or \
+            record.get("version") != VERSION:
+        raise CheckpointError(f"{path}: not an nmt model folder's config (format {FORMAT}, "
+                              f"version {VERSION})")
     try:
         cfg = config_from_dict(record["config"], where=f"{path}: ")
         step = int(record["step"])
@@ -90,7 +92,7 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Loade
     model = Seq2Seq(cfg.model, len(src_vocab), len(tgt_vocab))
     try:
         load_model(model, folder / WEIGHTS, strict=True)
-    except Exception as err:  # safetensors raises its own errors, RuntimeError for wrong keys or shapes
+    except Exception as err:  # safetensors' own errors; RuntimeError for wrong keys or shapes
         reason = str(err).splitlines()[0][:200]
         raise CheckpointError(f"{folder / WEIGHTS}: not this model's weights ({reason})") from None
     return LoadedRun(cfg, model.to(device).eval(), src_vocab, tgt_vocab, folder / WEIGHTS, step)

@@ -1,11 +1,9 @@
 """Evaluation reports: a folder with report.md, a self-contained report.html, report.json and PNGs.
 
-For one or more systems' outputs on one test set: sacreBLEU BLEU, chrF and
-TER with signatures; learning curves from the run's ``metrics.jsonl``; BLEU
-and chrF by source-length bucket; attention heatmaps from the model's own
-attention weights; the best, worst and a random sample of sentences by
-sentence chrF; with several systems, paired bootstrap resampling
-(sacreBLEU's implementation) against the first system.
+For one or more systems' outputs on one test set: sacreBLEU BLEU, chrF and TER with
+signatures; learning curves (``metrics.jsonl``); BLEU and chrF by source-length bucket;
+attention heatmaps; the best, worst and a random sample of sentences by sentence chrF; with
+several systems, sacreBLEU's paired bootstrap resampling against the first.
 """
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """A run directory's paths and its metrics file (no torch: reports and tools read them cheaply).
 
-A run directory holds ``config.yaml`` (the resolved config), the sentencepiece
-model(s) (named by ``nmt.vocab.vocab_paths``), ``checkpoints/{last,best}.pt`` (and
-``step-N.pt``, ``averaged.pt``), ``train.log``, ``metrics.jsonl``, ``run.json``,
-``tensorboard/``, ``cache/`` and ``reports/``.
+A run directory holds ``config.yaml`` (the resolved config), the sentencepiece model(s)
+(``nmt.vocab.vocab_paths``), ``checkpoints/{last,best,step-N,averaged}.pt``, ``train.log``,
+``metrics.jsonl``, ``run.json``, ``tensorboard/``, ``cache/`` and ``reports/``.
 """
 from __future__ import annotations
 
@@ -124,13 +123,12 @@ class MetricsFile:
 
 @dataclass(frozen=True)
 class RunFacts:
-    """run.json: what export and reports say about a run, so that no log is scraped.
-
-    Training writes ``hardware`` (the device, and processes under torchrun), ``torch`` (its
-    version), ``steps``, ``train_minutes`` and ``stopped`` (why it stopped) at each checkpoint;
-    nmt-evaluate appends each report folder it writes to ``reports``, with ``set``,
-    ``checkpoint`` (its name), ``step``, ``beam_size``, ``int8`` and ``ensemble`` (the members
-    added). A run made before run.json existed has none of these: ``read`` gives {}."""
+    """run.json: what export and reports say about a run, so that no log is scraped. Training
+    writes ``hardware`` (device, and processes under torchrun), ``torch`` (its version),
+    ``steps``, ``train_minutes`` and ``stopped`` (why) at each checkpoint; nmt-evaluate appends
+    each report folder it writes to ``reports``, with ``set``, ``checkpoint`` (its name),
+    ``step``, ``beam_size``, ``int8`` and ``ensemble`` (the members added). A run older than
+    run.json has none: ``read`` gives {}."""
     path: Path
     TRAINING: ClassVar[tuple[str, ...]] = ("hardware", "torch", "steps", "train_minutes")
 

@@ -256,7 +256,7 @@ def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig,
     sentences, source = src.shape
     max_lens = max_output_lengths(batch.src_lengths, decode.max_length_ratio, decode.max_length)
     # Rows a*width .. a*width+width-1 of the state are the beams of sentence alive[a]; the
-    # memory keeps one row per sentence, shared by its beams (see Attention.forward). All
+    # memory keeps one row per sentence, shared by its beams (see nmt.core.attend). All
     # beams start identical, so the first step runs one row per sentence (width 1), then k.
     width = 1
     alive = torch.arange(sentences, device=src.device)  # [A] sentence of each memory row

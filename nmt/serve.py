@@ -1,12 +1,10 @@
 """``nmt-serve``: translations over HTTP (aiohttp), requests decoded together in batches.
 
-``POST /translate``, ``GET /health``, ``GET /info`` and a page at ``GET /``, as the README's
-"Serving translations over HTTP" documents them. ``Parser`` turns a body into a checked ``Job``
-or a ``BadRequest`` (every cap on what one request may cost is checked there, before it
-queues); ``Scheduler`` (pure: the caller passes the clock's ``now``) holds the waiting jobs and
-says which slices of them to decode next; ``Server`` is the handlers and the loop that decodes
-those slices in the model's thread. A sentence's translation does not depend on its batch, bit
-for bit (``nmt.invariant``), so every request gets exactly what it would get alone.
+The endpoints are the README's ("Serving translations over HTTP"). ``Parser`` turns a body
+into a checked ``Job`` or a ``BadRequest`` (every cap on a request's cost, before it queues);
+``Scheduler`` holds the waiting jobs and says which slices to decode next; ``Server`` is the
+handlers and the loop that decodes those slices in the model's thread. A translation does not
+depend on its batch (``nmt.invariant``): every request gets exactly what it would get alone.
 """
 from __future__ import annotations
 
@@ -109,13 +107,11 @@ class Round(NamedTuple):
 
 class Scheduler:
     """The jobs waiting to be decoded, in the order they are served; pure: the caller passes
-    the clock's ``now`` and decodes what ``take`` returns.
-
-    Each round shares ``batch_sentences`` among the waiting jobs with the options of the one
-    served least recently: an equal share each first, then what is left over in turn. The jobs
-    served go to the back (round robin), so a large job is decoded a slice at a time beside small
-    ones. Before each round a job whose client is gone or whose deadline has passed is dropped.
-    At most ``max_queued`` sentences wait."""
+    the clock's ``now`` and decodes what ``take`` returns. Each round shares ``batch_sentences``
+    among the waiting jobs with the options of the one served least recently: an equal share
+    each, then what is left over in turn; served jobs go to the back (round robin), so a large
+    job is decoded a slice at a time beside small ones. Before each round a job whose client is
+    gone or whose deadline has passed is dropped. At most ``max_queued`` sentences wait."""
 
     def __init__(self, batch_sentences: int, max_queued: int, timeout_s: float):
         self.batch_sentences, self.max_queued = batch_sentences, max_queued

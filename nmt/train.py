@@ -1,21 +1,15 @@
 """Training: ``train()``, the loop, read top to bottom; ``Trainer``, its steps and checkpoints.
 
-Resuming from ``checkpoints/last.pt`` restores the model, the optimizer, the step, the
-learning-rate state, the RNG state and the position in the data (epoch and batch), so a
-resumed run computes exactly what an uninterrupted one would have. The schedule
-(``nmt.schedule``) decides the learning rate and early stopping; ``nmt.checkpoint`` saves,
-checks and restores.
+A resume from ``checkpoints/last.pt`` restores the model, optimizer, step, schedule, RNG
+state and position in the data, so it computes exactly what an uninterrupted run would
+(``nmt.checkpoint``). A step never waits for the device: batches are padded on the host and
+copied from pinned memory without blocking; the loss reaches the host only when logged.
 
-A step never waits for the device: batches are padded on the host (their token counts are
-known there) and copied from pinned memory without blocking; the loss stays on the device
-and reaches the host only when it is logged.
-
-Launched by ``torchrun`` the same loop runs data-parallel (DDP; NCCL on GPUs, gloo on
-CPUs). One step consumes ``world_size x train.accumulate`` consecutive batches of the
-epoch's list: rank r trains on batches r, r + W, ... of them, and the loss is normalised by
-the tokens of all of them, so the update equals a single process's with
-``train.accumulate = W x accumulate``. Only rank 0 validates and writes checkpoints, logs
-and reports. The methods named ``all_ranks_...`` are collective (``nmt.collectives``).
+Under ``torchrun`` the loop runs data-parallel (DDP). One step consumes ``world_size x
+train.accumulate`` consecutive batches of the epoch's list, rank r batches r, r + W, ..., the
+loss normalised by the tokens of all of them: the update equals one process's with
+``train.accumulate = W x accumulate``. Only rank 0 validates and writes checkpoints, logs and
+reports. The methods named ``all_ranks_...`` are collective (``nmt.collectives``).
 """
 from __future__ import annotations
 
@@ -256,10 +250,10 @@ def summarize(trainer: Trainer, interrupted: bool) -> TrainSummary:
 # ----------------------------------------------------------------------------- setting up
 
 def _open_run(cfg: Config, run: RunDir, resume: bool) -> tuple[Config, Source | None]:
-    """Refuse a resume without a run, or a new run over one, or missing data files, or a
-    fine-tuning source that does not match; then the run's config (its paths absolute, so
-    that --resume works from anywhere, and a new fine-tuning run's source recorded) and the
-    source to fine-tune from (nmt.finetune), whose vocabulary is now the run's."""
+    """Refuse a resume without a run, a new run over one, missing data files or a fine-tuning
+    source that does not match; then the run's config (its paths absolute, a new fine-tuning
+    run's source recorded) and the source to fine-tune from (nmt.finetune), whose vocabulary
+    is now the run's."""
     cfg = replace(cfg, data=absolute_paths(cfg.data))
     if resume and not run.last.is_file():
         raise CheckpointError(f"{run.last}: no checkpoint to resume from")
@@ -525,9 +519,8 @@ def open_tensorboard(folder: Path, step: int):
     points of the steps a resumed run trains again)."""
     from torch.utils.tensorboard import SummaryWriter  # imported late: slow to import
 
-    # TensorBoard reads a run's event files in name order, and a name starts with the second
-    # it was made in: a file made in the same second as the previous one (a quick resume) could
-    # sort before it, and its points would be taken for older ones and dropped.
+    # TensorBoard reads event files in name order, and a name starts with the second it was
+    # made in: a file made in the previous one's second (a quick resume) could sort before it.
     seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
                if p.name.split(".")[3].isdigit()]
     while seconds and time.time() < max(seconds) + 1:
