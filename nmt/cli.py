@@ -12,9 +12,12 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from nmt.errors import NmtError
+
+if TYPE_CHECKING:  # the config module is imported where a command needs it (start-up time)
+    from nmt.config import Config
 
 
 def _run(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
@@ -113,32 +116,55 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _train_config(args: argparse.Namespace) -> tuple[Path, Config]:
+    """The run directory and the resolved config of nmt-train's arguments."""
+    from nmt.config import load_config
+    from nmt.directions import directions
+    from nmt.rundir import RunDir
+
+    if args.run_dir is None and args.config is None:
+        raise NmtError("give a config file, or --run-dir with --resume")
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    config = args.config
+    if config is None:
+        if not args.resume:
+            raise NmtError("give a config file (or --resume to continue a run)")
+        config = RunDir(run_dir).config
+        if not config.is_file():
+            raise NmtError(f"{config}: not found; is {run_dir} a run directory?")
+    cfg = load_config(config, args.set + ([f"train.init_from={args.init_from}"]
+                                          if args.init_from else []))
+    # found now, not after training
+    if not args.no_test and cfg.decode.samples and any(d.test for d in directions(cfg.data)):
+        raise NmtError("decode.samples: the final test scores search output; set it to 0 "
+                       "(or pass --no-test)")
+    return run_dir, cfg
+
+
+def _print_test_scores(cfg: Config, run_dir: Path) -> None:
+    """Score data.test (one test set per target language) and say where the reports are."""
+    from nmt.device import pick_device
+    from nmt.directions import directions, label, target_languages
+    from nmt.evaluate import evaluate, format_scores
+
+    tested = {d.tgt: d for d in directions(cfg.data) if d.test}
+    for direction in tested.values():
+        several = len(target_languages(cfg.data)) > 1
+        report = evaluate([run_dir], split="test", device=str(pick_device(cfg.train.device)),
+                          target_lang=direction.tgt if several else None)
+        print(f"test set{f' {label(direction)}' if cfg.data.directions else ''} "
+              f"({report['sentences']} sentences, beam {cfg.decode.beam_size}):")
+        print(format_scores(report))
+        print(f"report: {report['report_dir']}/report.html (and report.md, report.json)")
+
+
 def train_main(argv: list[str] | None = None) -> int:
     def main(args):
-        from nmt.rundir import RunDir
-        from nmt.config import load_config
-        from nmt.device import pick_device
-        from nmt.directions import directions, label, target_languages
-        from nmt.evaluate import evaluate, format_scores
         from nmt.io import describe_os_error
+        from nmt.rundir import RunDir
         from nmt.train import train
 
-        if args.run_dir is None and args.config is None:
-            raise NmtError("give a config file, or --run-dir with --resume")
-        run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
-        config = args.config
-        if config is None:
-            if not args.resume:
-                raise NmtError("give a config file (or --resume to continue a run)")
-            config = RunDir(run_dir).config
-            if not config.is_file():
-                raise NmtError(f"{config}: not found; is {run_dir} a run directory?")
-        cfg = load_config(config, args.set + ([f"train.init_from={args.init_from}"]
-                                              if args.init_from else []))
-        # found now, not after training
-        if not args.no_test and cfg.decode.samples and any(d.test for d in directions(cfg.data)):
-            raise NmtError("decode.samples: the final test scores search output; set it to 0 "
-                           "(or pass --no-test)")
+        run_dir, cfg = _train_config(args)
         try:
             summary = train(cfg, run_dir, resume=args.resume)
         except OSError as err:  # disk full, permissions, a vanished file: say how to go on
@@ -156,15 +182,8 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"\ntrained {summary.steps} steps in {summary.train_seconds:.0f} s; {best}"
               f"{' (stopped early)' if summary.stopped_early else ''}")
         print(f"run directory: {run_dir}")
-        tested = {d.tgt: d for d in directions(cfg.data) if d.test}  # one per target language
-        for direction in tested.values() if not args.no_test else ():
-            several = len(target_languages(cfg.data)) > 1
-            report = evaluate([run_dir], split="test", device=str(pick_device(cfg.train.device)),
-                              target_lang=direction.tgt if several else None)
-            print(f"test set{f' {label(direction)}' if cfg.data.directions else ''} "
-                  f"({report['sentences']} sentences, beam {cfg.decode.beam_size}):")
-            print(format_scores(report))
-            print(f"report: {report['report_dir']}/report.html (and report.md, report.json)")
+        if not args.no_test:
+            _print_test_scores(cfg, run_dir)
         return 0
 
     return _run("nmt-train", main, train_parser(), argv)
@@ -349,6 +368,8 @@ def average_main(argv: list[str] | None = None) -> int:
 
 
 def serve_main(argv: list[str] | None = None) -> int:
+    from dataclasses import fields
+
     from nmt.serve import Limits
 
     p = argparse.ArgumentParser(prog="nmt-serve", description="Serve a run over HTTP: POST "
@@ -361,14 +382,15 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="best",
                    help="best, last, averaged, step-N or a checkpoint path")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    for name, value in vars(Limits()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
-                       help=f"(default {value})")
+    for limit in fields(Limits):
+        p.add_argument(f"--{limit.name.replace('_', '-')}", type=type(limit.default),
+                       default=limit.default, help=f"{limit.metadata['help']} (default "
+                       f"{limit.default})")
 
     def main(args):
         from nmt.serve import serve
 
-        limits = Limits(**{name: getattr(args, name) for name in vars(Limits())})
+        limits = Limits(**{limit.name: getattr(args, limit.name) for limit in fields(Limits)})
         serve(args.run_dir, args.host, args.port, args.checkpoint, args.device, limits)
         return 0
 

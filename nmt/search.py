@@ -245,30 +245,24 @@ def _one_per_sentence(model: DecodableModel, batch: Batch, decode: DecodeConfig,
 def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig,
                 never: tuple[int, ...] = (), keep_attention: bool = False,
                 steer: Steering | None = None) -> list[list[Hypothesis]]:
-    """Each sentence's ``decode.n_best`` best of ``decode.beam_size`` beams. Beams rank by summed
-    log-probability, finished hypotheses by ``normalised_score`` (ties: in the order they
-    finished). A sentence is done when k hypotheses have ended (an end marker among the top k
-    candidates ends one) or at its maximum length. With k 1 this is exactly greedy search."""
-    k = decode.beam_size
-    rules = Rules(decode, never)
-    src = batch.src
+    """Each sentence's ``decode.n_best`` best of ``decode.beam_size`` (k) beams. Beams rank by
+    summed log-probability, finished hypotheses by ``normalised_score`` (ties: in the order they
+    finished); a sentence is done when k have ended or at its maximum length. k 1 is greedy."""
+    k, rules, src = decode.beam_size, Rules(decode, never), batch.src
     memory, state = model.encode(src, batch.src_lengths)
     sentences, source = src.shape
     max_lens = max_output_lengths(batch.src_lengths, decode.max_length_ratio, decode.max_length)
-    # Rows a*width .. a*width+width-1 of the state are the beams of sentence alive[a]; the
-    # memory keeps one row per sentence, shared by its beams (see nmt.core.attend). All
-    # beams start identical, so the first step runs one row per sentence (width 1), then k.
+    # State rows a*width .. a*width+width-1 are sentence alive[a]'s beams, sharing its memory row
+    # (nmt.core.attend). The beams start identical: one row per sentence (width 1), then k.
     width = 1
     alive = torch.arange(sentences, device=src.device)  # [A] sentence of each memory row
     limit = torch.tensor(max_lens, device=src.device)  # [A] its maximum output length
     done = torch.zeros_like(alive)  # [A] its finished hypotheses so far
     scores = torch.zeros((sentences, width), device=src.device)  # [A, width] summed log-probs
-    path = Backpointers()
-    finished = _Finished(sentences, k, src)
+    path, finished, steered = Backpointers(), _Finished(sentences, k, src), _Steered(steer)
     rank = torch.arange(2 * k, device=src.device)
     prev = src.new_full((sentences,), END)
     history = src.new_zeros((sentences, 0))  # [R, t] each row's pieces, if the rules need them
-    steered = _Steered(steer)
     for t in range(max(max_lens)):
         logp, state, weights = model.decode_step(prev, state, memory)
         path.attention.append(weights if keep_attention else None)
@@ -285,21 +279,24 @@ def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig,
         # its 2k best hold at most one end marker per beam (width <= k), so at least k go on.
         pick = (rank + 2 * k * stops).argsort(dim=1)[:, :k]  # [A, k]
         if len(decoding) < len(alive):  # finished sentences leave the batch
-            memory = memory.select(decoding)
-            alive, limit, done, pick, rows, tokens, top_scores = (
-                x[decoding] for x in (alive, limit, done, pick, rows, tokens, top_scores))
-            steered.keep(decoding)
-        index = rows.gather(1, pick).view(-1)  # [A * k]
-        prev = tokens.gather(1, pick).view(-1)
-        scores = top_scores.gather(1, pick)
+            memory, alive, limit, done, pick, rows, tokens, top_scores = _keep(
+                decoding, steered, memory, alive, limit, done, pick, rows, tokens, top_scores)
+        index, prev, scores = (x.gather(1, pick) for x in (rows, tokens, top_scores))
+        index, prev = index.view(-1), prev.view(-1)  # [A * k]
         state = state.select(index)
         steered.follow(pick)
         if rules.needs_history:
             history = torch.cat([history[index], prev[:, None]], 1)
-        path.pieces.append(prev)
-        path.back.append(index)
+        path.extend(prev, index)
         width = k
     return finished.hypotheses(path, source, decode)
+
+
+def _keep(decoding: torch.Tensor, steered: _Steered, memory, *per_sentence: torch.Tensor):
+    """Beam search's memory and per-sentence tensors [A, ...] for the sentences still
+    ``decoding`` [A'] (indices of rows of A); the steering follows."""
+    steered.keep(decoding)
+    return (memory.select(decoding), *(x[decoding] for x in per_sentence))
 
 
 class _Steered:
@@ -437,6 +434,11 @@ class Backpointers:
         self.pieces: list[torch.Tensor] = []
         self.back: list[torch.Tensor] = []
         self.attention: list[torch.Tensor | None] = []
+
+    def extend(self, pieces: torch.Tensor, back: torch.Tensor) -> None:
+        """The next step's rows: each the piece it emitted and the row it extends."""
+        self.pieces.append(pieces)
+        self.back.append(back)
 
     def trace(self, steps: torch.Tensor, rows: torch.Tensor, last: torch.Tensor, source: int
               ) -> tuple[torch.Tensor, torch.Tensor | None]:

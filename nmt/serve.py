@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -23,7 +23,7 @@ except ImportError:  # an optional extra: pip install 'nmt[serve]'
     web = None
 
 from nmt import markup
-from nmt.config import check_range, decode_fields
+from nmt.config import Range, decode_fields, option
 from nmt.data import with_end_marker
 from nmt.directions import directions, label
 from nmt.errors import ConfigError, NmtError
@@ -33,26 +33,36 @@ from nmt.translate import Prepared, Translator, checked_sentences
 OPTIONS = tuple(option.name for option in decode_fields("served"))  # batch_size is the server's
 STEERING = ("constraints", "prefix")  # per sentence: Translator.hypotheses' keywords
 PAGE = Path(__file__).with_name("serve_page.html")
+COUNTS, AMOUNTS = Range(1, 1 << 30), Range(0.0, 60_000.0)  # AMOUNTS: ms, s and a ratio
 
 
 @dataclass
 class Limits:
-    max_body_bytes: int = 1 << 20  # a request's JSON (413 beyond)
-    max_sentences: int = 1000  # sentences in one request (413 beyond)
-    max_chars: int = 2000  # characters in one sentence (413 beyond)
-    max_batch_sentences: int = 256  # sentences decoded together, from all requests
-    batch_wait_ms: float = 5.0  # how long a batch waits for more requests
-    max_output_pieces: int = 512  # the longest output, also the default (400 beyond)
-    max_length_ratio_cap: float = 4.0  # the largest max_length_ratio a request may ask (400 beyond)
-    max_attention_mb: int = 256  # what "attention": true may keep for one request (413 beyond)
-    max_queued_sentences: int = 10_000  # waiting to be decoded (503 with Retry-After beyond)
-    max_constraint_pieces: int = 64  # target pieces of one sentence's constraints (400 beyond)
-    request_timeout_s: float = 60.0  # a request not translated by then gets a 504
+    """What one request and the whole server may cost; each is an ``nmt-serve`` flag."""
+    max_body_bytes: int = option(1 << 20, "a request's JSON (413 beyond)", bounds=COUNTS)
+    max_sentences: int = option(1000, "sentences in one request (413 beyond)", bounds=COUNTS)
+    max_chars: int = option(2000, "characters in one sentence (413 beyond)", bounds=COUNTS)
+    max_batch_sentences: int = option(256, "sentences decoded together, from all requests",
+                                      bounds=COUNTS)
+    batch_wait_ms: float = option(5.0, "how long a batch waits for more requests",
+                                  bounds=AMOUNTS)
+    max_output_pieces: int = option(512, "the longest output, also the default (400 beyond)",
+                                    bounds=COUNTS)
+    max_length_ratio_cap: float = option(4.0, "the largest max_length_ratio a request may ask "
+                                         "(400 beyond)", bounds=AMOUNTS)
+    max_attention_mb: int = option(256, 'what "attention": true may keep for one request '
+                                   "(413 beyond)", bounds=COUNTS)
+    max_queued_sentences: int = option(10_000, "waiting to be decoded (503 with Retry-After "
+                                       "beyond)", bounds=COUNTS)
+    max_constraint_pieces: int = option(64, "target pieces of one sentence's constraints "
+                                        "(400 beyond)", bounds=COUNTS)
+    request_timeout_s: float = option(60.0, "a request not translated by then gets a 504",
+                                      bounds=AMOUNTS)
 
     def __post_init__(self):
-        for name, value in vars(self).items():
-            check_range(f"--{name.replace('_', '-')}", value,
-                        (1, 1 << 30) if isinstance(value, int) else (0.0, 60_000.0))
+        for limit in fields(self):
+            limit.metadata["range"].check(f"--{limit.name.replace('_', '-')}",
+                                          getattr(self, limit.name))
 
 
 class Refusal(Exception):
