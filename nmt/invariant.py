@@ -9,9 +9,10 @@ order set by that sentence alone. On the CPU (MKL and ATen), the leaks and how e
   and with few rows (below 2 to 256, growing with the inner width and the threads) it
   sums each row in another order. ``linear`` therefore forms ``weight @ x.T``: the
   weight's rows are the product's rows (their number is fixed by the model), a
-  sentence's input is a column (at least 2 columns: one would be a matrix-vector
-  product), and inner widths over ``K_BLOCK`` are summed a block at a time, in order
-  (MKL splits a wide one across threads for few columns); see docs/BENCHMARKS.md.
+  sentence's input is a column (at least ``MIN_COLUMNS``: MKL has other kernels for
+  fewer, one column being a matrix-vector product), and inner widths over ``K_BLOCK``
+  are summed a block at a time, in order (MKL splits a wide one across threads for few
+  columns); see docs/BENCHMARKS.md and benchmarks/product_kernels.py.
 - ``torch.sigmoid`` computes a tensor's vectorized part and its remainder by
   different formulas, so an element's value depends on where it falls in the tensor
   (and where threads split it); ``sigmoid`` uses exp, add and divide, which agree.
@@ -43,7 +44,7 @@ from nmt.encoder import packing
 CHUNK_FLOATS = 1 << 20  # attention's products, a few sentences at a time (4 MB: in cache)
 ROW_BLOCK = 4  # CUDA graphs are captured for sentence counts in multiples of this
 K_BLOCK = 512  # inner widths up to this are one product; MKL splits wider ones across threads
-MIN_COLUMNS = 2  # one column would be a matrix-vector product, summed in another order
+MIN_COLUMNS = 16  # MKL sums fewer columns in other orders (below 2 on a Xeon, 12 on an EPYC)
 MIN_OUTPUTS = 16  # fewer weight rows are padded: MKL sums a product with very few otherwise
 
 
