@@ -5,14 +5,15 @@ any batch and at any position of it. Floating-point sums are not associative, so
 promise holds only where every sum a sentence's result comes from is formed in an
 order set by that sentence alone. On the CPU (MKL and ATen), the leaks and how each is closed:
 
-- A matrix product's rows are not computed alike: MKL picks its kernel by the shapes,
-  and with few rows (below 2 to 256, growing with the inner width and the threads) it
-  sums each row in another order. ``linear`` therefore forms ``weight @ x.T``: the
-  weight's rows are the product's rows (their number is fixed by the model), a
-  sentence's input is a column (at least ``MIN_COLUMNS``: MKL has other kernels for
-  fewer, one column being a matrix-vector product), and inner widths over ``K_BLOCK``
-  are summed a block at a time, in order (MKL splits a wide one across threads for few
-  columns); see docs/BENCHMARKS.md and benchmarks/product_kernels.py.
+- A matrix product's rows are not computed alike: MKL picks its kernel by the shapes
+  (rows, columns, threads) and its kernels sum in different orders. ``linear`` runs
+  ``nmt/fixed_order.c`` instead, compiled on first use: each output is summed in one
+  order set by the inner width alone, for any number of rows, in any tile, on any
+  thread, and a lone sentence costs a matrix-vector product. Where it cannot run (a GPU,
+  no AVX2, no C compiler) ``padded_linear`` forms ``weight @ x.T`` by MKL: a sentence
+  is a column, at least ``MIN_COLUMNS`` of them (MKL has other kernels for fewer), inner
+  widths over ``K_BLOCK`` a block at a time; see docs/BENCHMARKS.md and
+  benchmarks/product_kernels.py.
 - ``torch.sigmoid`` computes a tensor's vectorized part and its remainder by
   different formulas, so an element's value depends on where it falls in the tensor
   (and where threads split it); ``sigmoid`` uses exp, add and divide, which agree.
@@ -32,6 +33,15 @@ it makes no such promise.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import hashlib
+import os
+import shlex
+import subprocess
+import sysconfig
+import warnings
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -50,7 +60,64 @@ MIN_OUTPUTS = 16  # fewer weight rows are padded: MKL sums a product with very f
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with each row of x [..., in] summed in an order set by
-    the weight's shape alone: ``weight [out, in] @ x.T`` a ``K_BLOCK`` of ``in`` at a time."""
+    ``in`` alone (``nmt/fixed_order.c``); ``padded_linear`` where that kernel cannot run."""
+    lib = kernel() if x.device.type == "cpu" else None
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if (lib is None or any(t.dtype != torch.float32 for t in tensors)
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
+        return padded_linear(x, weight, bias)
+    flat, weight = x.reshape(-1, x.size(-1)).contiguous(), weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    out = flat.new_empty(flat.size(0), weight.size(0))
+    lib.nmt_fixed_linear(flat.data_ptr(), flat.size(0), flat.size(1), weight.data_ptr(),
+                         weight.size(0), None if bias is None else bias.data_ptr(),
+                         out.data_ptr(), torch.get_num_threads())
+    return out.view(*x.shape[:-1], weight.size(0))
+
+
+@functools.cache
+def kernel() -> ctypes.CDLL | None:
+    """``nmt/fixed_order.c`` compiled once per source and compiler into the user's cache
+    (``$XDG_CACHE_HOME/nmt``); None, with a warning, on a CPU without AVX2 and FMA or where
+    it cannot be built. ``NMT_FIXED_ORDER=0`` turns it off (MKL's padded products)."""
+    if os.environ.get("NMT_FIXED_ORDER", "1") == "0":
+        return None
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return None
+    source = Path(__file__).with_name("fixed_order.c")
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    flags = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
+    key = hashlib.sha256(source.read_bytes() + " ".join(compiler + flags).encode())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nmt"
+    target = cache / f"fixed_order-{key.hexdigest()[:16]}.so"
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # builders race safely
+    try:
+        if not target.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            subprocess.run(compiler + flags + [str(source), "-o", str(partial)], check=True,
+                           capture_output=True, timeout=300)
+            os.replace(partial, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        warnings.warn(f"nmt: the fixed-order kernel could not be built ({e} "
+                      f"{detail.decode(errors='replace').strip()[:200]}); decoding uses MKL's "
+                      "padded products, slower for a few sentences", stacklevel=2)
+        return None
+    finally:
+        partial.unlink(missing_ok=True)
+    c = ctypes
+    lib.nmt_fixed_linear.argtypes = [c.c_void_p, c.c_int64, c.c_int64, c.c_void_p, c.c_int64,
+                                     c.c_void_p, c.c_void_p, c.c_int]
+    lib.nmt_fixed_linear.restype = None
+    return lib
+
+
+def padded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                  ) -> torch.Tensor:
+    """``linear`` by MKL, where the fixed-order kernel cannot run (a GPU, no C compiler):
+    ``weight [out, in] @ x.T`` with at least ``MIN_COLUMNS`` columns, ``K_BLOCK`` of ``in``
+    at a time."""
     flat = x.reshape(-1, x.size(-1))
     n, out_features = flat.size(0), weight.size(0)
     if n < MIN_COLUMNS:

@@ -97,11 +97,17 @@ def test_through_the_server_one_request_equals_single_requests(reversal_run, sen
     assert whole[1]["n_best"] == [answer["n_best"][0] for _, answer in singles]
 
 
-def test_the_exact_product_is_the_linear_map_and_each_row_its_own():
+@pytest.mark.parametrize("kernel", ["fixed order", "MKL padded"])
+def test_the_exact_product_is_the_linear_map_and_each_row_its_own(kernel, monkeypatch):
     """invariant.linear equals F.linear to rounding, and a row's bits do not depend on the
-    other rows: 1 to 40 rows and 200, narrow (fewer than MIN_OUTPUTS) and wide (over K_BLOCK)."""
+    other rows or the threads: 1 to 40 rows and 200, narrow (fewer than MIN_OUTPUTS) and wide
+    (over K_BLOCK), by the compiled kernel and by MKL's padded products."""
+    if kernel == "MKL padded":
+        monkeypatch.setattr(invariant, "kernel", lambda: None)
+    elif torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert invariant.kernel() is not None  # this CPU and a C compiler: the fast path runs
     g = torch.Generator().manual_seed(3)
-    for out_features, width in ((3, 8), (64, 32), (96, 1100)):
+    for out_features, width in ((3, 8), (64, 32), (96, 1100), (13, 37)):
         weight, bias = torch.randn(out_features, width, generator=g), torch.randn(out_features, generator=g)
         x = torch.randn(200, width, generator=g)
         whole = invariant.linear(x, weight, bias)
@@ -110,3 +116,61 @@ def test_the_exact_product_is_the_linear_map_and_each_row_its_own():
             assert torch.equal(invariant.linear(x[-n:], weight, bias), whole[-n:]), (out_features, width, n)
         assert torch.equal(invariant.linear(x[:5].view(5, 1, width), weight, None),
                            invariant.linear(x[:5], weight, None).view(5, 1, -1))
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            assert torch.equal(invariant.linear(x, weight, bias), whole)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def fixed_order_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """nmt/fixed_order.c's documented order in float32 steps, each fused multiply-add formed
+    in float64 (exact product) and rounded once: 8 lanes, the lane tree, the tail, the bias."""
+    f32 = torch.float32
+    def fma(a, b, c):  # round(a * b + c): the float64 sum of an exact product, rounded to float32
+        return (a.double() * b.double() + c.double()).to(f32)
+    width = x.size(1)
+    in8 = width - width % 8
+    lanes = torch.zeros(x.size(0), weight.size(0), 8, dtype=f32)
+    for k in range(0, in8, 8):
+        lanes = fma(x[:, None, k:k + 8], weight[None, :, k:k + 8], lanes)
+    a = lanes.unbind(-1)
+    total = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+    for k in range(in8, width):
+        total = fma(x[:, None, k], weight[None, :, k], total)
+    return total + bias
+
+
+def test_the_fixed_order_kernel_sums_in_its_documented_order():
+    """Every element of the compiled kernel's product equals the order fixed_order.c states,
+    formed independently: the order is a property of the width, not of this CPU's BLAS."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        assert invariant.kernel() is None
+        return
+    g = torch.Generator().manual_seed(5)
+    for out_features, width in ((13, 37), (70, 64), (9, 7), (130, 260)):
+        weight, bias = torch.randn(out_features, width, generator=g), torch.randn(out_features, generator=g)
+        x = torch.randn(11, width, generator=g)
+        assert torch.equal(invariant.linear(x, weight, bias), fixed_order_reference(x, weight, bias))
+
+
+def test_without_a_compiler_the_products_fall_back_with_a_warning(tmp_path, monkeypatch):
+    """A kernel that cannot be built (no such compiler) warns, leaves no partial file in the
+    cache, and decoding's products are MKL's padded ones; NMT_FIXED_ORDER=0 chooses them."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    invariant.kernel.cache_clear()
+    try:
+        x, weight = torch.randn(3, 20), torch.randn(30, 20)
+        if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+            with pytest.warns(UserWarning, match="fixed-order kernel could not be built"):
+                assert invariant.kernel() is None
+            assert [p.name for p in (tmp_path / "nmt").iterdir()] == []
+        assert torch.equal(invariant.linear(x, weight, None), invariant.padded_linear(x, weight, None))
+        invariant.kernel.cache_clear()
+        monkeypatch.delenv("CC")
+        monkeypatch.setenv("NMT_FIXED_ORDER", "0")
+        assert invariant.kernel() is None
+    finally:
+        invariant.kernel.cache_clear()
