@@ -63,7 +63,7 @@ def main() -> None:
         capture_output=True, check=True, text=True).stdout) for _ in range(args.repeats)]
     from machine import describe
     result = {
-        "command": " ".join(["echo", repr(args.sentence), "|", *command[1:]]),
+        "command": " ".join(["echo", repr(args.sentence), "|", "nmt-translate", *command[1:]]),
         "output": runs[0][1].decode("utf-8").rstrip("\n"),
         "whole_process_s": round(statistics.median(r[0] for r in runs), 3),
         "whole_process_runs_s": [round(r[0], 3) for r in runs],
