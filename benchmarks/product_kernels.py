@@ -25,24 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from ceiling import timed  # noqa: E402
 from machine import describe  # noqa: E402
 from nmt import invariant  # noqa: E402
 
 SHAPES = ((3, 8), (64, 32), (1024, 256), (256, 768), (2048, 512), (8000, 256), (4096, 1024),
           (96, 1100))
 COUNTS = list(range(1, 65)) + [100, 255, 256, 257, 599]
-
-
-def median_us(run, repeats: int) -> float:
-    """The median of `repeats` timed calls after three untimed ones, in microseconds."""
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1e6, 1)
 
 
 def main() -> None:
@@ -63,7 +52,8 @@ def main() -> None:
             whole = product(x, weight, bias)
             record[f"{name}_differs"] = [n for n in COUNTS if not torch.equal(
                 product(x[-n:], weight, bias), whole[-n:])]
-        record["us"] = {str(n): {name: median_us(lambda: product(x[:n], weight, bias), 2000 // n + 5)
+        record["us"] = {str(n): {name: round(statistics.median(timed(
+            lambda: product(x[:n], weight, bias), 2000 // n + 5, torch.device("cpu"))) * 1e6, 1)
                                  for name, product in (("F.linear", torch.nn.functional.linear),
                                                        ("padded", invariant.padded_linear),
                                                        ("fixed", invariant.linear))}

@@ -55,6 +55,7 @@ CHUNK_FLOATS = 1 << 20  # attention's products, a few sentences at a time (4 MB:
 ROW_BLOCK = 4  # CUDA graphs are captured for sentence counts in multiples of this
 K_BLOCK = 512  # inner widths up to this are one product; MKL splits wider ones across threads
 MIN_COLUMNS = 16  # MKL sums fewer columns in other orders (below 2 on a Xeon, 12 on an EPYC)
+KERNEL_CPUS = ("AVX2", "AVX512")  # torch's names of the CPUs fixed_order.c runs on
 MIN_OUTPUTS = 16  # fewer weight rows are padded: MKL sums a product with very few otherwise
 
 
@@ -82,7 +83,7 @@ def kernel() -> ctypes.CDLL | None:
     it cannot be built. ``NMT_FIXED_ORDER=0`` turns it off (MKL's padded products)."""
     if os.environ.get("NMT_FIXED_ORDER", "1") == "0":
         return None
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+    if torch.backends.cpu.get_cpu_capability() not in KERNEL_CPUS:
         return None
     source = Path(__file__).with_name("fixed_order.c")
     compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")

@@ -104,7 +104,7 @@ def test_the_exact_product_is_the_linear_map_and_each_row_its_own(kernel, monkey
     (over K_BLOCK), by the compiled kernel and by MKL's padded products."""
     if kernel == "MKL padded":
         monkeypatch.setattr(invariant, "kernel", lambda: None)
-    elif torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+    elif torch.backends.cpu.get_cpu_capability() in invariant.KERNEL_CPUS:
         assert invariant.kernel() is not None  # this CPU and a C compiler: the fast path runs
     g = torch.Generator().manual_seed(3)
     for out_features, width in ((3, 8), (64, 32), (96, 1100), (13, 37)):
@@ -145,7 +145,7 @@ def fixed_order_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 def test_the_fixed_order_kernel_sums_in_its_documented_order():
     """Every element of the compiled kernel's product equals the order fixed_order.c states,
     formed independently: the order is a property of the width, not of this CPU's BLAS."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+    if torch.backends.cpu.get_cpu_capability() not in invariant.KERNEL_CPUS:
         assert invariant.kernel() is None
         return
     g = torch.Generator().manual_seed(5)
@@ -163,7 +163,7 @@ def test_without_a_compiler_the_products_fall_back_with_a_warning(tmp_path, monk
     invariant.kernel.cache_clear()
     try:
         x, weight = torch.randn(3, 20), torch.randn(30, 20)
-        if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        if torch.backends.cpu.get_cpu_capability() in invariant.KERNEL_CPUS:
             with pytest.warns(UserWarning, match="fixed-order kernel could not be built"):
                 assert invariant.kernel() is None
             assert [p.name for p in (tmp_path / "nmt").iterdir()] == []
