@@ -1,9 +1,15 @@
-"""The console commands, run as a user runs them."""
+"""The console commands, run as a user runs them: in a process of their own where the process
+matters (the console scripts, stdin from a pipe or a file, the umask, streaming), and through
+their main functions in this process where only what they print and return does (the same
+code, without a second start of torch per call)."""
+import io
 import json
 import os
 import shutil
 import stat
 import subprocess
+import sys
+import threading
 
 import pytest
 import yaml
@@ -15,6 +21,26 @@ def run(*args, stdin=None):
     exe = shutil.which(args[0])
     assert exe, f"{args[0]} is not installed: pip install -e ."
     return subprocess.run([exe, *args[1:]], input=stdin, capture_output=True, timeout=300)
+
+
+def inproc(command, *args, stdin=b""):
+    """``command`` run through its main function here, with stdin, stdout and stderr as bytes:
+    its exit status and streams as ``run`` returns them."""
+    from nmt import cli
+    main = {"nmt-train": cli.train_main, "nmt-translate": cli.translate_main,
+            "nmt-evaluate": cli.evaluate_main}[command]
+    streams = sys.stdin, sys.stdout, sys.stderr
+    hook = threading.excepthook
+    sys.stdin, sys.stdout, sys.stderr = (io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+                                         for data in (stdin, b"", b""))
+    try:
+        status = main(list(args))
+        sys.stdout.flush(), sys.stderr.flush()
+        out, err = sys.stdout.buffer.getvalue(), sys.stderr.buffer.getvalue()
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = streams
+        threading.excepthook = hook
+    return subprocess.CompletedProcess([command, *args], status, out, err)
 
 
 def one_line_error(result, *fragments):
@@ -72,29 +98,29 @@ def test_translate_file_to_file_and_pieces(cli_run, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("a b c\nd e f\n")
     out = tmp_path / "out.txt"
-    assert run("nmt-translate", str(cli_run / "run"), "-i", str(src), "-o", str(out)).returncode == 0
+    assert inproc("nmt-translate", str(cli_run / "run"), "-i", str(src), "-o", str(out)).returncode == 0
     assert len(out.read_text().splitlines()) == 2
-    pieces = run("nmt-translate", str(cli_run / "run"), "-i", str(src), "--pieces")
+    pieces = inproc("nmt-translate", str(cli_run / "run"), "-i", str(src), "--pieces")
     assert pieces.returncode == 0, pieces.stderr.decode()
     lines = pieces.stdout.decode().split("\n")
     assert len(lines) == 3 and lines[2] == ""
     assert all(line.endswith(" _") or line == "_" for line in lines[:2])
-    nbest = run("nmt-translate", str(cli_run / "run"), "-i", str(src), "--n-best", "2")
+    nbest = inproc("nmt-translate", str(cli_run / "run"), "-i", str(src), "--n-best", "2")
     assert nbest.returncode == 0, nbest.stderr.decode()
     lines = nbest.stdout.decode().split("\n")
     assert len(lines) == 3 and all(len(line.split("\t")) == 4 for line in lines[:2])
 
 
 def test_evaluate_a_run_and_a_hypothesis_file(cli_run, reversal_data, tmp_path):
-    result = run("nmt-evaluate", str(cli_run / "run"), "--split", "valid", "--beam-size", "1",
+    result = inproc("nmt-evaluate", str(cli_run / "run"), "--split", "valid", "--beam-size", "1",
                  "--out", str(tmp_path / "rep"), "--json")
     assert result.returncode == 0, result.stderr.decode()
     report = json.loads(result.stdout.decode())
     assert report["systems"][0]["scores"]["sentences"] == 100 and (tmp_path / "rep" / "report.md").is_file()
     ref = reversal_data["test"] + ".tgt"
-    result = run("nmt-evaluate", "--hyp", ref, "--ref", ref)
+    result = inproc("nmt-evaluate", "--hyp", ref, "--ref", ref)
     assert result.returncode == 0 and "BLEU 100.00" in result.stdout.decode()
-    one_line_error(run("nmt-evaluate", str(cli_run / "run"), "--hyp", ref),
+    one_line_error(inproc("nmt-evaluate", str(cli_run / "run"), "--hyp", ref),
                    "several systems: say where the report goes (--out)")
 
 
@@ -102,26 +128,26 @@ def test_bad_input_gives_one_line_errors(cli_run, reversal_data, tmp_path):
     run_dir = str(cli_run / "run")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  hidden: 3\n")
-    one_line_error(run("nmt-train", str(bad)), "bad.yaml", "unknown key 'model.hidden'")
-    one_line_error(run("nmt-train", "configs/demo.yaml", "--set", "train.lr=fast"),
+    one_line_error(inproc("nmt-train", str(bad)), "bad.yaml", "unknown key 'model.hidden'")
+    one_line_error(inproc("nmt-train", "configs/demo.yaml", "--set", "train.lr=fast"),
                    "--set train.lr=fast: train.lr: expected float")
-    one_line_error(run("nmt-translate", str(tmp_path / "missing")), "run directory not found")
-    one_line_error(run("nmt-translate", run_dir, "--checkpoint", "nope.pt"), "nope.pt: checkpoint not found")
+    one_line_error(inproc("nmt-translate", str(tmp_path / "missing")), "run directory not found")
+    one_line_error(inproc("nmt-translate", run_dir, "--checkpoint", "nope.pt"), "nope.pt: checkpoint not found")
 
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("gut\nSchöne Grüße\n".encode("latin-1"))
     out = tmp_path / "never.txt"
-    one_line_error(run("nmt-translate", run_dir, "-i", str(latin1), "-o", str(out)),
+    one_line_error(inproc("nmt-translate", run_dir, "-i", str(latin1), "-o", str(out)),
                    "latin1.txt:2: invalid UTF-8")
     assert not out.exists()  # no half-written output
     one_line_error(run("nmt-translate", run_dir, stdin=b"ok\n\xff\n"), "<stdin>:2: invalid UTF-8")
-    one_line_error(run("nmt-translate", run_dir, "--device", "gpu"), "device 'gpu'")
-    one_line_error(run("nmt-translate", run_dir, "-i", str(latin1.parent), "-o", str(out)),
+    one_line_error(inproc("nmt-translate", run_dir, "--device", "gpu"), "device 'gpu'")
+    one_line_error(inproc("nmt-translate", run_dir, "-i", str(latin1.parent), "-o", str(out)),
                    "is a directory")
     not_ckpt = tmp_path / "x.pt"
     not_ckpt.write_bytes(b"not a checkpoint")
-    one_line_error(run("nmt-translate", run_dir, "--checkpoint", str(not_ckpt)), "cannot read checkpoint")
-    one_line_error(run("nmt-translate", run_dir, "-i", str(cli_run / "tiny.yaml"), "-o",
+    one_line_error(inproc("nmt-translate", run_dir, "--checkpoint", str(not_ckpt)), "cannot read checkpoint")
+    one_line_error(inproc("nmt-translate", run_dir, "-i", str(cli_run / "tiny.yaml"), "-o",
                        str(cli_run / "tiny.yaml" / "out.txt")), "tiny.yaml")  # a file, not a folder
 
     short = tmp_path / "short"
@@ -129,12 +155,12 @@ def test_bad_input_gives_one_line_errors(cli_run, reversal_data, tmp_path):
     (tmp_path / "short.tgt").write_text("a\n")
     cfg = tmp_path / "short.yaml"
     cfg.write_text(yaml.safe_dump(reversal_config(dict(reversal_data, train=str(short)))))
-    one_line_error(run("nmt-train", str(cfg), "--run-dir", str(tmp_path / "r1")),
+    one_line_error(inproc("nmt-train", str(cfg), "--run-dir", str(tmp_path / "r1")),
                    "short.src has 2 lines but", "short.tgt has 1")
     (tmp_path / "empty.src").write_text("")
     (tmp_path / "empty.tgt").write_text("")
     cfg.write_text(yaml.safe_dump(reversal_config(dict(reversal_data, train=str(tmp_path / "empty")))))
-    one_line_error(run("nmt-train", str(cfg), "--run-dir", str(tmp_path / "r2")),
+    one_line_error(inproc("nmt-train", str(cfg), "--run-dir", str(tmp_path / "r2")),
                    "empty.src: the training corpus is empty")
 
 
@@ -152,7 +178,7 @@ def test_translate_output_is_written_as_a_careful_unix_tool_writes(cli_run, tmp_
     link.symlink_to(source)
     # The input itself (directly, through a link, or as redirected stdin): refused before any work.
     for output in (source, link):
-        one_line_error(run("nmt-translate", run_dir, "-i", str(source), "-o", str(output)),
+        one_line_error(inproc("nmt-translate", run_dir, "-i", str(source), "-o", str(output)),
                        f"{output}: is the same file as the input {source}")
     with open(source, "rb") as stdin:
         one_line_error(translate(run_dir, "-o", str(source), stdin=stdin), "same file as the input <stdin>")
@@ -162,19 +188,19 @@ def test_translate_output_is_written_as_a_careful_unix_tool_writes(cli_run, tmp_
     target.write_text("old\n")
     os.chmod(target, 0o640)
     out_link.symlink_to(target)
-    assert run("nmt-translate", run_dir, "-i", str(source), "-o", str(out_link)).returncode == 0
+    assert inproc("nmt-translate", run_dir, "-i", str(source), "-o", str(out_link)).returncode == 0
     assert out_link.is_symlink() and len(target.read_text().splitlines()) == 2
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     # A new file gets 0666 minus the umask.
     assert translate(run_dir, "-i", str(source), "-o", str(tmp_path / "new.txt"), umask=0o022).returncode == 0
     assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o644
     # Devices are written to, never replaced.
-    result = run("nmt-translate", run_dir, "-i", str(source), "-o", "/dev/stdout")
+    result = inproc("nmt-translate", run_dir, "-i", str(source), "-o", "/dev/stdout")
     assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == 2
     inode = os.stat("/dev/null").st_ino
-    assert run("nmt-translate", run_dir, "-i", str(source), "-o", "/dev/null").returncode == 0
+    assert inproc("nmt-translate", run_dir, "-i", str(source), "-o", "/dev/null").returncode == 0
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and os.stat("/dev/null").st_ino == inode
-    one_line_error(run("nmt-translate", run_dir, "-i", str(source), "-o", "/dev/full"),
+    one_line_error(inproc("nmt-translate", run_dir, "-i", str(source), "-o", "/dev/full"),
                    "nmt-translate: error: /dev/full: no space left on the device")
 
 
@@ -198,7 +224,7 @@ def test_translate_streams_chunk_by_chunk(cli_run, tmp_path):
 
     run_dir = str(cli_run / "run")
     lines = ["a b c", "d e", "", "f g h i", "j"]
-    whole = run("nmt-translate", run_dir, stdin="".join(s + "\n" for s in lines).encode())
+    whole = inproc("nmt-translate", run_dir, stdin="".join(s + "\n" for s in lines).encode())
     assert whole.returncode == 0
     proc = subprocess.Popen([shutil.which("nmt-translate"), run_dir, "--chunk-lines", "2"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -216,19 +242,20 @@ def test_translate_streams_chunk_by_chunk(cli_run, tmp_path):
     out = tmp_path / "out.txt"
     source = tmp_path / "in.txt"
     source.write_text("".join(s + "\n" for s in lines))
-    assert run("nmt-translate", run_dir, "-i", str(source), "-o", str(out), "--chunk-lines", "2").returncode == 0
+    assert inproc("nmt-translate", run_dir, "-i", str(source), "-o", str(out),
+                  "--chunk-lines", "2").returncode == 0
     assert out.read_bytes() == whole.stdout
-    one_line_error(run("nmt-translate", run_dir, "--chunk-lines", "0"), "--chunk-lines: 0 is out of range")
+    one_line_error(inproc("nmt-translate", run_dir, "--chunk-lines", "0"), "--chunk-lines: 0 is out of range")
 
 
 def test_empty_test_files_and_samples_before_a_final_test_are_one_line(cli_run, reversal_data, tmp_path):
     empty_src, empty_ref = tmp_path / "e.src", tmp_path / "e.tgt"
     empty_src.write_text("")
     empty_ref.write_text("")
-    one_line_error(run("nmt-evaluate", str(cli_run / "run"), "--src", str(empty_src), "--ref", str(empty_ref)),
+    one_line_error(inproc("nmt-evaluate", str(cli_run / "run"), "--src", str(empty_src), "--ref", str(empty_ref)),
                    "e.src: the test set is empty")
     config = tmp_path / "sampling.yaml"
     config.write_text(yaml.safe_dump(reversal_config(reversal_data, decode__samples=2)))
-    one_line_error(run("nmt-train", str(config), "--run-dir", str(tmp_path / "never")),
+    one_line_error(inproc("nmt-train", str(config), "--run-dir", str(tmp_path / "never")),
                    "decode.samples: the final test scores search output")
     assert not (tmp_path / "never").exists()  # refused before any work

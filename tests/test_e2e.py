@@ -25,9 +25,11 @@ def test_int8_decoding_keeps_the_quality(reversal_run, reversal_data, monkeypatc
     assert {"Int8Cell", "Int8Linear"} <= kinds and "Linear" not in kinds and "LSTMCell" not in kinds
     out = translator.translate(src, beam_size=4)
     assert sum(o == r for o, r in zip(out, ref)) / len(ref) >= 0.9
-    # activations are quantized row by row, so the batch size changes nothing
+    # activations are quantized row by row, so the batch size changes nothing (bit for bit, on
+    # 1,000 sentences: test_batch_invariance)
     for beam in (1, 4):
-        outputs = [translator.translate(src, beam_size=beam, batch_size=size) for size in (1, 7, 64)]
+        outputs = [translator.translate(src[:50], beam_size=beam, batch_size=size)
+                   for size in (1, 7, 64)]
         assert outputs[0] == outputs[1] == outputs[2], f"beam {beam}"
 
 
