@@ -20,8 +20,9 @@ if TYPE_CHECKING:  # the config module is imported where a command needs it (sta
     from nmt.config import Config
 
 
-def _run(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
-         argv: list[str] | None) -> int:
+def run_command(prog: str, main: Callable[[argparse.Namespace], int],
+                parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv``, run ``main`` and turn any failure into one line and an exit status."""
     parser.add_argument("--debug", action="store_true", help="show tracebacks (for bug reports)")
     args = parser.parse_args(argv)
     if not args.debug:  # a helper thread (TensorBoard's writer) that fails says so in one line too
@@ -186,7 +187,7 @@ def train_main(argv: list[str] | None = None) -> int:
             _print_test_scores(cfg, run_dir)
         return 0
 
-    return _run("nmt-train", main, train_parser(), argv)
+    return run_command("nmt-train", main, train_parser(), argv)
 
 
 def translate_parser() -> argparse.ArgumentParser:
@@ -240,7 +241,7 @@ def translate_main(argv: list[str] | None = None) -> int:
         write_file(args.output or "-", write)
         return 0
 
-    return _run("nmt-translate", main, translate_parser(), argv)
+    return run_command("nmt-translate", main, translate_parser(), argv)
 
 
 def _steering(args: argparse.Namespace, lines: int) -> dict:
@@ -327,7 +328,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             print(f"report: {report['report_dir']}/report.html (and report.md, report.json)")
         return 0
 
-    return _run("nmt-evaluate", main, evaluate_parser(), argv)
+    return run_command("nmt-evaluate", main, evaluate_parser(), argv)
 
 
 def average_main(argv: list[str] | None = None) -> int:
@@ -364,7 +365,7 @@ def average_main(argv: list[str] | None = None) -> int:
               f"into {output}")
         return 0
 
-    return _run("nmt-average", main, p, argv)
+    return run_command("nmt-average", main, p, argv)
 
 
 def serve_main(argv: list[str] | None = None) -> int:
@@ -394,7 +395,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         serve(args.run_dir, args.host, args.port, args.checkpoint, args.device, limits)
         return 0
 
-    return _run("nmt-serve", main, p, argv)
+    return run_command("nmt-serve", main, p, argv)
 
 
 def export_main(argv: list[str] | None = None) -> int:
@@ -424,33 +425,4 @@ def export_main(argv: list[str] | None = None) -> int:
         print(f"model folder: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
         return 0
 
-    return _run("nmt-export", main, p, argv)
-
-
-def forecast_main(argv: list[str] | None = None) -> int:
-    """scripts/forecast_sine.py: the textbook's sine-wave application (docs/model.md §7)."""
-    p = argparse.ArgumentParser(prog="forecast_sine", description="Forecast sin(x) with the "
-                                "package's recurrent encoder; print test MSEs, write a plot and "
-                                "JSON.")
-    p.add_argument("--config", default=None, help="YAML config (default: the built-in settings)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set cell=gru --set layers=3 (repeatable)")
-    p.add_argument("--out", default="runs/sine", help="folder for forecast.png and forecast.json")
-
-    def main(args):
-        from nmt.config import fill, read_yaml
-        from nmt.forecast import SineConfig, run_forecast
-
-        values = read_yaml(args.config) if args.config else {}
-        cfg = fill(SineConfig(), values, args.set, f"{args.config}: " if args.config else "")
-        result = run_forecast(cfg, args.out)
-        print(f"trained {cfg.steps} steps in {result['train_seconds']:.1f} s "
-              f"({cfg.layers}-layer {cfg.cell}, hidden {cfg.hidden_size}, window {cfg.window})")
-        print(f"test MSE, one step ahead: {result['one_step_mse']:.3e} "
-              f"(repeat-last-value baseline {result['repeat_last_value_mse']:.3e})")
-        print(f"test MSE, free running {result['free_run_steps']} steps: "
-              f"{result['free_run_mse']:.3e}")
-        print(f"plot: {args.out}/forecast.png, numbers: {args.out}/forecast.json")
-        return 0
-
-    return _run("forecast_sine", main, p, argv)
+    return run_command("nmt-export", main, p, argv)

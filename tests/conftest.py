@@ -3,8 +3,9 @@ a server in a thread for the tests that send it requests."""
 import asyncio
 import json
 import os
-import threading
 import random
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ from hypothesis import settings
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nmt.config import config_from_dict
+
+# The sine application is a script (scripts/forecast_sine.py); its tests import it by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 # CI explores the same examples every run (a red CI is then reproducible); locally each run
 # draws new ones.
@@ -70,9 +74,11 @@ def reversal_config(data: dict, **overrides) -> dict:
 def reversal_run(reversal_data, tmp_path_factory) -> Path:
     from nmt.train import train
     run_dir = tmp_path_factory.mktemp("runs") / "reversal"
-    # 300 steps: 99% of the test set reversed exactly (200 steps: 87%)
+    # Without input feeding, as the demo trains: in 300 steps 100% of the test set is reversed
+    # exactly, in 0.57x the time of input feeding (99%; both paths are trained elsewhere).
     train(config_from_dict(reversal_config(reversal_data, train__max_steps=300,
-                                           train__valid_every=150)), run_dir)
+                                           train__valid_every=150, model__input_feeding=False)),
+          run_dir)
     return run_dir
 
 

@@ -8,7 +8,7 @@ import yaml
 from nmt.config import (Config, Direction, Range, config_from_dict, config_text, fill, load_config,
                         read_yaml, save_config)
 from nmt.errors import ConfigError
-from nmt.forecast import SineConfig, check
+from forecast_sine import SineConfig, check
 
 CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml"))
 SECTIONS = [Direction] + [type(section) for section in vars(Config()).values()]

@@ -36,7 +36,8 @@ def three(tmp_path_factory):
 
 def two_way(data, **overrides):
     cfg = reversal_config(data, data__directions=DIRECTIONS, data__vocab_size=400, train__max_steps=300,
-                          train__valid_every=150, train__batch_size=1500, **overrides)
+                          train__valid_every=150, train__batch_size=1500,
+                          model__input_feeding=False, **overrides)
     return config_from_dict(cfg)
 
 
@@ -173,7 +174,8 @@ def test_a_tag_missing_from_the_vocabulary_is_named(two_way_run, three, tmp_path
     for name in up.values():
         Path(f"{name}.cap").rename(f"{name}.up")
     entry = {"src": "src", "tgt": "up", **up}
-    cfg = reversal_config(three, data__directions=["src-rev", entry], train__init_from=str(two_way_run))
+    cfg = reversal_config(three, data__directions=["src-rev", entry], train__init_from=str(two_way_run),
+                          model__input_feeding=False)
     with pytest.raises(ConfigError, match=r"spm\.model: has no tag <2up> \(data\.directions\)"):
         train(config_from_dict(cfg), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()

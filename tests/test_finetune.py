@@ -16,7 +16,8 @@ from nmt.translate import Translator
 from conftest import kill_9_at_a_random_step, same_last_checkpoints, reversal_config, reversal_pairs, write_split
 
 SHORT = {"train__max_steps": 10, "train__valid_every": 10, "train__batch_size": 400, "model__dropout": 0.3,
-         "train__lr": 3e-4}  # fine-tuning: a tenth of the learning rate the source trained with
+         "train__lr": 3e-4,  # fine-tuning: a tenth of the learning rate the source trained with
+         "model__input_feeding": False}  # the source's model (conftest's reversal_run)
 
 
 @pytest.fixture(scope="module")

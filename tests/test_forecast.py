@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from nmt.encoder import Encoder
-from nmt.forecast import SineConfig, SineForecaster, run_forecast, sine_data, windows_of
+from forecast_sine import SineConfig, SineForecaster, run_forecast, sine_data, windows_of
 
 ROOT = Path(__file__).resolve().parent.parent
 

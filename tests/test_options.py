@@ -10,10 +10,10 @@ import torch
 import yaml
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from nmt.cli import forecast_main, train_main, translate_main
+from nmt.cli import train_main, translate_main
 from nmt.config import Config, config_from_dict, load_config
 from nmt.errors import ConfigError
-from nmt.forecast import SineConfig
+from forecast_sine import SineConfig, main as forecast_main
 from nmt.translate import Translator
 
 from conftest import reversal_config
