@@ -37,11 +37,6 @@ class Range:
             raise ConfigError(f"{key}: {value!r} is out of range; expected a value in {interval}")
 
 
-def check_range(key: str, value: float, bounds: tuple[float, float]) -> None:
-    """``Range(*bounds).check(key, value)``, for callers holding a closed (low, high) pair."""
-    Range(*bounds).check(key, value)
-
-
 KEEP = "keep"  # an option's ``validation`` rule: validation decodes with the config's value
 
 
