@@ -1,4 +1,4 @@
-"""The package stays readable: no function over 60 lines, the Trainer and the training loop short,
+"""The package stays readable: no function over 50 lines, the Trainer and the training loop short,
 no import cycle."""
 import ast
 import inspect
@@ -10,13 +10,13 @@ from nmt import train
 PACKAGE = Path(nmt.__file__).parent
 
 
-def test_no_function_in_the_package_is_over_60_lines():
+def test_no_function_in_the_package_is_over_50_lines():
     long = []
     for path in sorted(PACKAGE.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
-                if lines > 60:
+                if lines > 50:
                     long.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, long
 
@@ -71,3 +71,11 @@ def test_the_low_modules_import_nothing_above_them():
     above_the_corpus = {"train", "checkpoint", "loading", "export", "evaluate", "report", "cli"}
     assert not graph["corpus"] & above_the_corpus
     assert not graph["report"] & {"evaluate", "export", "train", "model", "checkpoint"}
+
+
+def test_the_package_does_not_grow():
+    """A ratchet: the package's non-blank Python lines stay at or under today's count, so a
+    feature pays for itself in lines (issue 29 aims at 4,300; lower this as the package shrinks)."""
+    lines = sum(1 for path in PACKAGE.glob("*.py")
+                for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    assert lines <= 6600, f"the package is {lines} non-blank lines, over the ratchet's 6,600"
