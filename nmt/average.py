@@ -1,10 +1,8 @@
 """Checkpoint averaging: the element-wise mean of several checkpoints' weights, one model.
 
-Late training's weights wander around a good point and their mean sits nearer it, so the
-mean of a run's last (or best) few checkpoints, kept by ``train.keep_checkpoints: N`` as
-``checkpoints/step-<step>.pt`` with their validation BLEU, usually beats each. They must be of
-one model (settings and vocabularies). The result is for decoding only (no optimizer state):
-``nmt-translate RUN --checkpoint averaged``.
+Late training's weights wander around a good point and their mean sits nearer it, so the mean of
+the last (or best) few checkpoints that ``train.keep_checkpoints`` kept usually beats each. They
+must be of one model; the result is for decoding only (``--checkpoint averaged``).
 """
 from __future__ import annotations
 
@@ -46,12 +44,9 @@ def average(paths: list[Path]) -> Checkpoint:
                               f"(train.ema) but {without} does not; average checkpoints of one "
                               "kind")
     weights = [c.decoding_weights() for c in ckpts]  # the moving averages of runs with train.ema
-    model = {}
-    for key, value in weights[0].items():
-        if value.is_floating_point():
-            model[key] = (sum(w[key].double() for w in weights) / len(weights)).to(value.dtype)
-        else:
-            model[key] = value
+    mean = lambda key: sum(w[key].double() for w in weights) / len(weights)  # noqa: E731
+    model = {key: mean(key).to(value.dtype) if value.is_floating_point() else value
+             for key, value in weights[0].items()}
     newest = max(ckpts, key=lambda c: c.progress.step)
     return Checkpoint(model=model, config=first.config, vocab=first.vocab, progress=newest.progress,
                       schedule=newest.schedule, averaged_from=[str(p) for p in paths])

@@ -1,9 +1,5 @@
-"""Checkpoints: their fields, saving and the checks of a resume; written atomically.
-
-A checkpoint is a dict of tensors and plain values on disk (read with ``weights_only``:
-nothing in it runs), a ``Checkpoint`` here; the run directory's paths are
-``nmt.rundir``'s, loading a model for decoding ``nmt.loading``'s.
-"""
+"""Checkpoints: their fields, atomic saving and the checks of a resume. On disk a dict of tensors
+and plain values, read with ``weights_only`` (nothing in it runs)."""
 from __future__ import annotations
 
 import logging
@@ -20,6 +16,7 @@ from nmt.io import write_file
 from nmt.schedule import ScheduleState
 from nmt.vocab import Vocab
 
+log = logging.getLogger("nmt")
 
 
 class Corpus(Protocol):
@@ -29,7 +26,7 @@ class Corpus(Protocol):
     fingerprint: str
     folder: Path
 
-log = logging.getLogger("nmt")
+
 @dataclass
 class TrainState:
     """Where a run stands; saved as the checkpoint's train_state, beside the schedule's state."""
@@ -68,18 +65,17 @@ class Checkpoint:
     ema: dict[str, torch.Tensor] | None = None  # the moving average of the weights (train.ema)
     averaged_from: list[str] | None = None
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "config", "vocab", "train_state")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("optimizer", "bf16", "valid_bleu", "corpus", "ema",
+                                           "averaged_from")
 
     def to_payload(self) -> dict:
-        """The dict torch.save writes: the fields, train_state flat and rng nested as ever;
-        the fields that are None are left out."""
+        """The dict torch.save writes: train_state flat, rng nested, None fields left out."""
         payload = {"model": self.model, "config": self.config, "vocab": self.vocab,
                    "train_state": {**asdict(self.progress), **asdict(self.schedule)}}
         if self.rng_cpu is not None:
             payload["rng"] = {"cpu": self.rng_cpu, "cuda": self.rng_cuda}
-        for name in ("optimizer", "bf16", "valid_bleu", "corpus", "ema", "averaged_from"):
-            if getattr(self, name) is not None:
-                payload[name] = getattr(self, name)
-        return payload
+        return payload | {name: getattr(self, name) for name in self.OPTIONAL
+                          if getattr(self, name) is not None}
 
     @classmethod
     def from_payload(cls, payload: dict, path: Path | str = "checkpoint") -> Checkpoint:
@@ -89,11 +85,8 @@ class Checkpoint:
         return cls(model=payload["model"], config=payload["config"], vocab=payload["vocab"],
                    progress=TrainState.from_record(payload["train_state"]),
                    schedule=ScheduleState.from_record(payload["train_state"]),
-                   optimizer=payload.get("optimizer"), rng_cpu=rng.get("cpu"),
-                   rng_cuda=rng.get("cuda"),
-                   bf16=payload.get("bf16"), valid_bleu=payload.get("valid_bleu"),
-                   corpus=payload.get("corpus"), ema=payload.get("ema"),
-                   averaged_from=payload.get("averaged_from"))
+                   rng_cpu=rng.get("cpu"), rng_cuda=rng.get("cuda"),
+                   **{name: payload.get(name) for name in cls.OPTIONAL})
 
     @classmethod
     def load(cls, path: Path, device: str | torch.device = "cpu", mmap: bool = False) -> Checkpoint:
@@ -113,8 +106,7 @@ class Checkpoint:
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu", mmap: bool = False) -> dict:
-    """A checkpoint's payload, checked. mmap: map the tensors' bytes instead of reading them
-    (for a look at a few fields)."""
+    """A checkpoint's payload, checked; mmap: map the tensors' bytes (to look at a few fields)."""
     try:
         payload = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as err:
@@ -129,16 +121,13 @@ def decoding_weights(payload: dict) -> dict[str, torch.Tensor]:
 
 
 def check_vocab(records: dict[str, dict], side: str, vocab: Vocab, path: Path) -> None:
-    """Refuse a checkpoint (or model folder) whose ``side`` vocabulary record does not match
-    the sentencepiece model beside it."""
+    """Refuse a checkpoint (or model folder) whose ``side`` vocabulary record is not ``vocab``'s."""
     want = records[side]
     if want["size"] != len(vocab) or want["sha256"] != vocab.fingerprint:
         raise CheckpointError(
             f"{path}: {side} vocabulary ({want['size']} pieces, sha256 {want['sha256'][:12]}) "
             f"does not match {vocab.path} ({len(vocab)} pieces, sha256 {vocab.fingerprint[:12]})")
 
-
-# ----------------------------------------------------------------------------- resuming
 
 def load_for_resume(path: Path, cfg: Config, device: torch.device) -> Checkpoint:
     """The checkpoint at ``path``, refused when a setting of ``cfg`` that shapes the model,
@@ -164,8 +153,7 @@ def load_for_resume(path: Path, cfg: Config, device: torch.device) -> Checkpoint
 
 
 def check_resumed_data(ckpt: Checkpoint, corpus: Corpus, bf16: bool, path: Path) -> None:
-    """Refuse other vocabularies than the run's; warn when the prepared data or the precision
-    changed, as the run will then not match an uninterrupted one."""
+    """Refuse other vocabularies than the run's; warn when the data or the precision changed."""
     check_vocab(ckpt.vocab, "src", corpus.src_vocab, path)
     check_vocab(ckpt.vocab, "tgt", corpus.tgt_vocab, path)
     if ckpt.corpus not in (None, corpus.fingerprint):
@@ -180,8 +168,7 @@ def save_training(paths: list[Path], *, model: torch.nn.Module, optimizer: torch
                   ema: torch.nn.Module | None, cfg: Config, corpus: Corpus, progress: TrainState,
                   schedule: ScheduleState, rng_states: list[tuple], bf16: bool,
                   valid_bleu: float | None) -> None:
-    """Write a checkpoint that training resumes from exactly to each of ``paths``;
-    ``rng_states``: each rank's (CPU, CUDA) RNG state."""
+    """Write an exactly resumable checkpoint to each of ``paths``."""
     ckpt = Checkpoint(
         model=model.state_dict(), config=cfg.to_dict(),
         vocab=vocab_records(corpus.src_vocab, corpus.tgt_vocab), progress=progress,
@@ -196,8 +183,7 @@ def save_training(paths: list[Path], *, model: torch.nn.Module, optimizer: torch
 def restore_training(ckpt: Checkpoint, *, path: Path, corpus: Corpus, bf16: bool,
                      model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      ema: torch.nn.Module | None, rank: int, device: torch.device) -> None:
-    """Check the data (``check_resumed_data``), then load the weights, the optimizer, the
-    moving average and this rank's RNG state."""
+    """``check_resumed_data``, then load weights, optimizer, moving average and RNG state."""
     check_resumed_data(ckpt, corpus, bf16, path)
     model.load_state_dict(ckpt.model)
     optimizer.load_state_dict(ckpt.optimizer)

@@ -1,14 +1,11 @@
 """A run's training corpus, prepared once and memory-mapped ever after.
 
-Preparing streams the corpus in chunks: sentencepiece trains on a sample of it
-(``data.spm_sample_sentences``), then each chunk is encoded on all cores, length-filtered and
-appended to flat arrays in ``<data.cache_dir or run dir/cache>/corpus-<fingerprint>/``: per side
-(src, tgt) ``ids`` (uint16 below 65,536 pieces, else int32), ``offsets`` (int64) and
-``lengths`` (int32), described by ``meta.json``. The fingerprint hashes all that produced it
-(the files' content, the sentencepiece model(s), ``data.max_len``, ``data.max_len_ratio``, the
-sentencepiece version, FORMAT); each folder is written whole or not at all
-(``nmt.io.building_folder``). ``vocab-<fingerprint>/`` keeps the sentencepiece model(s) for
-other runs on the same data and settings. Under torchrun rank 0 prepares, the others map.
+Sentencepiece trains on a sample (``data.spm_sample_sentences``); then chunk by chunk the corpus
+is encoded on all cores, length-filtered and appended to ``<data.cache_dir or run dir/cache>/
+corpus-<fingerprint>/``: per side (src, tgt) ``ids`` (uint16 below 65,536 pieces, else int32),
+``offsets`` (int64), ``lengths`` (int32), and ``meta.json``. The fingerprint hashes all that made
+it; a folder is written whole or not at all (``nmt.io.building_folder``). ``vocab-<fingerprint>/``
+keeps the sentencepiece model(s) for other runs. Under torchrun rank 0 prepares, the others map.
 """
 from __future__ import annotations
 
@@ -57,9 +54,8 @@ def _progress(what: str, total: int) -> tqdm:
 
 def _sample(source: TextPairs | DatasetPairs, sides: tuple[int, ...], pairs: int, limit: int
             ) -> Iterator[str]:
-    """The sentences of ``sides`` one after the other (source, then target), or, when they
-    hold more than ``limit``, ``limit`` of them drawn at random (a fixed seed: the same data
-    gives the same sample), still in corpus order."""
+    """The sentences of ``sides`` (source, then target); over ``limit`` of them, ``limit`` drawn
+    with a fixed seed (the same data gives the same sample), still in corpus order."""
     total = pairs * len(sides)
     chosen = None
     if limit and total > limit:
@@ -101,8 +97,7 @@ def _train_on_sample(sentences: Iterator[str], path: Path, data: DataConfig, whe
 
 
 def _vocabularies(data: DataConfig, source, identity: dict, cache: Path, run_dir: Path) -> None:
-    """The run's sentencepiece model(s): copied from the cache, or trained on a sample of the
-    corpus (and kept in the cache for other runs)."""
+    """The run's sentencepiece model(s): from the cache, or trained on a sample (and cached)."""
     paths = list(dict.fromkeys(vocab_paths(run_dir, data.joint_vocab)))  # one, or source and target
     n = identity["pairs"]
     limit = data.spm_sample_sentences
@@ -158,8 +153,8 @@ class _Entries:
 
 def _segmentations(vocabs: tuple[Vocab, Vocab], chunk: tuple[list[str], list[str]],
                    data: DataConfig, seed: tuple[int, int], threads: int) -> list[list[list[int]]]:
-    """Per side, the pieces of the chunk's sentences: one segmentation each, or with
-    data.subword_sampling that many sampled ones, pair after pair (row pair x K + k)."""
+    """Per side, the chunk's pieces: one segmentation each, or with data.subword_sampling
+    that many sampled ones, pair after pair (row pair x K + k)."""
     if not data.subword_sampling:
         return [vocab.encode(lines, threads) for vocab, lines in zip(vocabs, chunk)]
     k = data.subword_segmentations
@@ -173,8 +168,7 @@ def _segmentations(vocabs: tuple[Vocab, Vocab], chunk: tuple[list[str], list[str
 
 def _write(tmp: Path, sources: list, tags: list[list[int]], identity: dict,
            vocabs: tuple[Vocab, Vocab], data: DataConfig) -> dict:
-    """Encode, filter and write the corpus into ``tmp`` (the entries' sources one after the
-    other, each source sentence after its ``tags``); its meta.json record."""
+    """Encode, filter and write the sources into ``tmp``; returns its meta.json record."""
     start = time.perf_counter()
     pairs = identity["pairs"]
     copies = data.subword_segmentations if data.subword_sampling else 1
@@ -213,8 +207,8 @@ def _write(tmp: Path, sources: list, tags: list[list[int]], identity: dict,
 
 def _encode(sources: list, tags: list[list[int]], vocabs: tuple[Vocab, Vocab], data: DataConfig,
             outs: tuple, dtypes: list, counts: dict, lengths: tuple[list, list], bar: tqdm) -> int:
-    """Encode the sources chunk by chunk, append each kept pair's pieces to ``outs`` and their
-    lengths to ``lengths``, count what the filter dropped in ``counts``; the pairs read."""
+    """Append each kept pair's pieces to ``outs`` and lengths to ``lengths``, count what the
+    filter dropped in ``counts``; returns the pairs read."""
     copies = data.subword_segmentations if data.subword_sampling else 1
     # The cores this process may use (sentencepiece's default counts the machine's).
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else -1
@@ -245,9 +239,7 @@ def _encode(sources: list, tags: list[list[int]], vocabs: tuple[Vocab, Vocab], d
 
 
 def prepare(data: DataConfig, run_dir: Path, reuse_vocab: bool) -> Path:
-    """The prepared folder of the run's training data, made now unless it exists; the run's
-    sentencepiece model(s) in ``run_dir`` (trained, or copied from the cache, unless
-    ``reuse_vocab``)."""
+    """The prepared training data's folder, made unless it exists (vocabularies unless reused)."""
     cache = Path(data.cache_dir) if data.cache_dir else RunDir(run_dir).cache
     chosen = entries(data)
     sources = [pair_source(side_config(data, entry), entry.train) for entry in chosen]
@@ -304,8 +296,7 @@ def _mapped(folder: Path) -> tuple[Pieces, Pieces, dict]:
 
 class Corpus:
     """A run's training data (prepared and memory-mapped), its validation data and its
-    vocabularies (trained on the training side, or read back from the run directory on
-    --resume)."""
+    vocabularies (trained on the training side, or the run directory's on --resume)."""
 
     def __init__(self, cfg: Config, run_dir: Path, reuse_vocab: bool, rank: int = 0,
                  world: int = 1):
@@ -334,8 +325,7 @@ class Corpus:
         return int(with_end_marker(self.tgt.lengths[idx].astype(np.int64)).sum())
 
     def epoch(self, batch_size: int, unit: str, seed: int, epoch: int) -> list[np.ndarray]:
-        """The epoch's batches as arrays of rows: of pairs, or with sampled segmentations of the
-        segmentation each pair takes this epoch (drawn from the seed and the epoch)."""
+        """The epoch's batches of rows (with sampled segmentations, each pair's draw this epoch)."""
         k = self.segmentations
         if k == 1:
             return epoch_batches(self.src.lengths, self.tgt.lengths, batch_size, unit, seed, epoch)

@@ -1,8 +1,6 @@
 """Reading parallel text (whole, or streamed in chunks), length filtering, token-based batching.
-
-A batch carries the source with the end marker appended (``A B C _``), the decoder input that
-starts with it (``_ x y``) and the decoder target that ends with it (``x y _``): docs/model.md §3.
-"""
+A batch's source ends with the end marker (``A B C _``), its decoder input starts with it
+(``_ x y``) and its target ends with it (``x y _``): docs/model.md §3."""
 from __future__ import annotations
 
 import hashlib
@@ -30,9 +28,8 @@ CHUNK = 50_000  # sentences read, encoded and filtered at a time: memory stays f
 
 
 def file_identity(path: Path) -> dict:
-    """What a file holds: its size, line count and full sha256, in one streaming pass. A full
-    hash sees any change, also one that keeps the size and modification time (``cp -p``, an edit
-    in place); a copied or moved corpus keeps its identity."""
+    """A file's size, line count and full sha256, in one pass: a full hash sees any change (also
+    ``cp -p``, an edit in place), and a copied or moved corpus keeps its identity."""
     digest = hashlib.sha256()
     lines = 0
     last = b"\n"
@@ -65,8 +62,7 @@ class TextPairs:
         self.stats: list[tuple] = []
 
     def identity(self) -> dict:
-        """The content that a prepared corpus is keyed by (and, in ``pairs``, its size);
-        raises DataError for misaligned files."""
+        """What a prepared corpus is keyed by (``pairs``: its size); DataError if misaligned."""
         self.stats = [_stat(p) for p in self.paths]
         files = [file_identity(p) for p in self.paths]
         self.check_aligned(*(f["lines"] for f in files))
@@ -136,8 +132,8 @@ def input_files(cfg: DataConfig) -> list[Path]:
 
 
 def check_inputs(cfg: DataConfig) -> None:
-    """Before any work: every input file exists and can be read, and the validation and test
-    sets (small) read without error, so that no bad line in them is found hours later."""
+    """Before any work: the input files are readable and the (small) validation and test sets
+    read without error, so no bad line in them is found hours later."""
     for path in input_files(cfg):
         if not path.exists():
             raise DataError(f"{path}: file not found")
@@ -153,8 +149,7 @@ def check_inputs(cfg: DataConfig) -> None:
 
 
 def absolute_paths(cfg: DataConfig) -> DataConfig:
-    """``cfg`` with its file paths made absolute (``~`` expanded), so that a run directory's
-    config works from any directory; hub dataset names stay as they are."""
+    """``cfg`` with its file paths absolute (``~`` expanded): the run's config works anywhere."""
     absolute = lambda s: os.path.abspath(os.path.expanduser(s)) if s else s  # noqa: E731
     files = cfg.loader in ("text", *FILE_LOADERS)
     named = files or not Path(cfg.loader).is_dir()
@@ -168,9 +163,8 @@ def absolute_paths(cfg: DataConfig) -> DataConfig:
 
 
 def load_split(cfg: DataConfig, split: str, which: str = "split") -> tuple[list[str], list[str]]:
-    """The (source, target) sentences of one (small: validation or test) split, as raw text.
-    ``split``: a file prefix (loader "text"), a data file (json, csv, parquet) or a split name
-    of a hub / local dataset folder."""
+    """The raw (source, target) sentences of a small split: a file prefix (loader "text"), a data
+    file (json, csv, parquet) or a split name of a hub / local dataset folder."""
     source = pair_source(cfg, split)
     src, tgt = (list(itertools.chain.from_iterable(source.side(k))) for k in (0, 1))
     if isinstance(source, TextPairs):
@@ -192,8 +186,7 @@ def _field(record: dict, dotted: str, where: str) -> str:
 
 
 def _load_dataset(cfg: DataConfig, split: str):
-    """A split through Hugging Face ``datasets`` (an optional extra, imported only when used),
-    and how to name it in messages."""
+    """A split through Hugging Face ``datasets`` (an optional extra), and its name in messages."""
     try:
         import datasets
     except ImportError:
@@ -227,14 +220,13 @@ def length_filter(src_lens: np.ndarray, tgt_lens: np.ndarray, max_len: int,
                   "too_long": int(too_long.sum()), "bad_ratio": int(bad_ratio.sum())}
 
 
+@dataclass(eq=False)
 class Pieces:
     """Sentences of piece ids in one flat array (``offsets`` and ``lengths`` index it; maybe
     memory-mapped, nmt.corpus): a batch is padded with a few array operations, not a loop."""
-
-    def __init__(self, flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
-        self.flat = flat
-        self.offsets = offsets
-        self.lengths = lengths
+    flat: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
 
     @classmethod
     def of(cls, seqs: list[list[int]]) -> "Pieces":
@@ -244,8 +236,7 @@ class Pieces:
                                count=int(lengths.sum())), offsets, lengths)
 
     def padded(self, idx: np.ndarray, end_first: bool) -> np.ndarray:
-        """Sentences ``idx`` as a [B, longest + 1] array with the end marker first
-        (``_ x y``) or last (``x y _``), padded with PAD."""
+        """Sentences ``idx`` as [B, longest + 1], the end marker first or last, padded with PAD."""
         lengths = self.lengths[idx]
         width = int(with_end_marker(lengths.max()))
         cols = np.arange(width)[None, :] - int(end_first)  # position in the sentence
@@ -258,8 +249,7 @@ class Pieces:
 
 @dataclass
 class Batch:
-    """Sentences as padded tensors: the source, and for training their targets (None when
-    decoding)."""
+    """Sentences as padded tensors: the source, and for training their targets."""
     src: torch.Tensor  # [B, S] source ids + end marker, padded
     src_lengths: np.ndarray  # [B] with the end marker, on the host (packing is planned there)
     tgt_in: torch.Tensor | None = None  # [B, T] end marker + target ids, padded
@@ -280,20 +270,18 @@ class Batch:
 
 
 def with_end_marker(lengths: np.ndarray) -> np.ndarray:
-    """[B] sentence lengths in pieces -> with the one end marker each sentence is read or
-    predicted with (docs/model.md §3)."""
+    """[B] sentence lengths in pieces -> with the end marker each has (docs/model.md §3)."""
     return lengths + 1
 
 
 def without_end_marker(lengths: np.ndarray) -> np.ndarray:
-    """The inverse of ``with_end_marker``: [B] lengths with the end marker -> pieces."""
+    """The inverse of ``with_end_marker``."""
     return lengths - 1
 
 
 def batch_of(src: Pieces | list[list[int]], tgt: Pieces | list[list[int]] | None = None,
              idx: np.ndarray | None = None) -> Batch:
-    """The batch of sentences ``idx`` (default: all) of ``src`` and, for training, their
-    targets ``tgt`` (docs/model.md §3: ``A B C _`` -> ``_ x y`` / ``x y _``)."""
+    """The batch of sentences ``idx`` (default: all) of ``src`` and, to train, of ``tgt``."""
     src = src if isinstance(src, Pieces) else Pieces.of(src)
     idx = np.arange(len(src.lengths)) if idx is None else idx
     source = torch.from_numpy(src.padded(idx, end_first=False))
@@ -310,16 +298,14 @@ def batch_of(src: Pieces | list[list[int]], tgt: Pieces | list[list[int]] | None
 
 
 def length_batches(sizes: list[int], batch_size: int) -> list[list[int]]:
-    """Positions 0 .. len(sizes) - 1 sorted by size (stable), cut into batches of
-    ``batch_size``: less padding, and a decoding batch shrinks evenly as sentences finish."""
+    """Positions of ``sizes`` sorted by size (stable), cut into batches of ``batch_size``."""
     order = sorted(range(len(sizes)), key=sizes.__getitem__)
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def by_length(sizes: list[int], batch_size: int, work: Callable[[list[int]], Iterable[T]]
               ) -> list[T]:
-    """``work`` on the ``length_batches`` of ``sizes`` (it returns one result per position
-    it is given), the results put back in input order."""
+    """``work`` (one result per position given) on ``length_batches``, results in input order."""
     results: list = [None] * len(sizes)
     for index in length_batches(sizes, batch_size):
         for position, result in zip(index, work(index)):
@@ -329,14 +315,10 @@ def by_length(sizes: list[int], batch_size: int, work: Callable[[list[int]], Ite
 
 def epoch_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, batch_size: int, unit: str,
                   seed: int, epoch: int) -> list[np.ndarray]:
-    """The batches of one epoch, as arrays of example indices.
-
-    Examples are sorted by length (ties broken at random), so a batch has little padding; the
-    batch order is then shuffled. All depends only on (seed, epoch): a resumed run sees exactly
-    the batches it would have seen. A batch takes examples in sorted order until one more would
-    put it over ``batch_size`` (sentences, or sentences x its longest side + 1 in tokens); each
-    cut is found with array operations on the window that can hold the batch.
-    """
+    """The epoch's batches (arrays of example indices): examples sorted by length (ties at
+    random), cut where one more would put a batch over ``batch_size`` (sentences, or sentences x
+    its longest side + 1 in tokens), batches shuffled. Only (seed, epoch) decide: a resumed run
+    sees the batches it would have seen."""
     rng = np.random.default_rng([seed, epoch])
     order = np.lexsort((rng.random(len(src_lens)), tgt_lens, src_lens))
     longest = with_end_marker(np.maximum(src_lens, tgt_lens)[order].astype(np.int64))

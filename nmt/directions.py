@@ -1,12 +1,10 @@
 """Several translation directions in one model (``data.directions``; Johnson et al. 2017).
 
-Each entry names a language pair and, optionally, its own files and a tag; all train one model
-with one vocabulary (trained on all their sentences), batches mixing them. With several target
-languages every source sentence starts with the tag piece ``<2xx>``, in training and decoding
-(``target_lang``). An entry's ``tag`` (``<BT>``: back-translated, Caswell et al. 2019) goes
-before its training sources only. Tags are sentencepiece control symbols: an input that writes
-``<2en>`` is read as text. Without ``data.directions`` the model is the one direction
-``data.src_lang -> data.tgt_lang``, untagged.
+Each entry is a language pair with, optionally, its own files and a tag; all train one model and
+vocabulary. With several target languages every source starts with the tag ``<2xx>``, in
+training and decoding; an entry's ``tag`` (``<BT>``: back-translated) goes before its training
+sources only. Tags are control symbols (an input writing ``<2en>`` is text). Without
+``data.directions``: the one direction ``data.src_lang -> data.tgt_lang``, untagged.
 """
 from __future__ import annotations
 
@@ -20,8 +18,7 @@ def entries(data: DataConfig) -> list[Direction]:
     """The training entries, each with its files filled in from the data section's."""
     given = data.directions or [Direction(data.src_lang, data.tgt_lang)]
     return [replace(e, train=e.train or data.train, valid=e.valid or data.valid,
-                    test=e.test or data.test)
-            for e in given]
+                    test=e.test or data.test) for e in given]
 
 
 def label(entry: Direction) -> str:

@@ -1,9 +1,7 @@
-"""Ensembles: several models with one vocabulary, decoded as one.
+"""Ensembles: several models with one vocabulary, decoded as one ``DecodableModel``.
 
-At each step every member reads the same previous output (each keeps its own encoding and
-state) and the ensemble's log-probabilities are the members' mean. ``Ensemble`` is a
-``nmt.search.DecodableModel``: search runs it unchanged, a translation still does not depend on
-its batch, and an ensemble of one model is exactly that model.
+Every member reads the same previous output (keeping its own encoding and state); the
+log-probabilities are the members' mean. An ensemble of one model is exactly that model.
 """
 from __future__ import annotations
 
@@ -36,25 +34,18 @@ class Ensemble(nn.Module):
     def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor
                ) -> tuple[PerMember, PerMember]:
         """src: [B, S], lengths: [B] -> the members' memories and initial states."""
-        encoded = [member.encode(src, lengths) for member in self.members]
-        return (PerMember([memory for memory, _ in encoded]),
-                PerMember([state for _, state in encoded]))
+        memories, states = zip(*(member.encode(src, lengths) for member in self.members))
+        return PerMember(list(memories)), PerMember(list(states))
 
     def decode_step(self, prev: torch.Tensor, state: PerMember, memory: PerMember
                     ) -> tuple[torch.Tensor, PerMember, torch.Tensor]:
-        """prev: [B] -> mean log-probabilities [B, V], the members' states, mean attention
-        [B, S]."""
+        """prev: [B] -> mean log-probabilities [B, V], the members' states, mean attention."""
         steps = [member.decode_step(prev, member_state, member_memory)
                  for member, member_state, member_memory
                  in zip(self.members, state.parts, memory.parts)]
-        if len(steps) == 1:
-            logp, member_state, weights = steps[0]
-            return logp, PerMember([member_state]), weights
         # Summed member by member, elementwise: each row's mean is formed in one order
-        # whatever the batch (a mean over a stacked dimension need not be).
-        logp = steps[0][0]
-        weights = steps[0][2]
+        # whatever the batch (a mean over a stacked dimension need not be). One member: x / 1.
+        logp, _, weights = steps[0]
         for step_logp, _, step_weights in steps[1:]:
-            logp = logp + step_logp
-            weights = weights + step_weights
+            logp, weights = logp + step_logp, weights + step_weights
         return logp / len(steps), PerMember([step[1] for step in steps]), weights / len(steps)

@@ -24,8 +24,7 @@ def test_set(cfg, split: str, src_file: str | None, ref_file: str | None, target
     if src_file or ref_file:
         if not (src_file and ref_file):
             raise DataError("give both a source file and a reference file")
-        sources = read_lines(src_file)
-        references = read_lines(ref_file)
+        sources, references = read_lines(src_file), read_lines(ref_file)
         if len(sources) != len(references):
             raise DataError(f"{src_file} has {len(sources)} lines but {ref_file} has "
                             f"{len(references)}")
@@ -43,8 +42,7 @@ def test_set(cfg, split: str, src_file: str | None, ref_file: str | None, target
 def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best",
                device: str = "cpu", int8: bool = False, ensemble: list[str] = (),
                backend: str = "torch", **decode_overrides) -> System:
-    """Translate ``sources`` with a run; decode a few of them again, with the same settings,
-    keeping the model's attention weights for the report's heatmaps."""
+    """Translate ``sources`` with a run, and a few again keeping the attention for heatmaps."""
     from nmt.translate import Translator
 
     translator = Translator.load(run_dir, checkpoint, device, int8, ensemble, backend)
@@ -60,8 +58,7 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
     kept = translator.hypotheses(picks, keep_attention=True, **asdict(decode))
     attention = [translator.alignment(sentence, hyps[0], target_lang=decode.target_lang)
                  for sentence, hyps in zip(picks, kept)]
-    run = translator.run
-    int8 = translator.int8  # int8 is declined on CPUs without fast int8
+    run, int8 = translator.run, translator.int8  # int8 is declined on CPUs without fast int8
     name = f"{Path(run_dir).name}:{run.checkpoint.stem}" + (":int8" if int8 else "") + \
         "".join(f"+{member}" for member in ensemble)
     info = {"checkpoint": str(run.checkpoint), "step": run.step,
@@ -75,10 +72,10 @@ def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "
              src_file: str | None = None, ref_file: str | None = None, checkpoint: str = "best",
              out_dir: str | Path | None = None, device: str = "cpu", int8: bool = False,
              ensemble: list[str] = (), backend: str = "torch", **decode_overrides) -> dict:
-    """Write a report on one or more systems: runs (translated here) and/or hypothesis files,
-    on ``src_file``/``ref_file`` or the first run's ``data.<split>``. Without ``out_dir`` a
-    single run reports into ``<run_dir>/reports/<set>-<checkpoint>-beam<k>`` (recorded in its
-    run.json), a single file into ``<file>.report``."""
+    """Report on runs (translated here) and/or hypothesis files, on ``src_file``/``ref_file`` or
+    the first run's ``data.<split>``. Without ``out_dir`` a single run reports into
+    ``<run_dir>/reports/<set>-<checkpoint>-beam<k>`` (recorded in its run.json), a single file
+    into ``<file>.report``."""
     if not run_dirs and not hyp_files:
         raise DataError("nothing to evaluate: give a run directory or a hypothesis file")
     if ensemble and len(run_dirs) != 1:
@@ -97,21 +94,23 @@ def evaluate(run_dirs: list[str] = (), hyp_files: list[str] = (), split: str = "
             raise DataError(f"{path} has {len(hypotheses)} lines but the references have "
                             f"{len(references)}")
         systems.append(System(Path(path).name, hypotheses, {"file": str(path)}))
+    info = systems[0].info
     if out_dir is None and len(systems) == 1 and hyp_files:
         out_dir = Path(f"{hyp_files[0]}.report")
     elif out_dir is None:
         if len(systems) > 1:
             raise DataError("several systems: say where the report goes (--out)")
-        decoding = systems[0].info["decoding"]
-        out_dir = (RunDir(run_dirs[0]).reports /
-                   f"{set_name}-{Path(systems[0].info['checkpoint']).stem}-beam"
-                   f"{decoding['beam_size']}{'-int8' if int8 else ''}"
+        out_dir = (RunDir(run_dirs[0]).reports / f"{set_name}-{Path(info['checkpoint']).stem}-beam"
+                   f"{info['decoding']['beam_size']}{'-int8' if int8 else ''}"
                    f"{f'-ensemble{len(ensemble) + 1}' if ensemble else ''}")
     title = f"Evaluation on {set_name}: " + ", ".join(s.name for s in systems)
     report = build_report(systems, sources, references, Path(out_dir), title)
     report["report_dir"] = str(out_dir)
-    if len(systems) == 1 and run_dirs and not folder:
-        _record(RunDir(run_dirs[0]), Path(out_dir), set_name, systems[0].info, len(ensemble))
+    if len(systems) == 1 and run_dirs and not folder:  # where nmt-export finds it for the card
+        RunDir(run_dirs[0]).facts.add_report(
+            Path(out_dir), set=set_name, checkpoint=Path(info["checkpoint"]).stem,
+            step=info["step"], beam_size=info["decoding"]["beam_size"],
+            int8=info["decoding"]["int8"], ensemble=len(ensemble))
     return report
 
 
@@ -132,16 +131,8 @@ def _test_data(run_dirs: list[str], folder: bool, split: str, src_file: str | No
     references = read_lines(ref_file)
     sources = read_lines(src_file) if src_file else references  # buckets by reference length
     if len(sources) != len(references):
-        raise DataError(f"{src_file} has {len(sources)} lines but {ref_file} has "
-                        f"{len(references)}")
+        raise DataError(f"{src_file} has {len(sources)} lines but {ref_file} has {len(references)}")
     return sources, references, Path(ref_file).name
-
-
-def _record(run: RunDir, out_dir: Path, set_name: str, info: dict, ensemble: int) -> None:
-    """The report in the run's run.json, where nmt-export finds it for the model card."""
-    run.facts.add_report(out_dir, set=set_name, checkpoint=Path(info["checkpoint"]).stem,
-                         step=info["step"], beam_size=info["decoding"]["beam_size"],
-                         int8=info["decoding"]["int8"], ensemble=ensemble)
 
 
 def format_scores(report: dict) -> str:
@@ -150,11 +141,9 @@ def format_scores(report: dict) -> str:
     for system in report["systems"]:
         s = system["scores"]
         prefix = f"{system['name']}: " if len(report["systems"]) > 1 else ""
-        lines += [f"{prefix}BLEU {s['bleu']:.2f}  {s['bleu_signature']}",
-                  f"{prefix}chrF {s['chrf']:.2f}  {s['chrf_signature']}",
-                  f"{prefix}TER  {s['ter']:.2f}  {s['ter_signature']}"]
+        lines += [f"{prefix}{name:<4} {s[m]:.2f}  {s[m + '_signature']}"  # TER padded to 4
+                  for m, name in (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER"))]
     for row in report.get("significance", {}).get("rows", [])[1:]:
-        lines.append(f"{row['system']} vs {report['significance']['baseline']}: "
-                     f"BLEU p = {row['bleu_p']}"
-                     f"{' (significant)' if row['bleu_significant'] else ''}")
+        lines.append(f"{row['system']} vs {report['significance']['baseline']}: BLEU p = "
+                     f"{row['bleu_p']}{' (significant)' if row['bleu_significant'] else ''}")
     return "\n".join(lines)

@@ -1,11 +1,7 @@
-"""Model folders: a trained model as people share it, loaded with nothing executed.
-
-A model folder (``nmt-export RUN OUT``, ``Translator.save_pretrained``) holds ``config.json``
-(the settings decoding needs, the vocabularies' fingerprints), ``model.safetensors`` (the
-decoding weights: plain tensors, no pickle), the sentencepiece model(s) and ``README.md``, a
-model card in the Hugging Face Hub's format. Loading one runs no code from the folder, and the
-loaded model decodes exactly as the run.
-"""
+"""Model folders (``nmt-export RUN OUT``, ``Translator.save_pretrained``): a trained model as
+people share it. ``config.json`` (decode settings, vocabulary fingerprints), ``model.safetensors``
+(plain tensors, no pickle), the sentencepiece model(s) and ``README.md``, a Hub model card.
+Loading one runs no code from the folder, and it decodes exactly as the run."""
 from __future__ import annotations
 
 import json
@@ -89,8 +85,7 @@ def push(run: LoadedRun, repo_id: str, card: str, private: bool = False,
 
 
 def _test_report(run_dir: RunDir, run: LoadedRun) -> dict | None:
-    """The newest report recorded in run.json on the test set by this checkpoint at this step
-    (the model alone: not an ensemble)."""
+    """The newest test-set report in run.json by this checkpoint and step (not an ensemble)."""
     for folder, record in reversed(run_dir.facts.reports()):
         if (record.get("set"), record.get("checkpoint"), record.get("step")) != \
                 ("test", run.checkpoint.stem, run.step) or record.get("ensemble"):
@@ -142,8 +137,7 @@ def _metadata(run: LoadedRun, system: dict | None, license_id: str) -> dict:
 
 
 def _architecture(run: LoadedRun) -> str:
-    m = run.cfg.model
-    data = run.cfg.data
+    m, data = run.cfg.model, run.cfg.data
     return (f"An LSTM encoder–decoder with attention trained with "
             f"[nmt](https://pypi.org/project/nmt/): encoder {m.encoder_layers} × "
             f"{'bidirectional ' if m.bidirectional else ''}{m.cell.upper()} "
@@ -187,10 +181,9 @@ def _scores(run: LoadedRun, facts: _Facts) -> list[str]:
 
 
 def model_card(run: LoadedRun, license_id: str = "other") -> str:
-    """README.md in the Hub's model-card format: YAML metadata, then what the model is,
-    how it was trained and scored, the two lines that use it, and its limits."""
-    cfg = run.cfg
-    facts = _run_facts(run)
+    """README.md in the Hub's model-card format: YAML metadata, what the model is, its use,
+    training, scores and limits."""
+    cfg, facts = run.cfg, _run_facts(run)
     multi30k = cfg.data.train.rstrip("/").endswith("multi30k/train")
     body = [
         f"# nmt {', '.join(f'{d.src} → {d.tgt}' for d in directions(cfg.data))}", "",

@@ -1,11 +1,9 @@
 """Fine-tuning: a new run that starts from a trained model (``train.init_from``).
 
-The source is a run directory (its best checkpoint), a checkpoint inside one, or a model
-folder (``nmt-export``). Its weights and its sentencepiece model(s) become the new run's (the
-corpus is encoded with them); every ``model.*`` option that shapes the weights must match, and
-so must ``data.joint_vocab``. The optimizer, schedule and step start fresh. The run's config
-records the source's path and its weights' sha256 (``train.init_sha256``; given beforehand, it
-pins the source). A fine-tuning run resumes like any other, from its own checkpoint.
+The source (a run directory's best checkpoint, a checkpoint, or a model folder) gives its weights
+and sentencepiece model(s); every ``model.*`` option that shapes weights, and ``data.joint_vocab``,
+must match. Optimizer, schedule and step start fresh. ``train.init_sha256`` records (or, given
+beforehand, pins) the source's weights. A fine-tuning run resumes like any other.
 """
 from __future__ import annotations
 
@@ -36,13 +34,10 @@ class Source:
 
 
 def load_source(cfg: Config) -> Source:
-    """``train.init_from`` loaded and checked against ``cfg``; ConfigError naming the option
-    that does not match. Reads only: nothing is written."""
+    """``train.init_from`` loaded and checked against ``cfg`` (ConfigError); writes nothing."""
     where = Path(cfg.train.init_from).expanduser()
-    if where.is_file():  # a checkpoint: <run>/checkpoints/<name>.pt
-        run = load_run(where.parent.parent, str(where))
-    else:
-        run = load_run(where)
+    # A checkpoint lies in <run>/checkpoints/<name>.pt
+    run = load_run(where.parent.parent, str(where)) if where.is_file() else load_run(where)
     sha256 = hashlib.sha256(run.checkpoint.read_bytes()).hexdigest()
     if cfg.train.init_sha256 and cfg.train.init_sha256 != sha256:
         raise ConfigError(f"train.init_sha256: {run.checkpoint} has sha256 {sha256}, not the "

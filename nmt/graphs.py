@@ -1,13 +1,9 @@
 """Decoding under CUDA graphs (``decode.cuda_graphs``): a decoder step replayed, not launched.
 
-A decoder step is a few hundred small kernels; at decoding's batch sizes a GPU spends the step
-launching them. ``GraphedSteps`` wraps a model for search (and is a ``DecodableModel``): it
-captures the step once per bucket of (sentences, beams per sentence, source length) as a CUDA
-graph and replays it. Rows and source are padded up to their bucket (extra sentences copy
-sentence 0, extra source positions are masked); since a sentence's results do not depend on
-the rest of its batch (``nmt.invariant``), a graphed step gives what an eager one does. Off
-CUDA the same code runs eagerly on the padded inputs (what the tests check). The search's own
-bookkeeping stays eager.
+A step is hundreds of small kernels, at decoding's batch sizes mostly launch time.
+``GraphedSteps`` (a ``DecodableModel``) captures the step once per bucket of (sentences, beams,
+source length) and replays it, rows and source padded up to the bucket; as rows do not mix
+(``nmt.invariant``) it gives what an eager step does. Off CUDA the same code runs eagerly.
 """
 from __future__ import annotations
 
@@ -31,8 +27,7 @@ def bucket(n: int, least: int) -> int:
 
 
 def _map(fn, obj):
-    """``obj`` (a tensor, None, a list or a dataclass of these: Memory, DecoderState,
-    ensemble.PerMember) rebuilt with ``fn`` applied to each tensor."""
+    """``obj`` (a tensor, None, a list or dataclass of these) with ``fn`` applied to tensors."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if obj is None:
@@ -49,9 +44,8 @@ def _leaves(obj) -> list[torch.Tensor]:
 
 
 class _Rows:
-    """The state rows steps read, in buffers that stay where they are (a replay reads them
-    there); made from a first batch's rows repeated, so that rows past a later batch's own
-    always hold some real sentence's values (stale ones: harmless, rows do not mix)."""
+    """The state rows steps read, in fixed buffers (a replay reads them there): a first batch's
+    rows repeated, so rows past a later batch's hold real (stale: harmless) values."""
 
     def __init__(self, prev: torch.Tensor, state, rows: int):
         index = torch.arange(rows, device=prev.device) % len(prev)
@@ -60,8 +54,8 @@ class _Rows:
 
 
 class _Source:
-    """The memory steps read: ``sentences`` rows padded to ``source`` positions (zeros past
-    a batch's length: the mask's False), made and kept as ``_Rows``."""
+    """The memory steps read, kept as ``_Rows``: ``sentences`` rows padded to ``source``
+    positions (zeros past a batch's length: the mask's False)."""
 
     def __init__(self, memory, sentences: int, source: int):
         memory = memory.select(torch.arange(sentences, device=_leaves(memory)[0].device)
@@ -71,8 +65,7 @@ class _Source:
             return torch.cat([t, t.new_zeros(t.size(0), source - t.size(1), *t.shape[2:])], 1)
 
         self.memory = _map(padded, memory)
-        # the caller's memory last copied in (it changes as sentences finish)
-        self.memory_of = lambda: None
+        self.memory_of = lambda: None  # the caller's memory last copied in
 
     def load(self, memory) -> None:
         if self.memory_of() is not memory:
@@ -83,8 +76,7 @@ class _Source:
 
 
 class _Step:
-    """One bucket's step over the first rows of its buffers: captured as a CUDA graph, or
-    (off CUDA) run eagerly on the same views."""
+    """One bucket's step over its buffers' first rows: a CUDA graph, or (off CUDA) eager."""
 
     def __init__(self, model, rows: _Rows, source: _Source, size: tuple[int, int], pool):
         self.rows = rows  # kept alive while this step is
@@ -116,8 +108,8 @@ class _Step:
 
 
 class GraphedSteps:
-    """A model for search whose ``decode_step`` runs as a replayed CUDA graph per bucket. What
-    it returns is valid until the next ``decode_step`` (the next replay overwrites it)."""
+    """A model whose ``decode_step`` replays a CUDA graph per bucket; what it returns is valid
+    until the next ``decode_step``."""
 
     def __init__(self, model: DecodableModel):
         self._model = weakref.ref(model)  # the graphs are kept with the model (``graphed``)
@@ -132,8 +124,7 @@ class GraphedSteps:
     def decode_step(self, prev: torch.Tensor, state, memory):
         """prev: [R] -> log-probabilities [R, V], new state, attention [R, S], as the model's."""
         model = self._model()
-        first = _leaves(memory)[0]  # [A, S, K]: A sentences, R = A x beams rows
-        sentences, source = first.shape[:2]
+        sentences, source = _leaves(memory)[0].shape[:2]  # [A, S, K]: R = A x beams rows
         rows = len(prev)
         width = rows // sentences
         key = (bucket(sentences, ROW_BLOCK), width, bucket(source, SOURCE_BLOCK), model.training)
@@ -154,8 +145,7 @@ _graphed: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def graphed(model: DecodableModel) -> GraphedSteps:
-    """The model's ``GraphedSteps``, made once and kept while the model lives (captures are
-    reused by every later batch, request and call)."""
+    """The model's ``GraphedSteps``, made once and kept while the model lives."""
     if model not in _graphed:
         _graphed[model] = GraphedSteps(model)
     return _graphed[model]

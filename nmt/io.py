@@ -1,18 +1,13 @@
 """Files: outputs written the way a careful Unix tool writes them, and strict UTF-8 reading.
 
-Every file nmt writes goes through ``write_file``:
-
-- a regular file, new or existing, named directly or through a symbolic link (the target is
-  written), is written to a temporary file beside it, flushed to disk and renamed over it:
-  readers see the old file or the new one, and a failure leaves the old one as it was;
-- a new file gets mode 0666 minus the umask; an existing one keeps its mode (and, where the
-  user may, its owner and group);
-- anything else (a terminal, ``/dev/null``, a FIFO) is written to directly: renaming over it
-  would replace the device node or the pipe with a regular file;
-- ``-``, ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N`` write to the open file
-  descriptor, where the shell put it (``>>`` still appends).
-
-A folder of files is written by ``building_folder`` under a temporary name and renamed whole.
+Every file nmt writes goes through ``write_file``: a regular file (new or existing, named
+directly or through a symbolic link, whose target is written) is written to a temporary file
+beside it, flushed to disk and renamed over it, so readers see the old file or the new one and a
+failure leaves the old one; a new file gets mode 0666 minus the umask, an existing one keeps its
+mode (and, where the user may, its owner and group). Anything else (a terminal, ``/dev/null``, a
+FIFO) is written to directly, as renaming would replace it with a regular file; ``-``,
+``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N`` write to that descriptor (``>>`` appends).
+``building_folder`` writes a folder under a temporary name and renames it whole.
 """
 from __future__ import annotations
 
@@ -114,10 +109,9 @@ def _fsync_folder(folder: Path) -> None:
 
 @contextmanager
 def building_folder(folder: Path) -> Iterator[Path]:
-    """A temporary folder beside ``folder`` that becomes ``folder`` (its files and the rename
-    on disk) when the block ends without error, and is removed otherwise: a reader never
-    takes a partial folder for a complete one. ``folder`` may be missing or empty; if
-    another process completed it first, its copy is kept."""
+    """A temporary folder beside ``folder`` that becomes it (files and rename on disk) when the
+    block ends without error, and is removed otherwise: no reader sees a partial folder. If
+    another process completed ``folder`` first, its copy is kept."""
     tmp = folder.parent / f".{folder.name}.{socket.gethostname()}-{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -139,8 +133,7 @@ def building_folder(folder: Path) -> Iterator[Path]:
 
 
 def sweep_stale_folders(parent: Path) -> None:
-    """Remove the temporary folders ``building_folder`` left in ``parent`` on this machine
-    when its process was killed (an error or a signal removes its own)."""
+    """Remove the temporary folders killed ``building_folder`` processes left in ``parent``."""
     for stale in parent.glob(f".*.{socket.gethostname()}-*.tmp"):
         pid = stale.name.rsplit("-", 1)[1][:-len(".tmp")]
         if pid.isdigit() and not _alive(int(pid)):
@@ -159,8 +152,7 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (what a batch scheduler sends) stops the block as Ctrl-C does, so that a
-    ``building_folder`` inside it removes its temporary folder."""
+    """SIGTERM stops the block as Ctrl-C does: a ``building_folder`` in it cleans up."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -176,8 +168,8 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 def refuse_output_that_is_an_input(output: str | Path | None, inputs: Iterable[str | Path | None],
                                    stdin: bool = False) -> None:
-    """Refuse, before any work, an output that is the same regular file as an input
-    (directly, through a link, or as the file the shell redirected to stdin)."""
+    """Refuse an output that is the same regular file as an input (also through a link, or
+    as the shell's stdin)."""
     if output is None or str(output) == "-":
         return
     try:
@@ -197,10 +189,13 @@ def refuse_output_that_is_an_input(output: str | Path | None, inputs: Iterable[s
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """Lines of a UTF-8 text file without their line endings; DataError naming the file (and
-    the line, for bad UTF-8)."""
+    """Lines of a UTF-8 text file without their line endings, split on "\n" only (a stray form
+    feed or U+2028 starts no line); DataError naming the file (and line, for bad UTF-8)."""
     with open_input(path) as f:
-        return decode_lines(f.read(), str(path))
+        lines = f.read().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [_decode_line(raw, str(path), number) for number, raw in enumerate(lines, 1)]
 
 
 def open_input(path: str | Path) -> BinaryIO:
@@ -212,14 +207,6 @@ def open_input(path: str | Path) -> BinaryIO:
         raise DataError(f"{path}: is a directory, expected a text file") from None
 
 
-def decode_lines(data: bytes, name: str) -> list[str]:
-    """Split on "\n" only (a stray form feed or U+2028 does not start a line), then decode."""
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return [_decode_line(raw, name, number) for number, raw in enumerate(lines, 1)]
-
-
 def _decode_line(raw: bytes, name: str, number: int) -> str:
     try:
         return raw.decode("utf-8").rstrip("\r")
@@ -228,10 +215,9 @@ def _decode_line(raw: bytes, name: str, number: int) -> str:
 
 
 def read_chunks(path: str | None, size: int) -> Iterator[list[str]]:
-    """The lines of a UTF-8 file (stdin when ``path`` is None), ``size`` at a time, so that
-    memory does not grow with the input; from a terminal one at a time, so that each typed
-    line is answered. The file is opened now (a missing one is an error before any output);
-    bad UTF-8 raises DataError naming the file and line when its chunk is read."""
+    """The lines of a UTF-8 file (stdin when ``path`` is None), ``size`` at a time (from a
+    terminal one at a time, so each typed line is answered). The file is opened now; bad UTF-8
+    raises DataError naming the file and line when its chunk is read."""
     stream = open_input(path) if path else sys.stdin.buffer
     return _chunks(stream, path or "<stdin>", 1 if stream.isatty() else size, close=bool(path))
 

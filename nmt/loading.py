@@ -21,6 +21,7 @@ VERSION = 1
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 
+
 @dataclass
 class LoadedRun:
     cfg: Config
@@ -33,9 +34,8 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"
              ) -> LoadedRun:
-    """Load a trained model for decoding, checking its vocabularies: a run directory's
-    checkpoint, or a model folder (``nmt.export``: it has one model, so ``checkpoint``
-    must stay "best")."""
+    """A trained model for decoding, its vocabularies checked: a run directory's checkpoint, or
+    a model folder (``nmt.export``: one model, so ``checkpoint`` must stay "best")."""
     run_dir = Path(run_dir)
     if is_model_folder(run_dir):
         if checkpoint != "best":
@@ -49,15 +49,12 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
         cfg = config_from_dict(ckpt.config, where=f"{path}: ")
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
-    src_path, tgt_path = vocab_paths(run_dir, cfg.data.joint_vocab)
-    src_vocab = Vocab(src_path)
-    tgt_vocab = Vocab(tgt_path)
-    check_vocab(ckpt.vocab, "src", src_vocab, path)
-    check_vocab(ckpt.vocab, "tgt", tgt_vocab, path)
+    src_vocab, tgt_vocab = (Vocab(p) for p in vocab_paths(run_dir, cfg.data.joint_vocab))
+    for side, vocab in (("src", src_vocab), ("tgt", tgt_vocab)):
+        check_vocab(ckpt.vocab, side, vocab, path)
     model = Seq2Seq(cfg.model, len(src_vocab), len(tgt_vocab)).to(device)
     model.load_state_dict(ckpt.decoding_weights())
-    model.eval()
-    return LoadedRun(cfg, model, src_vocab, tgt_vocab, path, ckpt.progress.step)
+    return LoadedRun(cfg, model.eval(), src_vocab, tgt_vocab, path, ckpt.progress.step)
 
 
 def is_model_folder(path: str | Path) -> bool:

@@ -1,20 +1,18 @@
 """Markup kept through translation (``decode.markup: keep``): XML-like tags and placeholders.
 
-A line's markup -- tags (``<b>``, ``</b>``, ``<x id="1"/>``) and placeholders (``{1}``,
-``{name}``, ``%s``, ``%1$d``, URLs) -- is taken out, the plain text is translated with its
-attention kept, and each item is put back where the attention aligns the source words it
-touched: a tag pair around the target words aligned to the words it enclosed, a lone item
-before the target word aligned to the source word that followed it. Pairs nest inside their
-parents and follow their siblings in source order, so every tag balanced in the input is
-balanced in the output; an item is never lost, duplicated or invented (search may not
-write ``<``, ``>``, ``{`` or ``}`` meanwhile: ``nmt.vocab.Vocab.markup_ids``). So that those
-characters still come through, one that is not part of a tag or placeholder (``a < b``,
-``<3``) is a lone item too; ``%`` not followed by a conversion, or ``100%ige``, is text.
+A line's tags (``<b>``, ``</b>``, ``<x id="1"/>``) and placeholders (``{1}``, ``%s``, ``%1$d``,
+URLs) are taken out, the plain text translated with attention, and each item put back where the
+attention aligns what it touched: a pair around the words aligned to those it enclosed, a lone
+item before the word aligned to the one after it. Pairs nest in their parents and follow their
+siblings, so balanced tags stay balanced; no item is lost, duplicated or invented (search may
+not write ``<>{}``: Vocab.markup_ids). A stray ``<``, ``>``, ``{`` or ``}`` is a lone item too;
+``%`` not followed by a conversion (``100%ige``) is text.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 
 import torch
 
@@ -44,38 +42,33 @@ class Item:
 
 
 def strip(line: str) -> tuple[str, list[Item]]:
-    """``line`` -> (its plain text, its markup as a tree of top-level items in source order).
-    A closing tag pairs with the opening tag on top of the stack of the same name; one that
-    does not, and an opening tag never closed, are lone items."""
-    plain: list[str] = []
-    length = 0
+    """``line`` -> (its plain text, its markup as a tree of items in source order). A closing tag
+    pairs with the open tag on top if it has its name; else it, and a tag never closed, are lone."""
     root: list[Item] = []
     stack: list[tuple[Item, list[Item]]] = []  # open tags and the list they were added to
-    cursor = 0
+    removed = 0  # markup characters before the match
     for match in MARKUP.finditer(line):
-        plain.append(line[cursor:match.start()])
-        length += match.start() - cursor
-        cursor = match.end()
         text = match.group()
+        at = match.start() - removed  # where it is in the plain text
+        removed += len(text)
         siblings = stack[-1][0].children if stack else root
         spacing = _spacing(line, match.start(), match.end())
         if match.group("name") and not match.group("close") and not match.group("empty"):
-            item = Item(text, length, **spacing)
+            item = Item(text, at, **spacing)
             siblings.append(item)
             stack.append((item, siblings))
         elif match.group("close") and stack and _name(stack[-1][0].text) == match.group("name"):
             item, _ = stack.pop()
-            item.end, item.close = length, text
+            item.end, item.close = at, text
             item.space_after, item.glued_after = spacing["space_after"], spacing["glued_after"]
         else:
-            siblings.append(Item(text, length, **spacing))
-    plain.append(line[cursor:])
+            siblings.append(Item(text, at, **spacing))
     while stack:  # never closed: a lone item, its children its siblings after it
         item, siblings = stack.pop()
-        at = siblings.index(item)
-        siblings[at + 1:at + 1] = item.children
+        after = siblings.index(item) + 1
+        siblings[after:after] = item.children
         item.children = []
-    return "".join(plain), root
+    return MARKUP.sub("", line), root
 
 
 def balanced(line: str) -> bool:
@@ -108,15 +101,13 @@ def items_of(line: str) -> list[str]:
 
 def restore(items: list[Item], source_spans: list[tuple[int, int]], words: list[str],
             attention: torch.Tensor | None) -> str:
-    """Put ``items`` back into a translation. source_spans: [S] the plain-text characters
-    (start, end) of each source piece, its leading whitespace left out; words: the translation
-    split before each piece; attention: [len(words), >= S] its weights over the source pieces
-    (None or empty: every item at the end)."""
+    """``items`` put back into a translation. source_spans: [S] each source piece's (start, end)
+    in the plain text, without leading whitespace; words: the translation's pieces; attention:
+    [len(words), >= S] over the source pieces (None or empty: every item at the end)."""
     restorer = _Restorer(source_spans, words, attention)
     wanted = sorted(items_of(_source_of(items)))
     text = restorer.render(items, spaced=False)
-    # Text glued to a placeholder can make it read as another one (a URL runs on into a word):
-    # then every lone item is set apart by spaces.
+    # Text glued to a placeholder can change it (a URL runs on into a word): then space them.
     return text if sorted(items_of(text)) == wanted else restorer.render(items, spaced=True)
 
 
@@ -134,9 +125,8 @@ class _Restorer:
             return words[t][:1].isspace() or not _wordy(words[t]) or not _wordy(words[t - 1])
         self.starts = [0] + [t for t in range(1, len(words)) if starts_word(t)] + [len(words)]
         self.full = "".join(words)
-        self.offsets = [0]  # offsets[t]: where word t begins in full (before its whitespace)
-        for word in words:
-            self.offsets.append(self.offsets[-1] + len(word))
+        # offsets[t]: where word t begins in full (before its whitespace)
+        self.offsets = [0, *accumulate(len(word) for word in words)]
 
     def word_start(self, t: int) -> int:
         return max(s for s in self.starts if s <= t)
@@ -149,8 +139,8 @@ class _Restorer:
         return self.offsets[t] + len(word) - len(word.lstrip())
 
     def point(self, offset: int) -> int:
-        """Before the target word of the first source piece from ``offset`` (after the words
-        of the piece before it, if none is aligned to it)."""
+        """Before the word aligned to the first source piece from ``offset`` (else after the words
+        of the piece before it)."""
         for j, (start, _) in enumerate(self.spans):
             if start >= offset:
                 hits = [t for t, a in enumerate(self.aligned) if a == j]
@@ -169,8 +159,8 @@ class _Restorer:
                 else (self.point(item.start),) * 2)
 
     def place(self, nodes: list[Item], low: int, high: int) -> list[tuple[Item, int, int]]:
-        """Siblings inside their parent's words [low, high): pairs that would cross start where
-        the one before ends, a lone item inside a pair moves to the nearer end of it."""
+        """Siblings in their parent's words [low, high): a pair that would cross starts where the
+        one before ends; a lone item inside a pair moves to its nearer end."""
         placed = []
         for order, item in enumerate(nodes):
             a, b = self.span(item) if item.close else (self.point(item.start),) * 2
@@ -191,12 +181,12 @@ class _Restorer:
         self.out: list[str] = []
         self.owed: Item | None = None  # the item just written, whose spacing after is owed
         self.spaced = spaced
-        self.write(self.full[self.nodes(items, 0, self.target, 0, spaced):])
+        self.write(self.full[self.nodes(items, 0, self.target, 0):])
         return "".join(self.out)
 
     def write(self, text: str) -> None:
-        """Text of the translation, a space first where the item before it had one after it in
-        the source (or was not glued to the word that follows it there)."""
+        """Translation text, a space first where the item before had one after it in the source
+        (or was not glued to the word after it)."""
         if text and self.owed is not None:
             item, self.owed = self.owed, None
             if not text[0].isspace() and (item.space_after or self.spaced or
@@ -204,21 +194,20 @@ class _Restorer:
                 self.out.append(" ")
         self.out.append(text)
 
-    def write_item(self, item: Item, text: str, lone: bool) -> None:
-        """A tag or placeholder, a space first where it had one before it in the source, where
-        the item before it had one after it, or (a lone item) where it was not glued to the word
-        before it there."""
-        last = "".join(self.out)[-1:]
+    def write_item(self, item: Item) -> None:
+        """A tag or placeholder, a space first where it or the item before had one between them in
+        the source, or (a lone item) where it was not glued to the word before it."""
+        last, lone = "".join(self.out)[-1:], not item.close
         owed, self.owed = self.owed, None
         wanted = (item.space_before or self.spaced and lone
                   or owed is not None and (owed.space_after or self.spaced)
                   or lone and not item.glued_before and last.isalnum())
         if last and not last.isspace() and wanted:
             self.out.append(" ")
-        self.out.append(text)
+        self.out.append(item.text)
         self.owed = item
 
-    def nodes(self, nodes: list[Item], low: int, high: int, cursor: int, spaced: bool) -> int:
+    def nodes(self, nodes: list[Item], low: int, high: int, cursor: int) -> int:
         """Write ``nodes`` and the text between them from ``cursor``; returns where it stopped."""
         for item, a, b in self.place(nodes, low, high):
             attached_left = not item.close and not item.space_before and item.space_after
@@ -226,16 +215,15 @@ class _Restorer:
             self.write(self.full[cursor:at])
             cursor = at
             if item.close:
-                self.write_item(replace(item, space_after=False, glued_after=True), item.text,
-                                False)
-                cursor = self.nodes(item.children, a, b, cursor, spaced)
+                self.write_item(replace(item, space_after=False, glued_after=True))
+                cursor = self.nodes(item.children, a, b, cursor)
                 end = max(cursor, self.offsets[b])
                 self.write(self.full[cursor:end])
                 self.out.append(item.close)
                 self.owed = item
                 cursor = end
             else:
-                self.write_item(item, item.text, True)
+                self.write_item(item)
         return cursor
 
 

@@ -1,10 +1,8 @@
 """Evaluation reports: a folder with report.md, a self-contained report.html, report.json and PNGs.
 
-For one or more systems' outputs on one test set: sacreBLEU BLEU, chrF and TER with
-signatures; learning curves (``metrics.jsonl``); BLEU and chrF by source-length bucket;
-attention heatmaps; the best, worst and a random sample of sentences by sentence chrF; with
-several systems, sacreBLEU's paired bootstrap resampling against the first.
-"""
+Systems' outputs on one test set: sacreBLEU scores with signatures, learning curves, scores by
+source length, attention heatmaps, the best, worst and random sentences by chrF; with several
+systems, paired bootstrap resampling against the first."""
 from __future__ import annotations
 
 import base64
@@ -12,6 +10,7 @@ import html
 import json
 import random
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
 import sacrebleu
@@ -32,8 +31,7 @@ class System:
     hypotheses: list[str]
     info: dict = field(default_factory=dict)  # checkpoint, step, decoding settings, timing
     run_dir: Path | None = None  # for learning curves
-    # {"source": [...], "target": [...], "weights": [[...]]} per heatmap
-    attention: list[dict] = field(default_factory=list)
+    attention: list[dict] = field(default_factory=list)  # {"source", "target", "weights"} each
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
@@ -54,19 +52,15 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
 def length_buckets(sources: list[str], hypotheses: list[str], references: list[str]) -> list[dict]:
     """Corpus BLEU and chrF of the sentences in each source-length bucket."""
     rows = []
-    lower = 1
-    for upper in BUCKETS + (None,):
+    for lower, upper in zip((1, *(bound + 1 for bound in BUCKETS)), (*BUCKETS, None)):
         index = [i for i, s in enumerate(sources)
                  if len(s.split()) >= lower and (upper is None or len(s.split()) <= upper)]
-        label = f"{lower}-{upper}" if upper else f"{lower}+"
         if index:
-            hyps = [hypotheses[i] for i in index]
-            refs = [references[i] for i in index]
-            rows.append({"bucket": label, "sentences": len(index),
-                         "bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
-                         "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)})
-        if upper:
-            lower = upper + 1
+            hyps, refs = [hypotheses[i] for i in index], [[references[i] for i in index]]
+            rows.append({"bucket": f"{lower}-{upper}" if upper else f"{lower}+",
+                         "sentences": len(index),
+                         "bleu": round(sacrebleu.corpus_bleu(hyps, refs).score, 2),
+                         "chrf": round(sacrebleu.corpus_chrf(hyps, refs).score, 2)})
     return rows
 
 
@@ -80,11 +74,6 @@ def example_sets(sources: list[str], hypotheses: list[str], references: list[str
     sample = random.Random(seed).sample(rows, min(n, len(rows)))
     return {"best": ranked[:n], "worst": ranked[::-1][:n],
             "random": sorted(sample, key=lambda r: r["line"])}
-
-
-def learning_curves(run_dir: Path) -> dict:
-    """Training loss, learning rate, validation loss and BLEU by step, from metrics.jsonl."""
-    return RunDir(run_dir).metrics.curves()
 
 
 def significance(systems: list[System], references: list[str], samples: int = 1000) -> dict:
@@ -110,13 +99,9 @@ def significance(systems: list[System], references: list[str], samples: int = 10
             "signatures": {k: str(v) for k, v in signatures.items()}}
 
 
-# ----------------------------------------------------------------------------- plots
-
 def _png(figure) -> bytes:
-    import io
-
     import matplotlib.pyplot as plt
-    buffer = io.BytesIO()
+    buffer = BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     return buffer.getvalue()
@@ -125,13 +110,11 @@ def _png(figure) -> bytes:
 def plot_curves(curves: dict, title: str) -> bytes:
     import matplotlib.pyplot as plt
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, label in ((Metric.TRAIN_LOSS, "training loss"),
-                       (Metric.VALID_LOSS, "validation loss")):
+    for key, label, marker in ((Metric.TRAIN_LOSS, "training loss", None),
+                               (Metric.VALID_LOSS, "validation loss", "o")):
         if key in curves:
-            left.plot(*zip(*curves[key]), label=label,
-                      marker="o" if key == Metric.VALID_LOSS else None)
-    left.set_xlabel("step")
-    left.set_ylabel("loss (nats/token)")
+            left.plot(*zip(*curves[key]), label=label, marker=marker)
+    left.set(xlabel="step", ylabel="loss (nats/token)")
     left.legend()
     left.grid(alpha=0.3)
     if Metric.VALID_BLEU in curves:
@@ -161,8 +144,7 @@ def plot_buckets(buckets: dict[str, list[dict]]) -> bytes:
             axis.bar(x, [row[metric] for row in rows], width, label=name)
     for axis, metric in zip(axes, ("BLEU", "chrF")):
         axis.set_xticks(np.arange(len(labels)) + width * (len(buckets) - 1) / 2, labels)
-        axis.set_xlabel("source length (words)")
-        axis.set_ylabel(metric)
+        axis.set(xlabel="source length (words)", ylabel=metric)
         axis.grid(alpha=0.3, axis="y")
     axes[0].legend()
     return _png(figure)
@@ -170,19 +152,15 @@ def plot_buckets(buckets: dict[str, list[dict]]) -> bytes:
 
 def plot_attention(example: dict) -> bytes:
     import matplotlib.pyplot as plt
-    source = example["source"]
-    target = example["target"]
+    source, target = example["source"], example["target"]
     size = (max(4, 0.42 * len(source) + 1.5), max(3, 0.36 * len(target) + 1))
     figure, axis = plt.subplots(figsize=size)
     axis.imshow(example["weights"], cmap="Blues", vmin=0, vmax=1, aspect="auto")
     axis.set_xticks(range(len(source)), source, rotation=60, ha="right", fontsize=8)
     axis.set_yticks(range(len(target)), target, fontsize=8)
-    axis.set_xlabel("source pieces")
-    axis.set_ylabel("output pieces")
+    axis.set(xlabel="source pieces", ylabel="output pieces")
     return _png(figure)
 
-
-# ----------------------------------------------------------------------------- the report
 
 def build_report(systems: list[System], sources: list[str], references: list[str], out_dir: Path,
                  title: str, bootstrap_samples: int = 1000) -> dict:
@@ -201,8 +179,9 @@ def build_report(systems: list[System], sources: list[str], references: list[str
                  "examples": example_sets(sources, system.hypotheses, references)}
         buckets[system.name] = entry["buckets"]
         if system.run_dir is not None:
-            entry["training"] = RunDir(system.run_dir).facts.training()  # {} before run.json
-            entry["curves"] = learning_curves(system.run_dir)
+            run = RunDir(system.run_dir)
+            entry["training"] = run.facts.training()  # {} before run.json
+            entry["curves"] = run.metrics.curves()  # losses, learning rate and BLEU by step
             if entry["curves"]:
                 name = f"curves_{k + 1}.png"
                 images[name] = plot_curves(entry["curves"], system.name)
@@ -230,7 +209,6 @@ def build_report(systems: list[System], sources: list[str], references: list[str
     return report
 
 
-# ----------------------------------------------------------------------------- rendering
 # The report is one list of blocks (``report_blocks``), each rendered to Markdown and to HTML.
 
 @dataclass(frozen=True)
@@ -296,8 +274,7 @@ class Images:
     def markdown(self) -> list[str]:
         return [f"![{alt}]({name})" for name, alt in self.items] + [""]
 
-    def html(self, images: dict[str, bytes]) -> str:
-        """Inlined as data URIs: the page opens from disk, alone."""
+    def html(self, images: dict[str, bytes]) -> str:  # inlined: the page opens from disk, alone
         tags = [f'<img alt="{html.escape(alt)}" src="data:image/png;base64,'
                 f'{base64.b64encode(images[name]).decode("ascii")}">' for name, alt in self.items]
         return "\n".join(["<div class=row>", *tags, "</div>"] if self.row else tags)
@@ -329,10 +306,9 @@ def _significance_rows(report: dict) -> list[list[str]]:
     for r in report["significance"]["rows"]:
         cells = [r["system"]]
         for m in ("bleu", "chrf"):
-            cells.append(f"{r[f'{m}_mean']:.2f} ± {r[f'{m}_ci95']:.2f}")
-            p = r[f"{m}_p"]
-            star = " *" if r[f"{m}_significant"] else ""
-            cells.append("baseline" if p is None else f"{p:.4f}{star}")
+            p, star = r[f"{m}_p"], " *" if r[f"{m}_significant"] else ""
+            cells += [f"{r[f'{m}_mean']:.2f} ± {r[f'{m}_ci95']:.2f}",
+                      "baseline" if p is None else f"{p:.4f}{star}"]
         rows.append(cells)
     return rows
 
@@ -399,8 +375,7 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
          "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
          "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
          "th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}"
-         ".row img{max-width:48%;margin-right:1%}"
-         "code{font-size:12px}")
+         ".row img{max-width:48%;margin-right:1%}code{font-size:12px}")
 
 
 def render_html(report: dict, images: dict[str, bytes]) -> str:

@@ -1,9 +1,5 @@
-"""A run directory's paths and its metrics file (no torch: reports and tools read them cheaply).
-
-A run directory holds ``config.yaml`` (the resolved config), the sentencepiece model(s)
-(``nmt.vocab.vocab_paths``), ``checkpoints/{last,best,step-N,averaged}.pt``, ``train.log``,
-``metrics.jsonl``, ``run.json``, ``tensorboard/``, ``cache/`` and ``reports/``.
-"""
+"""A run directory's paths, metrics file and facts (no torch: reports and tools read them cheaply).
+Beside ``RunDir``'s paths it holds the sentencepiece model(s) (``nmt.vocab.vocab_paths``)."""
 from __future__ import annotations
 
 import json
@@ -58,11 +54,8 @@ class RunDir:
         return cls(path.parent.parent) if path.parent.name == "checkpoints" else None
 
 
-# ----------------------------------------------------------------------------- metrics
-
 class Metric:
-    """The curves' names: the keys of metrics.jsonl, and TensorBoard's tags with the first
-    _ written as / (train/loss)."""
+    """Curve names: metrics.jsonl keys; TensorBoard tags with the first _ as / (train/loss)."""
     TRAIN_LOSS = "train_loss"
     TRAIN_LR = "train_lr"
     TRAIN_SPEED = "train_target_tokens_per_s"
@@ -86,7 +79,7 @@ class MetricsFile:
             f.write(json.dumps({self.STEP: step, **values}) + "\n")
 
     def _rows(self) -> list[tuple[str, dict | None]]:
-        """(line, its object, or None for a line cut short by a kill)."""
+        """(line, its object or None for a line cut short by a kill)."""
         rows = []
         for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
             try:
@@ -98,8 +91,7 @@ class MetricsFile:
         return rows
 
     def forget_after(self, step: int) -> None:
-        """Keep the points up to ``step`` (a resumed run's checkpoint): those after it are
-        trained (and logged) again, and each step must appear once."""
+        """Keep the points up to ``step`` (a resume's checkpoint): each step appears once."""
         if not self.path.exists():
             return
         rows = self._rows()
@@ -119,16 +111,12 @@ class MetricsFile:
         return {name: sorted(points.items()) for name, points in curves.items()}
 
 
-# ----------------------------------------------------------------------------- facts
-
 @dataclass(frozen=True)
 class RunFacts:
     """run.json: what export and reports say about a run, so that no log is scraped. Training
-    writes ``hardware`` (device, and processes under torchrun), ``torch`` (its version),
-    ``steps``, ``train_minutes`` and ``stopped`` (why) at each checkpoint; nmt-evaluate appends
-    each report folder it writes to ``reports``, with ``set``, ``checkpoint`` (its name),
-    ``step``, ``beam_size``, ``int8`` and ``ensemble`` (the members added). A run older than
-    run.json has none: ``read`` gives {}."""
+    writes ``TRAINING`` and ``stopped`` (why) at each checkpoint; nmt-evaluate appends each
+    report folder to ``reports``, with ``set``, ``checkpoint``, ``step``, ``beam_size``,
+    ``int8`` and ``ensemble`` (the members added)."""
     path: Path
     TRAINING: ClassVar[tuple[str, ...]] = ("hardware", "torch", "steps", "train_minutes")
 
@@ -163,12 +151,8 @@ class RunFacts:
                 if isinstance(r, dict) and "folder" in r]
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
 def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
-    """A name in the run's checkpoints folder ("best", "last", "averaged", "step-500") or a
-    path (with a "/" or ending in .pt) -> an existing checkpoint file."""
+    """A checkpoint name ("best", "step-500") or a path (with "/" or .pt) -> existing file."""
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run directory not found")
     is_path = "/" in checkpoint or checkpoint.endswith(".pt")

@@ -1,16 +1,9 @@
-"""Batched greedy and beam search, and sampling.
+"""Batched greedy and beam search, and sampling (docs/model.md §3).
 
-Decoding follows docs/model.md §3: the first decoder input is the end marker, each later input
-the previous output; a hypothesis ends at the end marker (or its maximum length). Every decision
-about a sentence depends on its rows alone, the model computes each row from that row alone
-(``nmt.invariant``), and finished sentences leave the batch, so a translation and its score do
-not depend, bit for bit, on the batch. The bookkeeping stays on the model's device: per step
-the host learns only which sentences are still decoding (to shrink the batch), and it reads the
-results once, at the end.
-
-Every search takes the model, a source ``Batch``, one ``DecodeConfig``, ``never`` (the pieces
-it may not emit: the target vocabulary's control_ids) and ``steer`` (``nmt.steer``: what each
-output must start with, or in beam search hold).
+A sentence's decisions read its rows alone, the model computes each row alone (nmt.invariant)
+and finished sentences leave the batch, so results do not depend, bit for bit, on the batch.
+Per step the host learns only which sentences still decode; it reads the results at the end.
+Searches take ``never`` (pieces not to emit: Vocab.control_ids) and ``steer`` (nmt.steer).
 """
 from __future__ import annotations
 
@@ -23,7 +16,7 @@ import torch
 
 from nmt.config import DecodeConfig
 from nmt.data import Batch, without_end_marker
-from nmt.steer import Progress, Steering, constrained_candidates
+from nmt.steer import Progress, Steering, best_extensions, constrained_candidates
 from nmt.vocab import END
 
 
@@ -36,15 +29,12 @@ class RowSelectable(Protocol):
 
 @runtime_checkable
 class DecodableModel(Protocol):
-    """What search needs of a model (``Seq2Seq``, ``Ensemble``, ``GraphedSteps``, ``OnnxModel``).
-    Search reads nothing of a memory or a state but their rows (the memory has one row per
-    sentence, shared by its beams; the state one per hypothesis), and the attention's shape from
-    what ``decode_step`` returns (an ensemble's memory has no tensor of its own)."""
+    """What search needs of a model (``Seq2Seq``, ``Ensemble``, ``GraphedSteps``, ``OnnxModel``):
+    memory rows (one per sentence, shared by its beams) and state rows (one per hypothesis)."""
 
     def encode(self, src: torch.Tensor, lengths: np.ndarray | torch.Tensor
                ) -> tuple[RowSelectable, RowSelectable]:
-        """src: [B, S] ids with the end marker, lengths: [B] -> memory, initial state (B rows
-        each)."""
+        """src: [B, S] ids with the end marker, lengths: [B] -> memory, initial state."""
 
     def decode_step(self, prev: torch.Tensor, state: RowSelectable, memory: RowSelectable
                     ) -> tuple[torch.Tensor, RowSelectable, torch.Tensor]:
@@ -71,19 +61,10 @@ def max_output_lengths(lengths: np.ndarray | torch.Tensor, ratio: float, cap: in
     return [min(m, cap) for m in most] if cap else most
 
 
-def _still_decoding(go: torch.Tensor) -> torch.Tensor:
-    """[A] bool -> [A'] positions of the rows that go on: the step's one device-to-host transfer."""
-    return go.nonzero().squeeze(1)
-
-
 def _hypotheses(tokens: torch.Tensor, steps: torch.Tensor, scores: torch.Tensor,
                 attention: torch.Tensor | None, rows_per_sentence: int) -> list[list[Hypothesis]]:
-    """Device buffers -> the hypotheses of each sentence, in a few transfers at the end.
-
-    Rows i*n .. i*n+n-1 (n = rows_per_sentence) are sentence i's; rows where no step ran are
-    left out. tokens: [N, T] pieces, the last of them the end marker if one was emitted;
-    steps: [N] decoder steps run; scores: [N]; attention: [N, T, S] or None.
-    """
+    """Buffers (rows i*n .. i*n+n-1 sentence i's) -> each sentence's hypotheses: the rows where
+    ``steps`` [N] ran, their ``tokens`` [N, T] (end marker included), scores [N], attention."""
     attention = None if attention is None else attention.cpu()
     hyps: list[list[Hypothesis]] = [[] for _ in range(len(steps) // rows_per_sentence)]
     for n, (seq, length, score) in enumerate(zip(tokens.tolist(), steps.tolist(), scores.tolist())):
@@ -96,11 +77,9 @@ def _hypotheses(tokens: torch.Tensor, steps: torch.Tensor, scores: torch.Tensor,
 
 @dataclass(frozen=True)
 class Rules:
-    """What search may not emit, the same for every row: the pieces ``never`` (those that
-    would break the output's line format, nmt.vocab.Vocab.control_ids), the end marker
-    before ``decode.min_length`` pieces, and (``decode.no_repeat_ngram_size`` n > 0) a piece
-    that would make an n-gram the hypothesis already holds. Banned pieces get
-    log-probability -inf before any choice; the scores of the pieces chosen stay the model's."""
+    """What search may not emit, in any row: the pieces ``never`` (Vocab.control_ids), the end
+    marker before ``decode.min_length`` pieces, a piece repeating an n-gram of the hypothesis
+    (n = ``decode.no_repeat_ngram_size`` > 0). They get -inf; chosen pieces keep the model's."""
     decode: DecodeConfig
     never: tuple[int, ...] = ()
 
@@ -125,8 +104,8 @@ class Rules:
 
 def _ruled(logp: torch.Tensor, rules: Rules, step: int, history: torch.Tensor | None,
            steer: Steering | None, sentence: torch.Tensor) -> torch.Tensor:
-    """The rules applied to a step's logp [R, V], then each row's prefix piece forced (with the
-    model's own log-probability, whatever the rules say). sentence: [R] each row's in ``steer``."""
+    """logp [R, V] ruled, then each row's prefix piece forced at the model's log-probability
+    (whatever the rules say). sentence: [R] each row's in ``steer``."""
     forced = None if steer is None else steer.prefix_pieces(sentence, step)
     raw = None if forced is None else logp.gather(1, forced[:, None])  # before the rules
     logp = rules.apply(logp, step, history)
@@ -134,20 +113,17 @@ def _ruled(logp: torch.Tensor, rules: Rules, step: int, history: torch.Tensor | 
 
 
 def normalised_score(hyp: Hypothesis, length_penalty: float, kind: str = "length") -> float:
-    """A finished hypothesis's rank: score / length ** alpha ("length") or score /
-    ((5 + length) / 6) ** alpha ("gnmt", Wu et al. 2016); an emitted end marker counts as a
-    step (one cut at the maximum length has none)."""
+    """A finished hypothesis's rank: score / length ** alpha ("length") or score / ((5 + length)
+    / 6) ** alpha ("gnmt", Wu et al. 2016); an emitted end marker counts as a step."""
     length = hyp.steps
     return hyp.score / (length if kind == "length" else (5 + length) / 6) ** length_penalty
 
 
 def sample_pieces(logp: torch.Tensor, decode: DecodeConfig, seeds: list[int], step: int
                   ) -> torch.Tensor:
-    """logp: [A, V], a seed per row -> the sampled pieces [A] (the Gumbel-max trick), drawn
-    from the model's distribution flattened (decode.temperature > 1) or sharpened (< 1), cut to
-    the ``top_k`` most probable pieces and to the fewest whose probability reaches ``top_p``
-    (0 and 1: no cut). Each row's noise comes from a generator seeded by its own seed and the
-    step, so a sentence's sample never depends on the rest of its batch."""
+    """logp: [A, V], a seed per row -> sampled pieces [A] (Gumbel-max) at ``decode.temperature``,
+    cut to the ``top_k`` best and the fewest reaching ``top_p`` (0 and 1: no cut). Each row's noise
+    is seeded by its seed and the step, so a sample never depends on the rest of the batch."""
     scores = logp.float() / decode.temperature
     if 0 < decode.top_k < scores.size(1):
         kth = scores.topk(decode.top_k, dim=1).values[:, -1:]
@@ -162,8 +138,7 @@ def sample_pieces(logp: torch.Tensor, decode: DecodeConfig, seeds: list[int], st
     return (scores - torch.log(-torch.log(noise.clamp_min(1e-12)))).argmax(dim=1)
 
 
-# A choice of each row's next piece: (logp [A, V], sentence of each row [A], step) ->
-# (pieces [A], their log-probabilities [A]).
+# (logp [A, V], sentence of each row [A], step) -> chosen pieces [A], their log-probabilities [A]
 Choice = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -171,10 +146,8 @@ Choice = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.T
 def greedy_search(model: DecodableModel, batch: Batch, decode: DecodeConfig | None = None,
                   never: tuple[int, ...] = (), keep_attention: bool = False,
                   steer: Steering | None = None) -> list[Hypothesis]:
-    """Greedy decoding of a batch: each sentence's most probable piece at each step. A
-    hypothesis's score is the model's log-probability of its pieces."""
-    def most_probable(logp: torch.Tensor, alive: torch.Tensor, step: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sentence's most probable piece at each step."""
+    def most_probable(logp: torch.Tensor, alive: torch.Tensor, step: int):
         best, piece = logp.max(dim=-1)
         return piece, best
 
@@ -186,10 +159,8 @@ def greedy_search(model: DecodableModel, batch: Batch, decode: DecodeConfig | No
 def sample_search(model: DecodableModel, batch: Batch, decode: DecodeConfig, seeds: list[int],
                   never: tuple[int, ...] = (), keep_attention: bool = False,
                   steer: Steering | None = None) -> list[Hypothesis]:
-    """One random translation per sentence (``sample_pieces``), sentence i's drawn with
-    ``seeds[i]``. A hypothesis's score is the model's log-probability of its pieces."""
-    def drawn(logp: torch.Tensor, alive: torch.Tensor, step: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random translation per sentence, sentence i's drawn with ``seeds[i]``."""
+    def drawn(logp: torch.Tensor, alive: torch.Tensor, step: int):
         piece = sample_pieces(logp, decode, [seeds[i] for i in alive.tolist()], step)
         return piece, logp.gather(1, piece[:, None]).squeeze(1)
 
@@ -199,22 +170,20 @@ def sample_search(model: DecodableModel, batch: Batch, decode: DecodeConfig, see
 def _one_per_sentence(model: DecodableModel, batch: Batch, decode: DecodeConfig,
                       never: tuple[int, ...], keep_attention: bool, choose: Choice,
                       steer: Steering | None) -> list[Hypothesis]:
-    """Greedy search and sampling: one hypothesis per sentence, its next piece ``choose``-n
-    (a prefix's pieces forced)."""
+    """One hypothesis per sentence, its next piece ``choose``-n; scores: the model's."""
     if steer is not None and steer.constrained:
         raise ValueError("constraints need beam search")
-    rules = Rules(decode, never)
-    src = batch.src
+    rules, src = Rules(decode, never), batch.src
     memory, state = model.encode(src, batch.src_lengths)
     sentences, source = src.shape
     max_lens = max_output_lengths(batch.src_lengths, decode.max_length_ratio, decode.max_length)
     most = max(max_lens)
-    # Per sentence: its pieces [B, T], steps run [B], score [B] (float32 terms summed in
-    # float64, as Python floats would sum them) and attention [B, T, S].
+    # Per sentence: pieces [B, T], steps run [B], score [B] (float32 terms summed in float64, as
+    # Python floats would sum them), attention [B, T, S] (made at the first step: any memory).
     out = src.new_zeros((sentences, most))
     ran = src.new_zeros(sentences)
     total = torch.zeros(sentences, dtype=torch.float64, device=src.device)
-    att = None  # [B, T, S], made at the first step (from the weights: any model's memory)
+    att = None
     alive = torch.arange(sentences, device=src.device)  # [A] sentence of each row still decoding
     limit = torch.tensor(max_lens, device=src.device)  # [A] its maximum output length
     prev = src.new_full((sentences,), END)
@@ -229,15 +198,12 @@ def _one_per_sentence(model: DecodableModel, batch: Batch, decode: DecodeConfig,
             if att is None:
                 att = weights.new_zeros((sentences, most, source))
             att[alive, t] = weights
-        keep = _still_decoding((prev != END) & (limit > t + 1))
+        keep = ((prev != END) & (limit > t + 1)).nonzero().squeeze(1)  # the step's one transfer
+        if len(keep) == 0:
+            break
         if len(keep) < len(alive):  # finished sentences leave the batch
-            if len(keep) == 0:
-                break
-            state = state.select(keep)
-            memory = memory.select(keep)
-            prev = prev[keep]
-            alive = alive[keep]
-            limit = limit[keep]
+            state, memory = state.select(keep), memory.select(keep)
+            prev, alive, limit = prev[keep], alive[keep], limit[keep]
     return [hyps[0] for hyps in _hypotheses(out, ran, total, att, 1)]
 
 
@@ -272,15 +238,17 @@ def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig,
         stops = (tokens == END) | last[:, None]  # [A, 2k] candidates that do not go on
         done = finished.record(alive, done, *steered.ends(stops[:, :k], top_scores[:, :k], alive),
                                t + 1, rows, tokens, top_scores)
-        decoding = _still_decoding((done < k) & ~last)
+        decoding = ((done < k) & ~last).nonzero().squeeze(1)  # the step's one transfer
         if len(decoding) == 0:
             break
         # Each sentence still decoding goes on with its first k candidates that do not stop:
         # its 2k best hold at most one end marker per beam (width <= k), so at least k go on.
         pick = (rank + 2 * k * stops).argsort(dim=1)[:, :k]  # [A, k]
         if len(decoding) < len(alive):  # finished sentences leave the batch
-            memory, alive, limit, done, pick, rows, tokens, top_scores = _keep(
-                decoding, steered, memory, alive, limit, done, pick, rows, tokens, top_scores)
+            steered.keep(decoding)
+            memory = memory.select(decoding)
+            alive, limit, done, pick, rows, tokens, top_scores = (
+                x[decoding] for x in (alive, limit, done, pick, rows, tokens, top_scores))
         index, prev, scores = (x.gather(1, pick) for x in (rows, tokens, top_scores))
         index, prev = index.view(-1), prev.view(-1)  # [A * k]
         state = state.select(index)
@@ -292,37 +260,25 @@ def beam_search(model: DecodableModel, batch: Batch, decode: DecodeConfig,
     return finished.hypotheses(path, source, decode)
 
 
-def _keep(decoding: torch.Tensor, steered: _Steered, memory, *per_sentence: torch.Tensor):
-    """Beam search's memory and per-sentence tensors [A, ...] for the sentences still
-    ``decoding`` [A'] (indices of rows of A); the steering follows."""
-    steered.keep(decoding)
-    return (memory.select(decoding), *(x[decoding] for x in per_sentence))
-
-
 class _Steered:
-    """Beam search's steering (``nmt.steer``): each row's prefix piece forced and, with
-    constraints, dynamic beam allocation: the end marker banned while a phrase is unmet, the
-    beam shared out among banks, and finished hypotheses that meet every phrase (all but those
-    cut at the maximum length) ranked first. Beams a prefix leaves at -inf never finish.
-    Without ``steer``: the plain search."""
+    """Beam search's steering (``nmt.steer``): prefixes forced; with constraints, the end marker
+    banned while a phrase is unmet and the beam shared out among banks. Beams at -inf never end."""
 
     def __init__(self, steer: Steering | None):
         self.steer = steer
         constrained = steer is not None and steer.constrained
-        # the rows' way through their phrases
-        self.progress = Progress.start(steer) if constrained else None
+        self.progress = Progress.start(steer) if constrained else None  # the rows' phrases
         self.moved: Progress | None = None  # the candidates' [A, 2k]
 
     def candidates(self, scores: torch.Tensor, logp: torch.Tensor, width: int, count: int,
                    rules: Rules, step: int, history: torch.Tensor, alive: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``_candidates`` of the step's logp [A * width, V] after the rules and the steering.
-        alive: [A] the sentence of each row's ``width`` beams."""
+        """``best_extensions`` after the rules and steering; alive: [A] each beams' sentence."""
         steer = self.steer
         row_sentence = alive.repeat_interleave(width) if steer is not None else None
         logp = _ruled(logp, rules, step, history, steer, row_sentence)
         if self.progress is None:
-            return _candidates(scores, logp, width, count)
+            return best_extensions(scores, logp, width, count)
         unmet = self.progress.bank < steer.total[row_sentence]
         logp[:, END] = logp[:, END].masked_fill(unmet, float("-inf"))
         *chosen, self.moved = constrained_candidates(scores, logp, width, count, steer,
@@ -331,8 +287,8 @@ class _Steered:
 
     def ends(self, stops: torch.Tensor, scores: torch.Tensor, alive: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Of the top k candidates [A, k]: those that finish a hypothesis (stops with a finite
-        score), and whether each meets its sentence's phrases (None: no constraints)."""
+        """Of the top k candidates [A, k]: those that end a hypothesis (stops with finite scores),
+        and whether each meets its phrases (None: no constraints)."""
         if self.steer is None:
             return stops, None
         ends = stops & (scores > float("-inf"))
@@ -349,49 +305,29 @@ class _Steered:
             self.progress = self.moved.take(pick).flat()
 
 
-def _candidates(scores: torch.Tensor, logp: torch.Tensor, width: int, count: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each sentence's ``count`` best extensions of its beams, best first: their summed
-    log-probabilities, pieces and the state rows they extend, each [A, count].
-    scores: [A, width] the beams'; logp: [A * width, V] the step's."""
-    sentences = scores.size(0)
-    vocab = logp.size(1)
-    candidates = (scores.view(-1, 1) + logp).view(sentences, width * vocab)
-    top_scores, top_ids = candidates.topk(count, dim=1)
-    rows = top_ids // vocab + width * torch.arange(sentences, device=logp.device)[:, None]
-    return top_scores, top_ids % vocab, rows
-
-
 class _Finished:
-    """Beam search's finished hypotheses in the order they ended, sentence i's in rows
-    i * slots + j (slots = 2k): fewer than k before its last step, which ends at most k
-    more, fill 2k - 1 rows; its last row takes the writes of top-k candidates that go on.
-    Per row: the decoder steps run (0: empty), the state row it extends at its last step,
-    its last piece, its score."""
+    """Beam search's finished hypotheses in the order they ended, sentence i's in its 2k rows (at
+    most 2k - 1 used; the last takes the writes of candidates that go on). Per row: decoder steps
+    run (0: empty), the state row it extends at its last step, its last piece, its score."""
 
     def __init__(self, sentences: int, beam_size: int, src: torch.Tensor):
         self.beam_size = beam_size
         self.slots = 2 * beam_size
-        self.steps = src.new_zeros(sentences * self.slots)
-        self.rows = src.new_zeros(sentences * self.slots)
-        self.last = src.new_zeros(sentences * self.slots)
+        self.steps, self.rows, self.last = (src.new_zeros(sentences * self.slots) for _ in range(3))
         self.scores = torch.zeros(sentences * self.slots, device=src.device)
         self.complete: torch.Tensor | None = None  # with constraints: whether each meets them
 
     def record(self, alive: torch.Tensor, done: torch.Tensor, ends: torch.Tensor,
                complete: torch.Tensor | None, steps: int, rows: torch.Tensor, tokens: torch.Tensor,
                scores: torch.Tensor) -> torch.Tensor:
-        """Keep the hypotheses that ``ends`` [A, k] among the top k candidates (their state
-        rows, pieces and scores [A, 2k]; ``complete`` [A, k]: whether each meets its sentence's
-        constraints) of sentences ``alive`` [A] with ``done`` [A] finished before; returns each
-        sentence's finished count after."""
+        """Keep the top-k candidates that ``ends`` [A, k] (of [A, 2k]; ``complete``: meeting the
+        constraints) of sentences ``alive`` [A] with ``done`` [A] finished -> the count after."""
         k = self.beam_size
         slot = torch.where(ends, done[:, None] + ends.cumsum(1) - 1, self.slots - 1)
         into = (alive[:, None] * self.slots + slot).view(-1)  # [A * k]
         self.steps[into] = steps
-        self.rows[into] = rows[:, :k].reshape(-1)
-        self.last[into] = tokens[:, :k].reshape(-1)
-        self.scores[into] = scores[:, :k].reshape(-1)
+        for buffer, value in ((self.rows, rows), (self.last, tokens), (self.scores, scores)):
+            buffer[into] = value[:, :k].reshape(-1)
         if complete is not None:
             if self.complete is None:
                 self.complete = torch.ones_like(self.steps, dtype=torch.bool)
@@ -400,35 +336,28 @@ class _Finished:
 
     def hypotheses(self, path: Backpointers, source: int, decode: DecodeConfig
                    ) -> list[list[Hypothesis]]:
-        """Each sentence's ``decode.n_best`` finished hypotheses, best first."""
+        """Each sentence's ``decode.n_best`` finished hypotheses, best first (complete first)."""
         self.steps.view(-1, self.slots)[:, -1] = 0  # the rows of candidates that went on
         pieces, attention = path.trace(self.steps, self.rows, self.last, source)
         ended = _hypotheses(pieces, self.steps, self.scores, attention, self.slots)
-        if self.complete is None:
-            complete = [[True] * len(hyps) for hyps in ended]
-        else:  # the rows _hypotheses keeps: those where steps ran
+        complete = [[True] * len(hyps) for hyps in ended]
+        if self.complete is not None:  # the rows _hypotheses keeps: those where steps ran
             complete = [[meets for meets, steps in zip(row, ran) if steps] for row, ran in
                         zip(self.complete.view(-1, self.slots).tolist(),
                             self.steps.view(-1, self.slots).tolist())]
 
-        def ranked(hyps: list[Hypothesis], meets: list[bool]) -> list[Hypothesis]:
-            kept = [(meets[j], normalised_score(hyp, decode.length_penalty,
-                                                decode.length_penalty_type), hyp)
-                    for j, hyp in enumerate(hyps)]
-            return [hyp for *_, hyp in sorted(kept, key=lambda x: x[:2], reverse=True)
-                    ][:decode.n_best]
+        def rank(pair: tuple[bool, Hypothesis]) -> tuple[bool, float]:  # constraints met first
+            meets, hyp = pair
+            return meets, normalised_score(hyp, decode.length_penalty, decode.length_penalty_type)
 
-        return [ranked(hyps, meets) for hyps, meets in zip(ended, complete)]
+        return [[hyp for _, hyp in sorted(zip(meets, hyps), key=rank, reverse=True)][:decode.n_best]
+                for hyps, meets in zip(ended, complete)]
 
 
 class Backpointers:
-    """Beam search's record of where each state row came from, step by step.
-
-    At decoder step t the state has rows R_t (R_0: one per sentence). ``pieces[t]``
-    and ``back[t]`` ([R_{t+1}]) give each row of step t + 1 the piece it emitted at
-    step t and the row of step t it extends; ``attention[t]`` ([R_t, S], if kept)
-    the attention weights of step t's rows.
-    """
+    """Where each state row came from: ``pieces[t]`` and ``back[t]`` [R_{t+1}] give each row of
+    step t + 1 the piece it emitted at step t and the row R_t it extends (R_0: one per sentence);
+    ``attention[t]`` [R_t, S] (if kept) step t's attention weights."""
 
     def __init__(self):
         self.pieces: list[torch.Tensor] = []
@@ -436,15 +365,13 @@ class Backpointers:
         self.attention: list[torch.Tensor | None] = []
 
     def extend(self, pieces: torch.Tensor, back: torch.Tensor) -> None:
-        """The next step's rows: each the piece it emitted and the row it extends."""
         self.pieces.append(pieces)
         self.back.append(back)
 
     def trace(self, steps: torch.Tensor, rows: torch.Tensor, last: torch.Tensor, source: int
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Follow the backpointers of hypotheses that ended after ``steps`` [N] decoder
-        steps (0: none) extending state row ``rows`` [N] with the piece ``last`` [N]:
-        their pieces [N, T] and attention [N, T, S] (or None), all hypotheses at once."""
+        """The pieces [N, T] and attention [N, T, S] (or None) of hypotheses that ended after
+        ``steps`` [N] decoder steps (0: none) extending state row ``rows`` [N] with ``last`` [N]."""
         most = len(self.attention)
         out = rows.new_zeros((len(rows), most))
         end = steps - 1  # each hypothesis's last step

@@ -1,17 +1,15 @@
-"""``nmt-serve``: translations over HTTP (aiohttp), requests decoded together in batches.
+"""``nmt-serve``: translations over HTTP (aiohttp, the README's endpoints), batched.
 
-The endpoints are the README's ("Serving translations over HTTP"). ``Parser`` turns a body
-into a checked ``Job`` or a ``BadRequest`` (every cap on a request's cost, before it queues);
-``Scheduler`` holds the waiting jobs and says which slices to decode next; ``Server`` is the
-handlers and the loop that decodes those slices in the model's thread. A translation does not
-depend on its batch (``nmt.invariant``): every request gets exactly what it would get alone.
-"""
+``Parser``: a body into a checked ``Job`` or a ``BadRequest`` (every cap, before it queues);
+``Scheduler``: which slices of the waiting jobs to decode next; ``Server``: the handlers and the
+decoding loop. A translation does not depend on its batch (``nmt.invariant``)."""
 from __future__ import annotations
 
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -33,31 +31,28 @@ from nmt.translate import Prepared, Translator, checked_sentences
 OPTIONS = tuple(option.name for option in decode_fields("served"))  # batch_size is the server's
 STEERING = ("constraints", "prefix")  # per sentence: Translator.hypotheses' keywords
 PAGE = Path(__file__).with_name("serve_page.html")
-COUNTS, AMOUNTS = Range(1, 1 << 30), Range(0.0, 60_000.0)  # AMOUNTS: ms, s and a ratio
+_count_option = partial(option, bounds=Range(1, 1 << 30))
+_amount_option = partial(option, bounds=Range(0.0, 60_000.0))  # ms, s and a ratio
 
 
 @dataclass
 class Limits:
     """What one request and the whole server may cost; each is an ``nmt-serve`` flag."""
-    max_body_bytes: int = option(1 << 20, "a request's JSON (413 beyond)", bounds=COUNTS)
-    max_sentences: int = option(1000, "sentences in one request (413 beyond)", bounds=COUNTS)
-    max_chars: int = option(2000, "characters in one sentence (413 beyond)", bounds=COUNTS)
-    max_batch_sentences: int = option(256, "sentences decoded together, from all requests",
-                                      bounds=COUNTS)
-    batch_wait_ms: float = option(5.0, "how long a batch waits for more requests",
-                                  bounds=AMOUNTS)
-    max_output_pieces: int = option(512, "the longest output, also the default (400 beyond)",
-                                    bounds=COUNTS)
-    max_length_ratio_cap: float = option(4.0, "the largest max_length_ratio a request may ask "
-                                         "(400 beyond)", bounds=AMOUNTS)
-    max_attention_mb: int = option(256, 'what "attention": true may keep for one request '
-                                   "(413 beyond)", bounds=COUNTS)
-    max_queued_sentences: int = option(10_000, "waiting to be decoded (503 with Retry-After "
-                                       "beyond)", bounds=COUNTS)
-    max_constraint_pieces: int = option(64, "target pieces of one sentence's constraints "
-                                        "(400 beyond)", bounds=COUNTS)
-    request_timeout_s: float = option(60.0, "a request not translated by then gets a 504",
-                                      bounds=AMOUNTS)
+    max_body_bytes: int = _count_option(1 << 20, "a request's JSON (413 beyond)")
+    max_sentences: int = _count_option(1000, "sentences in one request (413 beyond)")
+    max_chars: int = _count_option(2000, "characters in one sentence (413 beyond)")
+    max_batch_sentences: int = _count_option(256, "sentences decoded together, from all requests")
+    batch_wait_ms: float = _amount_option(5.0, "how long a batch waits for more requests")
+    max_output_pieces: int = _count_option(512, "the longest output, also the default (400 beyond)")
+    max_length_ratio_cap: float = _amount_option(4.0, "the largest max_length_ratio a request may "
+                                                "ask (400 beyond)")
+    max_attention_mb: int = _count_option(256, 'what "attention": true may keep for one request '
+                                         "(413 beyond)")
+    max_queued_sentences: int = _count_option(10_000, "waiting to be decoded (503 with Retry-After "
+                                             "beyond)")
+    max_constraint_pieces: int = _count_option(64, "target pieces of one sentence's constraints "
+                                              "(400 beyond)")
+    request_timeout_s: float = _amount_option(60.0, "a request not translated by then gets a 504")
 
     def __post_init__(self):
         for limit in fields(self):
@@ -116,12 +111,10 @@ class Round(NamedTuple):
 
 
 class Scheduler:
-    """The jobs waiting to be decoded, in the order they are served; pure: the caller passes
-    the clock's ``now`` and decodes what ``take`` returns. Each round shares ``batch_sentences``
-    among the waiting jobs with the options of the one served least recently: an equal share
-    each, then what is left over in turn; served jobs go to the back (round robin), so a large
-    job is decoded a slice at a time beside small ones. Before each round a job whose client is
-    gone or whose deadline has passed is dropped. At most ``max_queued`` sentences wait."""
+    """The waiting jobs (at most ``max_queued`` sentences); pure: the caller passes ``now``.
+    Each round shares ``batch_sentences`` among the jobs with the options of the one served
+    least recently, an equal share each, then what is left in turn; served jobs go to the back
+    (round robin). Jobs whose client is gone or whose deadline passed are dropped first."""
 
     def __init__(self, batch_sentences: int, max_queued: int, timeout_s: float):
         self.batch_sentences, self.max_queued = batch_sentences, max_queued
@@ -140,8 +133,8 @@ class Scheduler:
         return True
 
     def take(self, now: float) -> Round:
-        """Drop the jobs gone or late by ``now``, and say which slices to decode next (none:
-        no job waits). A job with no sentences gets a slice of 0, which completes it."""
+        """Drop the jobs gone or late by ``now``; the slices to decode next (a job with no
+        sentences gets a slice of 0, which completes it)."""
         gone, late, waiting = [], [], []
         for job in self.jobs:
             (gone if job.gone() else late if now > job.deadline else waiting).append(job)
@@ -166,8 +159,7 @@ class Scheduler:
         return [(job, taken[id(job)]) for job in same if taken[id(job)] or not job.left]
 
     def decoded(self, slices: list[Slice], results: dict) -> list[Job]:
-        """Record the batch's ``results`` (lists, one entry per sentence of the slices in
-        order); the jobs now complete (``Job.result``)."""
+        """Record ``results`` (lists, an entry per sentence of the slices); the jobs now done."""
         self.batches += 1
         start = 0
         for job, n in slices:
@@ -307,10 +299,8 @@ class Server:
                                          headers=err.headers)
 
         app = web.Application(client_max_size=self.limits.max_body_bytes, middlewares=[refusals])
-        app.router.add_get("/", self.page)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/info", self.info)
-        app.router.add_post("/translate", self.translate)
+        app.add_routes([web.get("/", self.page), web.get("/health", self.health),
+                        web.get("/info", self.info), web.post("/translate", self.translate)])
         app.cleanup_ctx.append(self._batching)
         return app
 
@@ -363,8 +353,8 @@ class Server:
         self.model_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _batcher(self) -> None:
-        """Decode the scheduler's rounds while jobs wait; when idle, wait for one and for
-        --batch-wait-ms, so that others arriving with it share its batch."""
+        """Decode rounds while jobs wait; when idle, wait for one and --batch-wait-ms (for
+        others to share its batch)."""
         loop = asyncio.get_running_loop()
         while True:
             await self.arrived.wait()
@@ -383,8 +373,7 @@ class Server:
                     job.reply.done() or job.reply.set_result(job.result())
 
     def _round(self, now: float) -> list[Slice]:
-        """The scheduler's next slices; the jobs it dropped are answered (nobody waits for one
-        whose client is gone: its future is cancelled)."""
+        """The scheduler's next slices; the dropped jobs answered (the gone ones cancelled)."""
         plan = self.scheduler.take(now)
         for job in plan.late:
             job.reply.done() or job.reply.set_exception(TimeoutError())
@@ -393,8 +382,7 @@ class Server:
         return plan.slices
 
     def _decode(self, slices: list[Slice]) -> dict:
-        """In the model's thread: the answer's lists for the slices' sentences, in one call
-        (the translator batches them) with the options they share."""
+        """In the model's thread: the answer's lists for the slices' sentences, in one call."""
         sentences = [s for job, n in slices for s in job.sentences[job.next:job.next + n]]
         steering = {key: [entry for job, n in slices for entry in
                           job.steering.get(key, [None] * len(job.sentences))[job.next:job.next + n]]

@@ -1,16 +1,12 @@
 """Steered search: a forced target prefix, and terminology constraints met by dynamic beam
 allocation (Post & Vilar 2018).
 
-A sentence may carry a prefix (target pieces its output must start with: forced, scored,
-part of the output) and constraint phrases (piece sequences that must each appear in its
-output, in order and contiguously). A phrase counts as met once its pieces have appeared;
-phrases may overlap (``a b`` and ``b c`` are both met by ``a b c``). A hypothesis's *bank*
-is the pieces of its met phrases plus its longest partial match of an unmet one: extending
-that partial match always raises the bank, so the bank that leads the beam climbs by at
-least one piece a step, and a sentence whose constraints fit in its length meets them all.
-
-Every value here is a sentence's or a row's own (no sum or order mixes sentences), so a
-steered translation, like any other, does not depend on its batch.
+A prefix is forced, scored and part of the output; each constraint phrase must appear in the
+output contiguously, and is met once its pieces have (phrases may overlap: ``a b c`` meets
+``a b`` and ``b c``). A hypothesis's *bank* is the pieces of its met phrases plus its longest
+partial match of an unmet one: extending that match always raises the bank, so a sentence whose
+constraints fit in its length meets them all. No value mixes sentences, so a steered
+translation does not depend on its batch.
 """
 from __future__ import annotations
 
@@ -23,8 +19,7 @@ NO_PIECE = -1  # padding of prefixes, phrases and tails: no piece id is negative
 
 @dataclass
 class Steering:
-    """The steering of a batch's sentences (B of them): P and Q are the batch's longest prefix
-    and most phrases, L its longest phrase; 0 where nothing is asked."""
+    """A batch's steering: P, Q, L its longest prefix, most phrases, longest phrase (0: none)."""
     prefix: torch.Tensor  # [B, P] forced pieces, NO_PIECE padded
     phrases: torch.Tensor  # [B, Q, L] constraint pieces, NO_PIECE padded
     lengths: torch.Tensor  # [B, Q] pieces of each phrase (0: no phrase)
@@ -58,29 +53,19 @@ class Steering:
         """[B] constraint pieces of each sentence: the bank of a hypothesis that meets them all."""
         return self.lengths.sum(1)
 
-    def select(self, index: torch.Tensor) -> Steering:
-        """The sentences ``index`` [B']."""
-        return Steering(self.prefix[index], self.phrases[index], self.lengths[index], self.most)
-
     def force_prefix(self, logp: torch.Tensor, raw: torch.Tensor | None, sentence: torch.Tensor,
                      step: int) -> torch.Tensor:
-        """Rows still in their sentence's prefix may emit only its piece ``step``, scored with
-        the model's log-probability ``raw`` [R, 1] of it (taken before any rule banned it).
-        logp: [R, V]; sentence: [R] each row's sentence."""
+        """logp [R, V] with rows still in their prefix held to its piece ``step``, scored ``raw``
+        [R, 1] (the model's log-probability, read before the rules); sentence: [R] each row's."""
         if step >= self.prefix.size(1):
             return logp
         piece = self.prefix[sentence, step]
-        forced = piece >= 0
-        allowed = torch.full_like(logp, float("-inf")).scatter_(1, piece.clamp(min=0)[:, None],
-                                                                raw)
-        return torch.where(forced[:, None], allowed, logp)
+        allowed = torch.full_like(logp, float("-inf")).scatter_(1, piece.clamp(min=0)[:, None], raw)
+        return torch.where((piece >= 0)[:, None], allowed, logp)
 
     def prefix_pieces(self, sentence: torch.Tensor, step: int) -> torch.Tensor | None:
-        """[R] the piece each row's prefix forces at ``step`` (clamped to 0 where none), or
-        None past every prefix: to read its log-probability before the rules."""
-        if step >= self.prefix.size(1):
-            return None
-        return self.prefix[sentence, step].clamp(min=0)
+        """[R] the piece each row's prefix forces at ``step`` (0 where none), None past all."""
+        return None if step >= self.prefix.size(1) else self.prefix[sentence, step].clamp(min=0)
 
 
 @dataclass
@@ -109,8 +94,7 @@ class Progress:
         def gather(x: torch.Tensor) -> torch.Tensor:
             return x.gather(1, index.view(index.shape + (1,) * (x.dim() - 2)).expand(
                 index.shape + x.shape[2:]))
-        return Progress(gather(self.tail), gather(self.met), gather(self.matched),
-                        gather(self.bank))
+        return Progress(*(gather(x) for x in (self.tail, self.met, self.matched, self.bank)))
 
     def flat(self) -> Progress:
         """Fields [A, k, ...] -> rows [A * k, ...]."""
@@ -119,8 +103,8 @@ class Progress:
 
 def advance(progress: Progress, phrases: torch.Tensor, lengths: torch.Tensor, piece: torch.Tensor
             ) -> Progress:
-    """The progress of rows extended by ``piece``: any leading shape ``[*]`` of rows whose
-    ``progress`` fields are [*, ...]; phrases [*, Q, L] and lengths [*, Q] their sentences'."""
+    """The progress [*, ...] of rows [*] extended by ``piece`` [*]; phrases [*, Q, L] and
+    lengths [*, Q] their sentences'."""
     longest = phrases.size(-1)
     tail = torch.cat([progress.tail[..., 1:], piece[..., None]], -1) if longest else progress.tail
     matched = torch.zeros_like(progress.matched)
@@ -134,25 +118,29 @@ def advance(progress: Progress, phrases: torch.Tensor, lengths: torch.Tensor, pi
     return Progress(tail, met, torch.where(met, lengths, matched), bank)
 
 
+def best_extensions(scores: torch.Tensor, logp: torch.Tensor, width: int, count: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each sentence's ``count`` best extensions of its beams [A, width] by the step's logp
+    [A * width, V], best first: summed log-probabilities, pieces, state rows extended [A, count]."""
+    sentences, vocab = scores.size(0), logp.size(1)
+    candidates = (scores.view(-1, 1) + logp).view(sentences, width * vocab)
+    top_scores, top_ids = candidates.topk(count, dim=1)
+    rows = top_ids // vocab + width * torch.arange(sentences, device=logp.device)[:, None]
+    return top_scores, top_ids % vocab, rows
+
+
 def constrained_candidates(scores: torch.Tensor, logp: torch.Tensor, width: int, count: int,
                            steer: Steering, sentence: torch.Tensor, progress: Progress
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Progress]:
-    """Dynamic beam allocation: each sentence's ``count`` candidates in the order the beam
-    takes them: their summed log-probabilities, pieces, the rows they extend and their
-    progress, each [A, count, ...].
-
-    The candidates are the ``count`` best extensions of the sentence's beams, each beam's own
-    best, and each beam's next piece of every unmet phrase; they are grouped into banks and
-    taken in rounds, the best of each bank per round, the highest bank first (so every bank
-    that holds a candidate keeps its best, and the top bank always survives).
-    scores: [A, width]; logp: [A * width, V] (the end marker already banned where a phrase is
-    unmet); sentence: [A * width] each row's sentence in ``steer``; progress: the rows'."""
-    sentences = scores.size(0)
-    vocab = logp.size(1)
+    """Dynamic beam allocation: ``best_extensions``' [A, count, ...] for the candidates the beam
+    takes, in order, with their progress. Candidates (the ``count`` best extensions, each beam's
+    best, each beam's next piece of every unmet phrase) are grouped into banks and taken in
+    rounds, each bank's best per round, the highest bank first (so the top bank survives).
+    logp: the end marker banned where a phrase is unmet; sentence: [A * width] each row's."""
+    sentences, vocab = scores.size(0), logp.size(1)
     rows_of = torch.arange(sentences * width, device=logp.device)
     flat = scores.reshape(-1)
-    top = (scores.view(-1, 1) + logp).view(sentences, width * vocab).topk(count, dim=1)
-    top_rows = top.indices // vocab + width * torch.arange(sentences, device=logp.device)[:, None]
+    top_scores, top_pieces, top_rows = best_extensions(scores, logp, width, count)
     best, best_piece = logp.max(1)
     phrases, lengths = steer.phrases[sentence], steer.lengths[sentence]  # [R, Q, L], [R, Q]
     wanted = phrases.gather(2, progress.matched.clamp(max=phrases.size(2) - 1)[..., None]
@@ -160,9 +148,9 @@ def constrained_candidates(scores: torch.Tensor, logp: torch.Tensor, width: int,
     open_ = ~progress.met & (lengths > 0)
     wanted_score = torch.where(open_, flat[:, None] + logp.gather(1, wanted.clamp(min=0)),
                                float("-inf"))
-    cand_score = torch.cat([top.values, (flat + best).view(sentences, width),
+    cand_score = torch.cat([top_scores, (flat + best).view(sentences, width),
                             wanted_score.view(sentences, -1)], 1)
-    cand_piece = torch.cat([top.indices % vocab, best_piece.view(sentences, width),
+    cand_piece = torch.cat([top_pieces, best_piece.view(sentences, width),
                             wanted.clamp(min=0).view(sentences, -1)], 1)
     cand_row = torch.cat([top_rows, rows_of.view(sentences, width),
                           rows_of[:, None].expand(-1, phrases.size(1)).reshape(sentences, -1)], 1)

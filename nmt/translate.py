@@ -34,10 +34,9 @@ def decode_corpus(model: DecodableModel, src_ids: list[list[int]], decode: Decod
                   device: torch.device | str = "cpu", keep_attention: bool = False,
                   never: tuple[int, ...] = (), prefixes: list[list[int]] | None = None,
                   constraints: list[list[list[int]]] | None = None) -> list[list[Hypothesis]]:
-    """Decode sentences of piece ids, in batches of similar length; returns each sentence's
-    n-best list, in input order. ``never``: pieces search may not emit; ``prefixes`` (target
-    pieces each output starts with) and ``constraints`` (phrases each output holds; beam search
-    only): one entry per sentence, or None (``nmt.steer``)."""
+    """Each sentence's n-best list, in input order, decoded in batches of similar length.
+    ``never``: pieces never emitted; ``prefixes`` and ``constraints`` (beam search only): one
+    entry per sentence, or None (``nmt.steer``)."""
     if decode.cuda_graphs:
         model = graphed(model)
     if decode.samples:
@@ -68,8 +67,8 @@ def sample_corpus(model: DecodableModel, src_ids: list[list[int]], decode: Decod
                   device: torch.device | str = "cpu", keep_attention: bool = False,
                   never: tuple[int, ...] = (), prefixes: list[list[int]] | None = None
                   ) -> list[list[Hypothesis]]:
-    """``decode.samples`` random translations of each sentence, in input order. Sample r of a
-    sentence is seeded by (decode.seed, the sentence's pieces, r): the same in any batch."""
+    """``decode.samples`` random translations per sentence; sample r is seeded by
+    (decode.seed, the sentence's pieces, r): the same in any batch."""
     draws = [(i, r) for i in range(len(src_ids)) for r in range(decode.samples)]  # sentence, sample
 
     def sample(index: list[int]) -> list[Hypothesis]:
@@ -131,18 +130,10 @@ class Translator:
     def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
              int8: bool = False, ensemble: Sequence[str] = (), backend: str = "torch"
              ) -> "Translator":
-        """Load a run directory's ``best`` (or ``last``, ``averaged``, or a given path) checkpoint,
-        or a model folder (``nmt.export``).
-
-        ``backend="onnx"``: decode a model folder written with ``nmt-export --onnx`` through
-        its ONNX graphs on onnxruntime (``nmt.onnx_model``), with nmt's own search.
-        ``ensemble``: more models decoded together with this one (``nmt.ensemble``), each
-        ``"RUN_DIR"`` (its best checkpoint) or ``"RUN_DIR:CHECKPOINT"``, with this run's
-        vocabularies. ``int8``: int8 weights and row-wise int8 activations in the decoder's
-        linear maps and cells (CPU only, ``nmt.quantize``; without fast int8 products see
-        ``_engine``). ``translator.engine`` says what runs, logged at load unless it is PyTorch
-        float32.
-        """
+        """A run directory's checkpoint (best, last, averaged, step-N or a path) or a model
+        folder. ``backend="onnx"``: a model folder's ONNX graphs on onnxruntime;
+        ``ensemble``: more models ("RUN_DIR" or "RUN_DIR:CHECKPOINT") decoded with this one;
+        ``int8``: int8 decoder products (``_engine``). ``engine`` says what runs."""
         if backend not in ("torch", "onnx"):
             raise ConfigError(f"backend: {backend!r}; choose torch or onnx")
         if int8 and ensemble:
@@ -169,21 +160,19 @@ class Translator:
     @classmethod
     def from_pretrained(cls, name: str | Path, device: str = "cpu", int8: bool = False
                         ) -> "Translator":
-        """Load a model folder (``nmt-export``, ``save_pretrained``): a path, or a Hugging Face
-        Hub repo id (downloaded with huggingface_hub: ``pip install 'nmt[hub]'``)."""
+        """A model folder: a path, or a Hugging Face Hub repo id (``pip install 'nmt[hub]'``)."""
         return cls.load(export.fetch(name), device=device, int8=int8)
 
     def save_pretrained(self, out: str | Path, license_id: str = "other", onnx: bool = False
                         ) -> Path:
-        """Write this model as a model folder ``out`` (safetensors weights, config.json, the
-        sentencepiece model(s) and a model card); it loads with ``from_pretrained``.
-        ``onnx``: also the encoder and decoder step as ONNX graphs (``backend="onnx"``)."""
+        """Write this model as a model folder ``out`` (``from_pretrained`` loads it);
+        ``onnx``: with ONNX graphs too (``backend="onnx"``)."""
         return export.save_folder(self._exportable(), out, export.card_of(self.run, license_id),
                                   onnx)
 
     def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
                     license_id: str = "other") -> str:
-        """Upload this model as a model folder to the Hub repo ``repo_id`` (huggingface_hub)."""
+        """Upload this model as a model folder to the Hub repo ``repo_id``."""
         return export.push(self._exportable(), repo_id, export.card_of(self.run, license_id),
                            private, token)
 
@@ -196,21 +185,16 @@ class Translator:
         return self.run
 
     def settings(self, **options) -> DecodeConfig:
-        """The run's decoding settings with the given (non-None) decode options replaced
-        (``nmt.config.decode_settings``: with no beam_size, a wider n_best widens the beam);
-        ConfigError naming an unknown option, or a value out of range or too large for the model."""
+        """The run's decoding settings with the given decode options replaced, checked
+        (``nmt.config.decode_settings``)."""
         return decode_settings(self.decode, options, len(self.tgt_vocab))
 
     def hypotheses(self, sentences: list[str], keep_attention: bool = False,
                    constraints: Sequence | None = None, prefix: Sequence | None = None,
                    **options) -> list[list[Hypothesis]]:
-        """n-best hypotheses (piece ids and scores) of each sentence; empty lines give [].
-        ``options``: decode options (``settings``), here and in the methods below.
-
-        ``constraints``: per sentence, the target phrases its translation must hold (a list of
-        str; beam search only, ``nmt.steer``); ``prefix``: per sentence, the target text its
-        translation starts with (None or "": none). With ``markup="keep"`` each sentence's tags
-        and placeholders are taken out here and put back by ``texts``."""
+        """Each sentence's n-best hypotheses (empty lines: []). ``options``: decode options, here
+        and below; ``constraints``: per sentence, phrases its translation holds (beam search);
+        ``prefix``: per sentence, the text it starts with (None or "": none)."""
         job = self.prepared(sentences, constraints, prefix, **options)
         found = decode_corpus(self.model, job.ids, job.decode, self.device,
                               keep_attention or job.keep_markup, job.never, job.prefixes,
@@ -222,8 +206,8 @@ class Translator:
 
     def prepared(self, sentences: list[str], constraints: Sequence | None = None,
                  prefix: Sequence | None = None, **options) -> Prepared:
-        """Everything ``hypotheses`` checks, before any decoding: the sentences, options, prefixes
-        and constraints, encoded (TypeError or ConfigError naming what is wrong)."""
+        """The sentences, options, prefixes and constraints checked and encoded, before any
+        decoding (TypeError or ConfigError naming what is wrong)."""
         sentences = checked_sentences(sentences)
         decode = self.settings(**options)
         prefix = _per_sentence("prefix", prefix, len(sentences))
@@ -263,16 +247,13 @@ class Translator:
         return Prepared(sentences, decode, todo, ids, prefixes, phrases, never, keep)
 
     def source_tags(self, decode: DecodeConfig) -> list[int]:
-        """The tag pieces before every source sentence: with several target languages the one of
-        ``decode.target_lang`` (nmt.directions); ConfigError if it is missing or not the model's."""
+        """The tag pieces before every source sentence (``decode.target_lang``'s)."""
         data = self.run.cfg.data
         direction = for_target(data, decode.target_lang)
         return self.src_vocab.tag_ids(source_tags(data, direction, training=False))
 
     def _target(self, where: str, text, decode: DecodeConfig, empty_allowed: bool) -> list[int]:
-        """A prefix or a constraint phrase as target pieces (encoded as the target side is);
-        ConfigError naming it if it is not text, is empty, would break the output's line or
-        repeats what ``decode.no_repeat_ngram_size`` forbids."""
+        """A prefix or constraint phrase as target pieces; ConfigError naming ``where``."""
         if not isinstance(text, str):
             raise TypeError(f"{where}: expected str, got {type(text).__name__}")
         if one_line(text) != text:
@@ -292,8 +273,8 @@ class Translator:
 
     def texts(self, sentences: list[str], found: list[list[Hypothesis]], **options
               ) -> list[list[str]]:
-        """The text of each sentence's hypotheses: the one place hypotheses become text. With
-        ``markup="keep"`` the sentence's tags and placeholders are put back (``nmt.markup``)."""
+        """The text of each sentence's hypotheses, the one place hypotheses become text (with
+        ``markup="keep"`` its markup put back, ``nmt.markup``)."""
         decode = self.settings(**options)
         if decode.markup != "keep":
             return [self.tgt_vocab.decode([h.tokens for h in hyps]) if hyps else []
@@ -313,8 +294,7 @@ class Translator:
 
     def translate(self, sentences: list[str] | str, constraints: Sequence | None = None,
                   prefix: Sequence | str | None = None, **options) -> list[str] | str:
-        """One translation per sentence, in order; an empty sentence gives "". A single string
-        gives a single string (its ``constraints`` a list of phrases, its ``prefix`` a string)."""
+        """One translation per sentence ("" for an empty one); a single string gives one."""
         if isinstance(sentences, str):
             return self.translate([sentences], _one(constraints), _one(prefix), **options)[0]
         found = self.hypotheses(sentences, False, constraints, prefix, n_best=1, **options)
@@ -323,8 +303,7 @@ class Translator:
     def translate_nbest(self, sentences: list[str] | str, n_best: int,
                         constraints: Sequence | None = None, prefix: Sequence | str | None = None,
                         **options) -> list[list[tuple[str, float]]] | list[tuple[str, float]]:
-        """The ``n_best`` translations of each sentence with their scores, best first (of a
-        single string: its list)."""
+        """Each sentence's ``n_best`` (translation, score) pairs, best first."""
         if isinstance(sentences, str):
             return self.translate_nbest([sentences], n_best, _one(constraints), _one(prefix),
                                         **options)[0]
@@ -335,8 +314,8 @@ class Translator:
     def sample(self, sentences: list[str] | str, samples: int = 1,
                prefix: Sequence | str | None = None, constraints: Sequence | None = None,
                **options) -> list[list[str]] | list[str]:
-        """``samples`` random translations of each sentence (e.g. for back-translation); an
-        empty sentence gives empty ones. The same seed gives the same samples in any batch."""
+        """``samples`` random translations of each sentence (back-translation), the same for a
+        seed in any batch."""
         if isinstance(sentences, str):
             return self.sample([sentences], samples, _one(prefix), _one(constraints), **options)[0]
         if isinstance(samples, numbers.Integral) and samples < 1:  # 0 would mean search
@@ -352,12 +331,9 @@ class Translator:
                  temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None,
                  min_new_tokens: int | None = None, **options) -> list[str]:
-        """Translation under the names of Hugging Face ``generate``: ``num_beams`` beams (1:
-        greedy), or with ``do_sample`` random samples (``temperature``, ``top_k``, ``top_p``,
-        ``seed``: sampling only). Returns ``num_return_sequences`` translations per sentence,
-        flat, as ``batch_decode(model.generate(...))`` would: sentence i's at i*n .. i*n + n - 1.
-        ``min_new_tokens``: decode.min_length. A setting left None takes the run's decode
-        section (unlike ``generate``, whose ``top_k`` is 50 unless given)."""
+        """Hugging Face ``generate``'s names: ``num_return_sequences`` (n) translations per
+        sentence, flat (sentence i's at i*n .. i*n + n - 1); a setting left None takes the
+        run's decode section (``generate``'s ``top_k`` would be 50)."""
         sentences = [sentences] if isinstance(sentences, str) else sentences
         n = num_return_sequences
         if isinstance(n, numbers.Integral) and n < 1:
@@ -374,8 +350,8 @@ class Translator:
                 for text in (texts or [""] * n)]
 
     def alignment(self, sentence: str, hyp: Hypothesis, **options) -> dict:
-        """A hypothesis kept with attention, as source pieces (tags and end marker included),
-        target pieces and the attention weights [target, source] between them."""
+        """Source and target pieces of a hypothesis kept with attention, and its weights
+        [target, source]."""
         src_ids = (self.source_tags(self.settings(**options)) + self.src_vocab.encode([sentence])[0]
                    + [END])
         return {"sentence": sentence, "source": self.src_vocab.pieces(src_ids),
@@ -384,10 +360,8 @@ class Translator:
 
 
 def _engine(backend: str, int8: bool) -> Engine:
-    """The one choice of engine. int8 on PyTorch needs fast int8 products (VNNI): without
-    them PyTorch's int8 is slower than float32 and the same int8 arithmetic runs as ONNX graphs
-    on onnxruntime (not batch-invariant bit for bit); without the onnx extra int8 is declined
-    (a warning) and float32 runs."""
+    """The one choice of engine. int8 without fast int8 products (VNNI) runs on onnxruntime
+    (not batch-invariant bit for bit), or without the onnx extra is declined for float32."""
     if backend == "onnx":
         return Engine("onnxruntime", "int8" if int8 else "float32")
     if not int8 or fast_int8(torch.device("cpu")):
@@ -445,8 +419,7 @@ def _one(value):
 
 
 def _per_sentence(name: str, values, count: int) -> list | None:
-    """``constraints`` or ``prefix``: None, or one entry per sentence (else TypeError or
-    ConfigError)."""
+    """``constraints`` or ``prefix``: None, or one entry per sentence."""
     if values is None:
         return None
     if not isinstance(values, (list, tuple)):
@@ -465,8 +438,7 @@ def _per_sentence(name: str, values, count: int) -> list | None:
 
 
 def checked_sentences(sentences) -> list[str]:
-    """A list of str, or TypeError (ValueError for text that is not valid Unicode) naming the
-    first bad item's index."""
+    """A list of str, or TypeError / ValueError naming the first bad item."""
     if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable):
         raise TypeError(f"sentences: expected a list of str, got {type(sentences).__name__}")
     sentences = list(sentences)

@@ -1,9 +1,8 @@
 """Subword vocabularies: sentencepiece models, trained on the training side.
 
-Ids are fixed across all models: 0 = padding, 1 = unknown, 2 = the end marker ``_``
-(docs/model.md §3), sentencepiece's end-of-sentence control symbol, which no text produces (a
-literal "_" is an ordinary piece). Byte fallback encodes unseen characters as bytes, so any raw
-text comes back as it went in.
+Ids are fixed: 0 = padding, 1 = unknown, 2 = the end marker ``_`` (docs/model.md §3), the
+end-of-sentence control symbol, which no text produces (a literal "_" is an ordinary piece).
+Byte fallback encodes unseen characters as bytes: any raw text comes back as it went in.
 """
 from __future__ import annotations
 
@@ -57,21 +56,18 @@ class Vocab:
         return hashlib.sha256(self.model_bytes).hexdigest()
 
     def encode(self, sentences: list[str], threads: int = -1) -> list[list[int]]:
-        """Raw sentences -> piece ids, without the end marker (-1 threads: sentencepiece's
-        default)."""
+        """Raw sentences -> piece ids, no end marker (-1 threads: sentencepiece's default)."""
         return self.sp.encode(sentences, out_type=int, num_threads=threads)
 
     def sample(self, sentences: list[str], alpha: float, seed: int) -> list[list[int]]:
-        """``encode`` with a segmentation sampled for each sentence (unigram sampling with
-        ``alpha``, or BPE-dropout at rate ``alpha``), the same for the same seed: one thread,
-        whose random generator sentencepiece seeds when it starts."""
+        """``encode`` with a sampled segmentation (unigram ``alpha``, or BPE-dropout at rate
+        ``alpha``), the same for the same seed: one thread, which sentencepiece seeds."""
         spm.set_random_generator_seed(seed)
         return self.sp.encode(sentences, out_type=int, enable_sampling=True, alpha=alpha,
                               nbest_size=-1, num_threads=1)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
-        """Piece ids (end marker and padding already stripped) -> raw sentences, each one line
-        (``one_line``)."""
+        """Piece ids (no end marker, no padding) -> raw sentences, each ``one_line``."""
         return [one_line(text) for text in self.sp.decode(ids)]
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
@@ -80,9 +76,8 @@ class Vocab:
 
     @functools.cached_property
     def control_ids(self) -> tuple[int, ...]:
-        """Pieces that would put a control character (or a line break) into the output: the
-        byte pieces of 0x00-0x1F and 0x7F, and any piece holding one; and the source tags
-        (``nmt.directions``). Search never emits them."""
+        """What search never emits: pieces that would output a control character or line break
+        (bytes 0x00-0x1F and 0x7F, any piece holding one) and source tags (nmt.directions)."""
         sp = self.sp
         banned = []
         for i in range(len(self)):
@@ -97,10 +92,8 @@ class Vocab:
                 banned.append(i)
         return tuple(banned)
 
-
     def tag_ids(self, tags: list[str]) -> list[int]:
-        """The control-symbol ids of ``tags`` (nmt.directions); ConfigError for one the model
-        lacks."""
+        """The control-symbol ids of ``tags``; ConfigError for one the model lacks."""
         ids = [self.sp.piece_to_id(tag) for tag in tags]
         for tag, i in zip(tags, ids):
             if not self.sp.is_control(i) or i in (PAD, END):
@@ -119,19 +112,14 @@ class Vocab:
                          if sp.is_byte(i) else any(c in sp.id_to_piece(i) for c in "<>{}")))
 
     def spans(self, text: str) -> list[tuple[int, int]]:
-        """The characters (start, end) of ``text`` that each of its pieces (``encode``) covers,
-        leading whitespace left out; a byte piece before the last of its character covers
-        none."""
+        """Per piece of ``text`` (``encode``), the characters (start, end) it covers, leading
+        whitespace left out; a byte piece before the last of its character covers none."""
         try:  # sentencepiece < 0.2.1
             pieces = self.sp.encode(text, out_type="immutable_proto").pieces
         except ValueError:
             pieces = self.sp.encode(text, return_type="proto").pieces
-        chars = [0] * (len(text.encode("utf-8")) + 1)  # byte offset -> character offset
-        at = 0
-        for n, c in enumerate(text):
-            size = len(c.encode("utf-8"))
-            chars[at + 1:at + size + 1] = [n + 1] * size
-            at += size
+        # byte offset -> character offset: the end of a character's bytes is the next character
+        chars = [0] + [n + 1 for n, c in enumerate(text) for _ in c.encode("utf-8")]
         spans = []
         for piece in pieces:  # begin, end: byte offsets into text, dropped whitespace included
             begin, end = chars[piece.begin], chars[piece.end]
@@ -156,9 +144,8 @@ class Vocab:
 
 
 def one_line(text: str) -> str:
-    """``text`` with every control character (Unicode Cc: tab, newline, CR, ...), line and
-    paragraph separator replaced by a space: one output line per input line, one field per
-    tab-separated column; the one rule for every output."""
+    """``text`` with every control character (Cc: tab, newline, ...), line and paragraph
+    separator made a space: one output line per input line, one field per tab-separated column."""
     if text.isprintable() or not any(unicodedata.category(c) in LINE_BREAKING for c in text):
         return text
     return "".join(" " if unicodedata.category(c) in LINE_BREAKING else c for c in text)
@@ -169,8 +156,8 @@ LINE_BREAKING = ("Cc", "Zl", "Zp")
 
 def train_vocab(sentences: Iterable[str], path: str | Path, vocab_size: int,
                 model_type: str = "bpe", tags: list[str] = ()) -> Vocab:
-    """Train a sentencepiece model on ``sentences`` and write it atomically to ``path``;
-    ``tags``: control symbols (ids after the special ones) that only ``tag_ids`` gives."""
+    """Train a sentencepiece model and write it atomically to ``path``; ``tags``: control
+    symbols (ids after the special ones) that only ``tag_ids`` gives."""
     buffer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -184,6 +171,5 @@ def train_vocab(sentences: Iterable[str], path: str | Path, vocab_size: int,
     except RuntimeError as err:  # e.g. a size below the 256 byte pieces + specials
         raise ConfigError(f"data.vocab_size: sentencepiece cannot train {vocab_size} pieces "
                           f"on this corpus ({str(err).strip().splitlines()[-1]})") from None
-    data = buffer.getvalue()
-    write_bytes(path, data)
+    write_bytes(path, buffer.getvalue())
     return Vocab(path)

@@ -78,4 +78,4 @@ def test_the_package_does_not_grow():
     feature pays for itself in lines (issue 29 aims at 4,300; lower this as the package shrinks)."""
     lines = sum(1 for path in PACKAGE.glob("*.py")
                 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    assert lines <= 6600, f"the package is {lines} non-blank lines, over the ratchet's 6,600"
+    assert lines <= 6330, f"the package is {lines} non-blank lines, over the ratchet's 6,330"

@@ -9,6 +9,8 @@ import torch
 import yaml
 
 from nmt.checkpoint import load_checkpoint
+from nmt.config import config_from_dict
+from nmt.train import train
 
 from conftest import reversal_config
 
@@ -33,20 +35,20 @@ sys.exit(train_main())
 def test_two_gloo_processes_match_one_process_with_the_combined_batch(reversal_data, tmp_path):
     settings = dict(train__max_steps=6, train__valid_every=3, train__batch_size=300,
                     train__threads=1, model__dropout=0.0)  # dropout 0: ranks draw different masks
-    runs = {}
     (tmp_path / "counting_train.py").write_text(COUNTING)
-    for name, world, accumulate in (("single", 1, 2), ("ddp", 2, 1)):
-        config = tmp_path / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(reversal_config(
-            reversal_data, train__accumulate=accumulate, **settings)))
-        runs[name] = tmp_path / name
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc-per-node={world}", str(tmp_path / "counting_train.py"), str(config),
-                   "--run-dir", str(runs[name]), "--no-test"]
-        env = dict(os.environ, PREPARED_BY=str(tmp_path / f"{name}.prepared"),
-                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        result = subprocess.run(command, capture_output=True, timeout=300, cwd=tmp_path, env=env)
-        assert result.returncode == 0, result.stderr.decode()[-3000:]
+    runs = {"single": tmp_path / "single", "ddp": tmp_path / "ddp"}
+    # The reference: one process, in this one, with the two ranks' batches in one step.
+    train(config_from_dict(reversal_config(reversal_data, train__accumulate=2, **settings)),
+          runs["single"])
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(reversal_config(reversal_data, **settings)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               str(tmp_path / "counting_train.py"), str(config), "--run-dir", str(runs["ddp"]),
+               "--no-test"]
+    env = dict(os.environ, PREPARED_BY=str(tmp_path / "ddp.prepared"),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run(command, capture_output=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
     single = load_checkpoint(runs["single"] / "checkpoints" / "last.pt")
     ddp = load_checkpoint(runs["ddp"] / "checkpoints" / "last.pt")
     assert single["train_state"]["step"] == ddp["train_state"]["step"] == 6
