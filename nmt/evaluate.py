@@ -11,7 +11,7 @@ from nmt.loading import is_model_folder
 from nmt.report import System, build_report
 from nmt.rundir import RunDir
 
-ATTENTION_EXAMPLES = 4  # heatmaps per system, from the first test sentences of 6-14 words
+ATTENTION_EXAMPLES = 4  # heatmaps per system: the first test sentences of 6-14 words (or any)
 
 
 def test_set(cfg, split: str, src_file: str | None, ref_file: str | None, target_lang: str = ""
@@ -54,7 +54,7 @@ def run_system(run_dir: str | Path, sources: list[str], checkpoint: str = "best"
     start = time.perf_counter()
     hypotheses = translator.translate(sources, **search)
     seconds = time.perf_counter() - start
-    picks = [s for s in sources if 6 <= len(s.split()) <= 14][:ATTENTION_EXAMPLES]
+    picks = ([s for s in sources if 6 <= len(s.split()) <= 14] or sources)[:ATTENTION_EXAMPLES]
     kept = translator.hypotheses(picks, keep_attention=True, **asdict(decode))
     attention = [translator.alignment(sentence, hyps[0], target_lang=decode.target_lang)
                  for sentence, hyps in zip(picks, kept)]

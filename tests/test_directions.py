@@ -21,7 +21,7 @@ DIRECTIONS = ["src-rev", "src-cap"]
 
 
 def write_three(folder, name, n, seed):
-    src, rev = reversal_pairs(n, seed)
+    src, rev = reversal_pairs(n, seed, words=(2, 4))  # short: both directions learnt in 200 steps
     for lang, lines in (("src", src), ("rev", rev), ("cap", [s.upper() for s in src])):
         (folder / f"{name}.{lang}").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
     return str(folder / name)
@@ -35,8 +35,8 @@ def three(tmp_path_factory):
 
 
 def two_way(data, **overrides):
-    cfg = reversal_config(data, data__directions=DIRECTIONS, data__vocab_size=400, train__max_steps=300,
-                          train__valid_every=150, train__batch_size=1500,
+    cfg = reversal_config(data, data__directions=DIRECTIONS, data__vocab_size=400, train__max_steps=200,
+                          train__valid_every=100, train__batch_size=700,
                           model__input_feeding=False, **overrides)
     return config_from_dict(cfg)
 
@@ -74,12 +74,12 @@ def test_a_two_direction_model_validates_each_and_decodes_the_language_of_its_ta
     rev, cap = (translator.translate(src, target_lang=lang) for lang in ("rev", "cap"))
     assert all(line.isupper() for line in cap)  # the tag alone decides the casing ...
     assert not any(c.isupper() for line in rev for c in line)
-    # ... and the word order. After 300 steps the outputs are rough; which word a line starts with
+    # ... and the word order. Which word a line starts with
     # tells the order apart far more sharply than BLEU, whose unigrams both orders share.
     reversed_order, same_order = expected(three, "rev"), src
     cap = [c.lower() for c in cap]
     for out, meant, other in ((rev, reversed_order, same_order), (cap, same_order, reversed_order)):
-        assert bleu(out, meant) > bleu(out, other)
+        assert bleu(out, meant) > max(70, bleu(out, other))
         assert first_word_agreement(out, meant) > max(0.3, 3 * first_word_agreement(out, other))
 
 

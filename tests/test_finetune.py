@@ -13,7 +13,8 @@ from nmt.io import read_lines
 from nmt.train import train
 from nmt.translate import Translator
 
-from conftest import kill_9_at_a_random_step, same_last_checkpoints, reversal_config, reversal_pairs, write_split
+from conftest import (REVERSAL_WORDS, kill_9_at_a_random_step, same_last_checkpoints, reversal_config,
+                      reversal_pairs, write_split)
 
 SHORT = {"train__max_steps": 10, "train__valid_every": 10, "train__batch_size": 400, "model__dropout": 0.3,
          "train__lr": 3e-4,  # fine-tuning: a tenth of the learning rate the source trained with
@@ -24,7 +25,7 @@ SHORT = {"train__max_steps": 10, "train__valid_every": 10, "train__batch_size": 
 def new_data(tmp_path_factory):
     """Other sentences of the same task: the new (in-domain) data."""
     folder = tmp_path_factory.mktemp("new-data")
-    return {name: write_split(folder, name, *reversal_pairs(n, seed))
+    return {name: write_split(folder, name, *reversal_pairs(n, seed, REVERSAL_WORDS))
             for name, n, seed in (("train", 600, 21), ("valid", 50, 22), ("test", 50, 23))}
 
 

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from nmt.encoder import Encoder
-from forecast_sine import SineConfig, SineForecaster, run_forecast, sine_data, windows_of
+from forecast_sine import (SineConfig, SineForecaster, main as forecast_main, run_forecast, sine_data,
+                           windows_of)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,6 +44,7 @@ def test_it_is_the_package_encoder_deep_with_dropout_between_layers():
 
 
 def test_script_writes_a_plot_and_numbers(tmp_path):
+    """The script as a process, as a user runs it."""
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "forecast_sine.py"), "--config",
                              str(ROOT / "configs" / "sine.yaml"), "--set", "steps=50", "--set", "cell=rnn",
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
@@ -52,7 +54,8 @@ def test_script_writes_a_plot_and_numbers(tmp_path):
     assert numbers["config"]["cell"] == "rnn" and numbers["config"]["steps"] == 50
     with Image.open(tmp_path / "forecast.png") as img:
         img.verify()
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "forecast_sine.py"), "--set", "cell=cnn"],
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2
-    assert bad.stderr.strip() == "forecast_sine: error: cell: 'cnn' is not one of lstm, gru, rnn"
+
+
+def test_a_bad_setting_is_refused_in_one_line(capsys):
+    assert forecast_main(["--set", "cell=cnn"]) == 2  # the process's exit code (the script exits with it)
+    assert capsys.readouterr().err.strip() == "forecast_sine: error: cell: 'cnn' is not one of lstm, gru, rnn"

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_small_requests_are_answered_in_time_beside_huge_slow_and_abandoned_ones(reversal_run):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"),
-                             str(reversal_run), "--clients", "16", "--seconds", "8",
+                             str(reversal_run), "--clients", "16", "--seconds", "5",
                              "--timeout", "20", "--huge", "100"],
                             capture_output=True, timeout=240)
     report = json.loads(result.stdout)
