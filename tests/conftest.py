@@ -54,6 +54,12 @@ def reversal_data(tmp_path_factory) -> dict:
     return splits
 
 
+# A model small enough to train, kill and resume many times in seconds: for the tests of
+# exactness, not of quality.
+SMALL_MODEL = {"model__embedding_size": 32, "model__encoder_hidden_size": 32,
+               "model__decoder_hidden_size": 64}
+
+
 def reversal_config(data: dict, **overrides) -> dict:
     """A small, fast model for the reversal task (trains in well under a minute on 2 cores)."""
     cfg = {

@@ -9,11 +9,10 @@ from nmt.config import config_from_dict
 from nmt.train import train
 from nmt.translate import Translator
 
-from conftest import reversal_config
+from conftest import SMALL_MODEL, reversal_config
 
 SMALL = {"train__max_steps": 40, "train__valid_every": 10, "train__batch_size": 300,
-         "model__embedding_size": 32, "model__encoder_hidden_size": 32, "model__decoder_hidden_size": 64,
-         "train__keep_checkpoints": 3}
+         "train__keep_checkpoints": 3, **SMALL_MODEL}
 
 
 @pytest.fixture(scope="module")

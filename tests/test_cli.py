@@ -14,7 +14,7 @@ import threading
 import pytest
 import yaml
 
-from conftest import reversal_config
+from conftest import SMALL_MODEL, reversal_config
 
 
 def run(*args, stdin=None):
@@ -57,7 +57,7 @@ def cli_run(reversal_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     config = folder / "tiny.yaml"
     config.write_text(yaml.safe_dump(reversal_config(reversal_data, train__max_steps=10,
-                                                     train__valid_every=5)))
+                                                     train__valid_every=5, **SMALL_MODEL)))
     result = run("nmt-train", str(config), "--run-dir", str(folder / "run"),
                  "--set", "model.dropout=0.2", "--set", "decode.beam_size=2")
     assert result.returncode == 0, result.stderr.decode()[-2000:]

@@ -20,7 +20,7 @@ from nmt.errors import DataError, NmtError
 from nmt.train import train
 from nmt.vocab import train_vocab
 
-from conftest import reversal_config, reversal_pairs, write_split
+from conftest import SMALL_MODEL, reversal_config, reversal_pairs, write_split
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -266,7 +266,7 @@ def test_resume_from_another_directory_with_a_shared_cache_is_exact(tmp_path, mo
     monkeypatch.chdir(tmp_path)  # the config names the data relative to here
     relative = {"train": "data/train", "valid": "data/valid", "test": ""}
     settings = dict(train__max_steps=12, train__valid_every=6, train__batch_size=300,
-                    data__cache_dir="shared")
+                    data__cache_dir="shared", **SMALL_MODEL)
     straight = tmp_path / "straight"
     train(config_from_dict(reversal_config(relative, **settings)), straight)
     half = tmp_path / "half"

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from nmt import device
+from nmt.config import ModelConfig
+from nmt.model import Seq2Seq
 from nmt.errors import ConfigError
 
 PROBE = ("import torch; from nmt.device import native_bf16, fast_int8; "
@@ -69,3 +71,14 @@ def test_int8_is_fast_only_with_vnni(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
     assert device.fast_int8(torch.device("cpu"))
     assert not device.fast_int8(torch.device("cuda"))
+
+
+def test_the_memory_check_counts_every_parameter_before_allocating(monkeypatch):
+    """check_fits counts on the meta device, before any weight exists: the real model's count."""
+    cfg = ModelConfig(cell="gru", encoder_layers=3, attention="mlp")
+    real = sum(p.numel() for p in Seq2Seq(cfg, 300, 300).parameters())
+    monkeypatch.setattr(device, "memory_bytes", lambda where: 16 * real - 1)
+    with pytest.raises(ConfigError, match=f"^model: {real:,} parameters need "):
+        device.check_fits(lambda: Seq2Seq(cfg, 300, 300), torch.device("cpu"))
+    monkeypatch.setattr(device, "memory_bytes", lambda where: 16 * real)
+    device.check_fits(lambda: Seq2Seq(cfg, 300, 300), torch.device("cpu"))  # fits: no error

@@ -12,7 +12,7 @@ from nmt.checkpoint import load_checkpoint
 from nmt.config import config_from_dict
 from nmt.train import train
 
-from conftest import reversal_config
+from conftest import SMALL_MODEL, reversal_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,8 @@ sys.exit(train_main())
 
 def test_two_gloo_processes_match_one_process_with_the_combined_batch(reversal_data, tmp_path):
     settings = dict(train__max_steps=6, train__valid_every=3, train__batch_size=300,
-                    train__threads=1, model__dropout=0.0)  # dropout 0: ranks draw different masks
+                    train__threads=1, model__dropout=0.0,  # dropout 0: ranks draw different masks
+                    **SMALL_MODEL)
     (tmp_path / "counting_train.py").write_text(COUNTING)
     runs = {"single": tmp_path / "single", "ddp": tmp_path / "ddp"}
     # The reference: one process, in this one, with the two ranks' batches in one step.

@@ -2,7 +2,7 @@
 saved and resumed exactly like everything else."""
 import torch
 
-from conftest import HostTransfers, reversal_config
+from conftest import SMALL_MODEL, HostTransfers, reversal_config
 from nmt.average import average
 from nmt.checkpoint import decoding_weights, load_checkpoint
 from nmt.loading import load_run
@@ -10,7 +10,7 @@ from nmt.config import config_from_dict
 from nmt.train import Trainer, train
 
 TINY = {"train__max_steps": 40, "train__valid_every": 20, "train__batch_size": 400,
-        "model__dropout": 0.3, "train__ema": 0.9}
+        "model__dropout": 0.3, "train__ema": 0.9, **SMALL_MODEL}
 
 
 def test_the_average_follows_its_formula_and_reads_nothing_back(reversal_data, tmp_path, monkeypatch):

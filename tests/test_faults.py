@@ -13,12 +13,11 @@ from nmt.cli import train_main
 from nmt.config import config_from_dict
 from nmt.train import Trainer, train
 
-from conftest import kill_9_at_a_random_step, reversal_config
+from conftest import SMALL_MODEL, kill_9_at_a_random_step, reversal_config
 
 # A run of a few seconds: small enough to kill, train and compare many times.
 SMALL = {"train__max_steps": 40, "train__valid_every": 15, "train__log_every": 5,
-         "train__batch_size": 300, "model__dropout": 0.3, "model__embedding_size": 32,
-         "model__encoder_hidden_size": 32, "model__decoder_hidden_size": 64}
+         "train__batch_size": 300, "model__dropout": 0.3, **SMALL_MODEL}
 
 
 def state(run_dir):

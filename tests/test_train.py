@@ -16,10 +16,10 @@ from nmt.train import Trainer, train
 from nmt.translate import Translator
 from nmt.vocab import train_vocab
 
-from conftest import HostTransfers, reversal_config
+from conftest import SMALL_MODEL, HostTransfers, reversal_config
 
 TINY = {"train__max_steps": 40, "train__valid_every": 20, "train__batch_size": 400,
-        "model__dropout": 0.3}
+        "model__dropout": 0.3, **SMALL_MODEL}
 
 
 def params(run_dir, name="last"):
