@@ -27,7 +27,7 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 LETTERS = "abcdefghijklmnopqrst"
-# The shared run's sentences: 2 to 5 words are learnt exactly in 200 steps of 700 tokens (14 s
+# The shared run's sentences: 2 to 5 words are learnt exactly in 200 steps of 700 tokens (16 s
 # on 2 cores); 3 to 8 words took 300 steps of 1,200 (32 s). Tests decode longer ones too.
 REVERSAL_WORDS = (2, 5)
 
