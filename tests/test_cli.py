@@ -23,16 +23,19 @@ def run(*args, stdin=None):
     return subprocess.run([exe, *args[1:]], input=stdin, capture_output=True, timeout=300)
 
 
-def inproc(command, *args, stdin=b""):
-    """``command`` run through its main function here, with stdin, stdout and stderr as bytes:
-    its exit status and streams as ``run`` returns them."""
+def inproc(command, *args, stdin=b"", umask=None):
+    """``command`` run through its main function here, with stdin (bytes, or an open file),
+    stdout and stderr as bytes, under ``umask`` if given: its exit status and streams as ``run``
+    returns them."""
     from nmt import cli
     main = {"nmt-train": cli.train_main, "nmt-translate": cli.translate_main,
             "nmt-evaluate": cli.evaluate_main}[command]
     streams = sys.stdin, sys.stdout, sys.stderr
     hook = threading.excepthook
-    sys.stdin, sys.stdout, sys.stderr = (io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
-                                         for data in (stdin, b"", b""))
+    sys.stdin, sys.stdout, sys.stderr = (
+        io.TextIOWrapper(data if hasattr(data, "fileno") else io.BytesIO(data), encoding="utf-8")
+        for data in (stdin, b"", b""))
+    old_umask = os.umask(umask) if umask is not None else None
     try:
         status = main(list(args))
         sys.stdout.flush(), sys.stderr.flush()
@@ -40,6 +43,8 @@ def inproc(command, *args, stdin=b""):
     finally:
         sys.stdin, sys.stdout, sys.stderr = streams
         threading.excepthook = hook
+        if old_umask is not None:
+            os.umask(old_umask)
     return subprocess.CompletedProcess([command, *args], status, out, err)
 
 
@@ -80,15 +85,15 @@ def test_train_writes_the_resolved_config_and_a_report(cli_run):
 
 
 def test_resume_continues_from_the_run_directory(cli_run):
-    result = run("nmt-train", "--run-dir", str(cli_run / "run"), "--resume",
+    result = inproc("nmt-train", "--run-dir", str(cli_run / "run"), "--resume",
                  "--set", "train.max_steps=15", "--no-test")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert "trained 15 steps" in result.stdout.decode()
 
 
 def test_translate_stdin_to_stdout_keeps_empty_lines(cli_run):
-    result = run("nmt-translate", str(cli_run / "run"), "--beam-size", "1",
-                 stdin="a b c\n\nd e\n".encode())
+    result = inproc("nmt-translate", str(cli_run / "run"), "--beam-size", "1",
+                    stdin="a b c\n\nd e\n".encode())
     assert result.returncode == 0, result.stderr.decode()
     lines = result.stdout.decode().split("\n")
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
@@ -164,12 +169,6 @@ def test_bad_input_gives_one_line_errors(cli_run, reversal_data, tmp_path):
                    "empty.src: the training corpus is empty")
 
 
-def translate(*args, stdin=None, umask=None):
-    """nmt-translate with stdin from a file object and an optional umask."""
-    return subprocess.run([shutil.which("nmt-translate"), *args], stdin=stdin, capture_output=True,
-                          timeout=300, preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
-
-
 def test_translate_output_is_written_as_a_careful_unix_tool_writes(cli_run, tmp_path):
     run_dir = str(cli_run / "run")
     source = tmp_path / "in.src"
@@ -181,7 +180,8 @@ def test_translate_output_is_written_as_a_careful_unix_tool_writes(cli_run, tmp_
         one_line_error(inproc("nmt-translate", run_dir, "-i", str(source), "-o", str(output)),
                        f"{output}: is the same file as the input {source}")
     with open(source, "rb") as stdin:
-        one_line_error(translate(run_dir, "-o", str(source), stdin=stdin), "same file as the input <stdin>")
+        one_line_error(inproc("nmt-translate", run_dir, "-o", str(source), stdin=stdin),
+                       "same file as the input <stdin>")
     assert source.read_text() == "a b c\nd e\n"
     # A link to an output: its target is replaced and keeps its mode; the link stays.
     target, out_link = tmp_path / "target.txt", tmp_path / "out.txt"
@@ -192,7 +192,8 @@ def test_translate_output_is_written_as_a_careful_unix_tool_writes(cli_run, tmp_
     assert out_link.is_symlink() and len(target.read_text().splitlines()) == 2
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     # A new file gets 0666 minus the umask.
-    assert translate(run_dir, "-i", str(source), "-o", str(tmp_path / "new.txt"), umask=0o022).returncode == 0
+    assert inproc("nmt-translate", run_dir, "-i", str(source), "-o", str(tmp_path / "new.txt"),
+                  umask=0o022).returncode == 0
     assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o644
     # Devices are written to, never replaced.
     result = inproc("nmt-translate", run_dir, "-i", str(source), "-o", "/dev/stdout")
