@@ -84,7 +84,7 @@ def test_a_sentence_is_the_same_at_any_position_of_a_batch(reversal_run, sentenc
 
 def test_through_the_server_one_request_equals_single_requests(reversal_run, sentences):
     translator = Translator.load(reversal_run)
-    running = Running(translator, Limits(max_sentences=100, batch_wait_ms=50))
+    running = Running(translator, Limits(max_sentences=100, batch_wait_ms=1))
     try:
         pick = sentences[:100]
         options = {"beam_size": 5, "no_repeat_ngram_size": 2, "n_best": 2}  # n_best > 1: with scores

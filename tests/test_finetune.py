@@ -89,16 +89,16 @@ def test_a_fine_tuning_run_resumes_bit_for_bit(reversal_run, new_data, tmp_path)
 
 
 def test_a_fine_tuning_run_killed_at_a_random_step_resumes_bit_for_bit(reversal_run, new_data, tmp_path):
-    both = dict(SHORT, train__max_steps=30, train__init_from=str(reversal_run))
+    both = dict(SHORT, train__max_steps=16, train__init_from=str(reversal_run))
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(config_from_dict(reversal_config(new_data, **both)), straight)
     config = tmp_path / "tune.yaml"
     save_config(config_from_dict(reversal_config(new_data, **dict(both, train__checkpoint_every_minutes=1e-9))),
                 config)
     kill_9_at_a_random_step([shutil.which("nmt-train"), str(config), "--run-dir", str(killed), "--no-test"],
-                            killed / "checkpoints" / "last.pt", 30)
+                            killed / "checkpoints" / "last.pt", 16)
     assert train_main(["--run-dir", str(killed), "--resume", "--no-test"]) == 0
-    assert same_last_checkpoints(straight, killed)["step"] == 30
+    assert same_last_checkpoints(straight, killed)["step"] == 16
 
 
 def test_the_command_takes_init_from_and_the_card_names_the_source(reversal_run, new_data, tmp_path, capsys):
