@@ -81,7 +81,7 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
                                help=option.metadata["help"])
     group.add_argument("--checkpoint", default="best", help="best, last, averaged, step-N (names "
                        "in RUN_DIR/checkpoints) or a checkpoint path")
-    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    group.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     group.add_argument("--ensemble", nargs="+", default=[], metavar="RUN[:CKPT]",
                        help="decode with these models too, their per-step log-probabilities "
                        "averaged (same vocabularies; default checkpoint: best)")
@@ -382,7 +382,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--checkpoint", default="best",
                    help="best, last, averaged, step-N or a checkpoint path")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     for limit in fields(Limits):
         p.add_argument(f"--{limit.name.replace('_', '-')}", type=type(limit.default),
                        default=limit.default, help=f"{limit.metadata['help']} (default "

@@ -13,7 +13,7 @@ import torch
 
 from nmt import export, loading
 from nmt.loading import LoadedRun, load_run
-from nmt.device import fast_int8
+from nmt.device import fast_int8, pick_device
 from nmt.config import DecodeConfig, decode_settings
 from nmt.ensemble import Ensemble
 from nmt.errors import CheckpointError, ConfigError
@@ -138,7 +138,8 @@ class Translator:
             raise ConfigError(f"backend: {backend!r}; choose torch or onnx")
         if int8 and ensemble:
             raise ConfigError("int8 decoding of an ensemble is not supported; drop --int8")
-        if int8 and backend == "torch" and str(device) != "cpu":
+        device = str(pick_device(str(device)))  # "auto" included, as training takes it
+        if int8 and backend == "torch" and device != "cpu":
             raise ConfigError("int8 decoding runs on the CPU only (use --device cpu)")
         run = load_run(run_dir, checkpoint, device)
         if ensemble:

@@ -114,6 +114,10 @@ def test_translate_file_to_file_and_pieces(cli_run, tmp_path):
     assert nbest.returncode == 0, nbest.stderr.decode()
     lines = nbest.stdout.decode().split("\n")
     assert len(lines) == 3 and all(len(line.split("\t")) == 4 for line in lines[:2])
+    # --device auto, as training takes it: the GPU where torch sees one, else the CPU.
+    auto = inproc("nmt-translate", str(cli_run / "run"), "-i", str(src), "--device", "auto")
+    assert auto.returncode == 0, auto.stderr.decode()
+    assert auto.stdout.decode().splitlines() == out.read_text().splitlines()
 
 
 def test_evaluate_a_run_and_a_hypothesis_file(cli_run, reversal_data, tmp_path):
