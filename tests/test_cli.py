@@ -86,7 +86,7 @@ def test_train_writes_the_resolved_config_and_a_report(cli_run):
 
 def test_resume_continues_from_the_run_directory(cli_run):
     result = inproc("nmt-train", "--run-dir", str(cli_run / "run"), "--resume",
-                 "--set", "train.max_steps=15", "--no-test")
+                    "--set", "train.max_steps=15", "--no-test")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert "trained 15 steps" in result.stdout.decode()
 
